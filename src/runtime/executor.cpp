@@ -1,0 +1,222 @@
+#include "runtime/executor.h"
+
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <sstream>
+#include <unordered_set>
+
+#include "inlierq/error.h"
+#include "runtime/tensor_convert.h"
+
+namespace inlierq::rt {
+namespace {
+
+std::string describe_shapes(const Tensors& ts) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (i) os << ", ";
+    if (!ts[i].defined()) { os << "-"; continue; }
+    os << c10::toString(ts[i].scalar_type()) << shape_str(ts[i].sizes().vec());
+  }
+  os << ")";
+  return os.str();
+}
+
+bool is_float(at::ScalarType t) { return at::isFloatingType(t); }
+
+}  // namespace
+
+Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts) {
+  auto slot = [&](const std::string& name) {
+    auto it = slot_of_.find(name);
+    if (it != slot_of_.end()) return it->second;
+    int id = static_cast<int>(slot_names_.size());
+    slot_of_[name] = id;
+    slot_names_.push_back(name);
+    constants_.emplace_back();
+    return id;
+  };
+  for (const auto& [name, t] : graph_.initializers) constants_[slot(name)] = to_aten(t).to(opts_.device);
+  for (const auto& in : graph_.inputs) slot(in.name);
+
+  batch_polymorphic_ = opts_.allow_batch && !graph_.inputs.empty();
+  for (const auto& in : graph_.inputs)
+    if (!in.has_shape || in.shape.empty() || in.shape[0].value != 1) batch_polymorphic_ = false;
+
+  const auto& registry = OpRegistry::instance();
+  std::vector<std::string> unsupported;
+  for (const auto& n : graph_.nodes)
+    if (!n.domain.empty() || !registry.find(n.op_type)) unsupported.push_back(n.describe());
+  if (!unsupported.empty()) {
+    std::string msg = "unsupported op(s): ";
+    for (size_t i = 0; i < unsupported.size() && i < 10; ++i) msg += (i ? ", " : "") + unsupported[i];
+    if (unsupported.size() > 10) msg += ", ... (" + std::to_string(unsupported.size()) + " in all)";
+    throw Error(msg);
+  }
+
+  // All slots exist before any kernel is built, so constants_ never reallocates afterwards and the
+  // constant_input lookup stays valid for as long as the executor lives.
+  for (const auto& n : graph_.nodes) {
+    for (const auto& in : n.inputs) if (!in.empty()) slot(in);
+    for (const auto& out : n.outputs) if (!out.empty()) slot(out);
+  }
+  // NoGrad rather than InferenceMode: folded constants must stay usable in runs that record autograd.
+  at::NoGradGuard no_grad;
+  for (const auto& n : graph_.nodes) {
+    Step st;
+    st.node = &n;
+    for (const auto& in : n.inputs) st.inputs.push_back(in.empty() ? -1 : slot_of_.at(in));
+    for (const auto& out : n.outputs) st.outputs.push_back(out.empty() ? -1 : slot_of_.at(out));
+    OpContext ctx{n, graph_.opset, nullptr, batch_polymorphic_};
+    ctx.constant_input = [this, ins = st.inputs](size_t i) -> const at::Tensor* {
+      if (i >= ins.size() || ins[i] < 0) return nullptr;
+      const auto& c = constants_[ins[i]];
+      return c.defined() ? &c : nullptr;
+    };
+    try {
+      st.kernel = (*registry.find(n.op_type))(ctx);
+    } catch (const c10::Error& e) {
+      throw Error(n.describe() + ": " + e.what_without_backtrace());
+    }
+    bool all_const = opts_.fold_constants && !n.inputs.empty();
+    Tensors ins;
+    for (auto s : st.inputs) {
+      if (s >= 0 && !constants_[s].defined()) all_const = false;
+      ins.push_back(s >= 0 ? constants_[s] : at::Tensor());
+    }
+    if (all_const) {
+      Tensors outs;
+      try {
+        outs = st.kernel(ins);
+      } catch (const c10::Error& e) {
+        throw Error(n.describe() + " failed on constant inputs " + describe_shapes(ins) + ": " + e.what_without_backtrace());
+      }
+      for (size_t i = 0; i < st.outputs.size() && i < outs.size(); ++i)
+        if (st.outputs[i] >= 0) constants_[st.outputs[i]] = outs[i];
+      continue;
+    }
+    steps_.push_back(std::move(st));
+  }
+
+  // Free each intermediate after its last reader; graph outputs are never freed.
+  std::unordered_set<int> protected_slots;
+  for (const auto& o : graph_.outputs) protected_slots.insert(slot(o.name));
+  std::vector<int> last_use(slot_names_.size(), -1);
+  for (size_t i = 0; i < steps_.size(); ++i)
+    for (auto s : steps_[i].inputs)
+      if (s >= 0) last_use[s] = static_cast<int>(i);
+  for (size_t s = 0; s < last_use.size(); ++s)
+    if (last_use[s] >= 0 && !constants_[s].defined() && !protected_slots.count(static_cast<int>(s)))
+      steps_[last_use[s]].free_after.push_back(static_cast<int>(s));
+}
+
+Executor::~Executor() = default;
+
+const at::Tensor* Executor::constant(const std::string& name) const {
+  auto it = slot_of_.find(name);
+  if (it == slot_of_.end() || !constants_[it->second].defined()) return nullptr;
+  return &constants_[it->second];
+}
+
+void Executor::check_inputs(const TensorMap& inputs) const {
+  for (const auto& [name, _] : inputs) {
+    bool known = false;
+    for (const auto& in : graph_.inputs) known |= in.name == name;
+    if (!known) {
+      std::string names;
+      for (const auto& in : graph_.inputs) names += (names.empty() ? "'" : ", '") + in.name + "'";
+      throw Error("unknown input '" + name + "'; the model's inputs are " + names);
+    }
+  }
+  for (const auto& in : graph_.inputs) {
+    auto it = inputs.find(in.name);
+    if (it == inputs.end()) throw Error("missing input '" + in.name + "' " + in.shape_string());
+    const at::Tensor& t = it->second;
+    if (!t.defined()) throw Error("input '" + in.name + "' is empty");
+    if (in.dtype != DType::Undefined && to_dtype(t.scalar_type()) != in.dtype)
+      throw Error("input '" + in.name + "' has type " + dtype_name(to_dtype(t.scalar_type())) +
+                  ", the model expects " + dtype_name(in.dtype));
+    if (in.has_shape) {
+      bool ok = static_cast<size_t>(t.dim()) == in.shape.size();
+      for (size_t d = 0; ok && d < in.shape.size(); ++d) {
+        if (in.shape[d].value < 0 || (d == 0 && batch_polymorphic_)) continue;
+        ok = t.size(static_cast<int64_t>(d)) == in.shape[d].value;
+      }
+      if (!ok)
+        throw Error("input '" + in.name + "' has shape " + shape_str(t.sizes().vec()) + ", the model expects " +
+                    in.shape_string() + (batch_polymorphic_ ? " (any batch size)" : ""));
+    }
+    if (opts_.check_finite && is_float(t.scalar_type()) && !at::isfinite(t).all().item<bool>())
+      throw Error("input '" + in.name + "' contains NaN or Inf values");
+  }
+}
+
+TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
+  check_inputs(inputs);
+  const bool needs_grad = ro.track_grad || (ro.overrides && [&] {
+    for (auto& [_, t] : *ro.overrides) if (t.requires_grad()) return true;
+    return false;
+  }());
+  std::optional<c10::InferenceMode> inference;
+  if (!needs_grad) inference.emplace();
+
+  std::vector<at::Tensor> slots = constants_;
+  if (ro.overrides)
+    for (const auto& [name, t] : *ro.overrides) {
+      auto it = slot_of_.find(name);
+      if (it == slot_of_.end()) throw Error("override '" + name + "' names no value of the graph");
+      slots[it->second] = t;
+    }
+  for (const auto& in : graph_.inputs) {
+    at::Tensor t = inputs.at(in.name).to(opts_.device);
+    if (ro.track_grad && is_float(t.scalar_type())) t = t.detach().requires_grad_(true);
+    slots[slot_of_.at(in.name)] = t;
+  }
+  std::unordered_set<int> keep;
+  for (const auto& k : ro.keep) {
+    auto it = slot_of_.find(k);
+    if (it == slot_of_.end()) throw Error("requested value '" + k + "' does not exist in the graph");
+    keep.insert(it->second);
+  }
+
+  Tensors ins;
+  for (const auto& st : steps_) {
+    ins.clear();
+    for (auto s : st.inputs) ins.push_back(s >= 0 ? slots[s] : at::Tensor());
+    Tensors outs;
+    try {
+      outs = st.kernel(ins);
+    } catch (const c10::Error& e) {
+      throw Error(st.node->describe() + " failed on inputs " + describe_shapes(ins) + ": " + e.what_without_backtrace());
+    }
+    if (outs.size() < st.outputs.size())
+      for (size_t i = outs.size(); i < st.outputs.size(); ++i)
+        if (st.outputs[i] >= 0) throw Error(st.node->describe() + ": output " + std::to_string(i) + " was not produced");
+    for (size_t i = 0; i < st.outputs.size(); ++i) {
+      int s = st.outputs[i];
+      if (s < 0) continue;
+      slots[s] = ro.value_hook ? ro.value_hook(slot_names_[s], outs[i]) : std::move(outs[i]);
+    }
+    for (auto s : st.free_after)
+      if (!keep.count(s)) slots[s] = at::Tensor();
+  }
+
+  TensorMap result;
+  for (const auto& o : graph_.outputs) result[o.name] = slots[slot_of_.at(o.name)];
+  for (auto s : keep) result[slot_names_[s]] = slots[s];
+  return result;
+}
+
+Tensors Executor::run_single(const at::Tensor& input, const RunOptions& ro) const {
+  if (graph_.inputs.size() != 1)
+    throw Error("the model has " + std::to_string(graph_.inputs.size()) + " inputs; run_single needs exactly one");
+  auto res = run({{graph_.inputs[0].name, input}}, ro);
+  Tensors out;
+  for (const auto& o : graph_.outputs) out.push_back(res.at(o.name));
+  return out;
+}
+
+}  // namespace inlierq::rt

@@ -1,0 +1,7 @@
+#include "runtime/op_registry.h"
+
+namespace inlierq::rt {
+
+void register_quant_ops(OpRegistry& r) {}
+
+}  // namespace inlierq::rt
