@@ -88,7 +88,10 @@ Kernel make_conv_transpose(const OpContext& ctx) {
         for (size_t i = 0; i < nd; ++i) out_shape.push_back(in_sp[i] * strides[i]);
       for (size_t i = 0; i < nd; ++i) {
         int64_t total = strides[i] * (in_sp[i] - 1) + out_pad[i] + ((kernel[i] - 1) * dil[i] + 1) - out_shape[i];
-        total = std::max<int64_t>(total, 0);
+        if (total < 0) {  // the requested output is larger than the kernel covers: grow via output_padding
+          out_pad[i] += -total;
+          total = 0;
+        }
         if (autopad == "SAME_UPPER") { pads[i] = total / 2; pads[i + nd] = total - total / 2; }
         else { pads[i] = total - total / 2; pads[i + nd] = total / 2; }
       }

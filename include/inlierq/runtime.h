@@ -1,0 +1,42 @@
+#pragma once
+// Torch-free facade over the executor, for the CLI and for embedding.
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inlierq/graph.h"
+
+namespace inlierq {
+
+struct SessionOptions {
+  std::string device = "cpu";  // "cpu" or "cuda[:N]"
+  int threads = 0;             // 0 = library default
+};
+
+class Session {
+ public:
+  Session(const Graph& g, const SessionOptions& opts = {});
+  ~Session();
+  std::map<std::string, TensorData> run(const std::map<std::string, TensorData>& inputs);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+bool op_supported(const std::string& op_type, const std::string& domain = "");
+std::vector<std::string> supported_ops();
+// Process-wide set-up: allocator tuning and thread count (0 keeps the default).
+void init_runtime(int threads);
+
+struct ModelSummary {
+  std::vector<ValueInfo> inputs, outputs;
+  std::map<std::string, int> op_histogram;
+  int64_t parameters = 0;  // elements of float initializers
+  int64_t macs = 0;        // Conv/ConvTranspose/Gemm/MatMul multiply-accumulates, batch 1
+  std::vector<const Node*> unsupported;
+};
+ModelSummary summarize(const Graph& g);
+
+}  // namespace inlierq

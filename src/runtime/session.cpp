@@ -1,0 +1,64 @@
+#include <ATen/Parallel.h>
+#include <malloc.h>
+
+#include "inlierq/error.h"
+#include "inlierq/runtime.h"
+#include "runtime/executor.h"
+#include "runtime/tensor_convert.h"
+
+namespace inlierq {
+
+struct Session::Impl {
+  std::unique_ptr<rt::Executor> exec;
+};
+
+namespace {
+at::Device parse_device(const std::string& d) {
+  try {
+    at::Device dev(d);
+    if (dev.is_cuda() && !at::hasCUDA()) throw Error("device '" + d + "' requested but this build has no CUDA support or no GPU is visible");
+    return dev;
+  } catch (const c10::Error&) {
+    throw Error("unknown device '" + d + "' (use cpu or cuda[:N])");
+  }
+}
+}  // namespace
+
+Session::Session(const Graph& g, const SessionOptions& opts) : impl_(std::make_unique<Impl>()) {
+  if (opts.threads > 0) at::set_num_threads(opts.threads);
+  rt::ExecutorOptions eo;
+  eo.device = parse_device(opts.device);
+  impl_->exec = std::make_unique<rt::Executor>(g, eo);
+}
+
+Session::~Session() = default;
+
+std::map<std::string, TensorData> Session::run(const std::map<std::string, TensorData>& inputs) {
+  rt::TensorMap in;
+  for (const auto& [name, t] : inputs) {
+    try {
+      in[name] = rt::to_aten(t);
+    } catch (const Error& e) {
+      throw Error("input '" + name + "': " + e.what());
+    }
+  }
+  auto out = impl_->exec->run(in);
+  std::map<std::string, TensorData> result;
+  for (const auto& o : impl_->exec->graph().outputs) result[o.name] = rt::from_aten(out.at(o.name));
+  return result;
+}
+
+bool op_supported(const std::string& op_type, const std::string& domain) {
+  return domain.empty() && rt::OpRegistry::instance().find(op_type) != nullptr;
+}
+
+std::vector<std::string> supported_ops() { return rt::OpRegistry::instance().op_types(); }
+
+void init_runtime(int threads) {
+  // glibc's default thresholds make every large tensor allocation page-fault anew on this class of VM.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  if (threads > 0) at::set_num_threads(threads);
+}
+
+}  // namespace inlierq

@@ -1,0 +1,63 @@
+"""Shared helpers for the Python tests: paths, the CLI, and simple model-input preparation."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+SOURCE_DIR = os.environ.get("INLIERQ_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+ASSETS = os.environ.get("INLIERQ_ASSETS", os.path.join(SOURCE_DIR, "..", "shared", "assets"))
+CLI = os.environ.get("INLIERQ_CLI", os.path.join(SOURCE_DIR, "build", "inlierq"))
+MODELS = {
+    "yolox_nano": (os.path.join(ASSETS, "models", "yolox_nano.onnx"), 416),
+    "nanodet_m_416": (os.path.join(ASSETS, "models", "nanodet_m_416.onnx"), 416),
+    "fastestdet_352": (os.path.join(ASSETS, "models", "fastestdet_352.onnx"), 352),
+}
+VAL_IMAGES = os.path.join(ASSETS, "coco_val500", "images")
+
+
+def real_images(n):
+    files = sorted(f for f in os.listdir(VAL_IMAGES) if f.endswith(".jpg"))[:n]
+    return [os.path.join(VAL_IMAGES, f) for f in files]
+
+
+def image_tensor(path, size, scale=1.0):
+    """Plain resize to size×size, BGR, NCHW float32: enough to give the network real activations."""
+    img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32)[:, :, ::-1] * scale
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run([CLI, *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        sys.exit(f"inlierq {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ort_session(model_path, threads=2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+
+
+class Checks:
+    """Collects pass/fail lines and prints the 'N passed, N failed' closing line."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what):
+        print(("PASS " if ok else "FAIL ") + what, flush=True)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        sys.exit(1 if self.failed or not self.passed else 0)
