@@ -78,13 +78,16 @@ int cmd_infer(const std::string& model, const std::vector<std::string>& input_sp
       throw Error("input '" + name + "': " + e.what());
     }
   }
-  Session session(g, SessionOptions{device, 0});
-  auto outputs = session.run(inputs);
-  fs::create_directories(out_dir);
+  // Output problems are reported before the model runs, not after.
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec || !fs::is_directory(out_dir)) throw Error("cannot create output directory '" + out_dir + "': " + (ec ? ec.message() : "not a directory"));
   for (const auto& o : g.outputs) {
     const std::string path = (fs::path(out_dir) / (sanitize(o.name) + ".npy")).string();
     if (!force && fs::exists(path)) throw Error("'" + path + "' already exists; pass --force to overwrite it");
   }
+  Session session(g, SessionOptions{device, 0});
+  auto outputs = session.run(inputs);
   for (const auto& o : g.outputs) {
     const std::string path = (fs::path(out_dir) / (sanitize(o.name) + ".npy")).string();
     write_npy(path, outputs.at(o.name));
@@ -130,7 +133,9 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "internal error: {}\n", e.what());
+    // Only the first line: c10::Error appends a C++ backtrace that would bury the message.
+    const std::string what = e.what();
+    fmt::print(stderr, "internal error: {}\n", what.substr(0, what.find('\n')));
     return 3;
   }
   return 0;

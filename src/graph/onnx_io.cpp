@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -218,6 +219,28 @@ std::vector<Node> topo_sort(std::vector<Node> nodes, const std::set<std::string>
   return out;
 }
 
+// libonnx 1.12's checker does not look at attribute values, and its shape inference for Conv, ConvInteger,
+// QLinearConv and the pooling ops divides by `strides`: a 0 there kills the process with SIGFPE (found by
+// tests/test_fuzz_loader.cpp). These attributes must be positive wherever ONNX defines them, so they are
+// checked here, subgraphs included, before libonnx sees the model.
+void check_positive_attributes(const onnx::GraphProto& g, const std::string& origin) {
+  static const std::set<std::string> kPositive = {"strides", "dilations", "kernel_shape", "blocksize", "group"};
+  for (int i = 0; i < g.node_size(); ++i) {
+    const auto& n = g.node(i);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g()) check_positive_attributes(a.g(), origin);
+      for (const auto& sub : a.graphs()) check_positive_attributes(sub, origin);
+      if (!(n.domain().empty() || n.domain() == "ai.onnx") || !kPositive.count(a.name())) continue;
+      bool ok = a.ints_size() > 0 || a.type() == onnx::AttributeProto::INT;
+      for (auto v : a.ints()) ok &= v > 0;
+      if (a.type() == onnx::AttributeProto::INT) ok &= a.i() > 0;
+      if (!ok)
+        throw Error(origin + ": node '" + (n.name().empty() ? "#" + std::to_string(i) : n.name()) + "' (" + n.op_type() +
+                    "): attribute '" + a.name() + "' must hold positive values");
+    }
+  }
+}
+
 Graph graph_from_model(onnx::ModelProto& model, const std::string& origin, const LoadOptions& opts) {
   Graph g;
   for (const auto& op : model.opset_import())
@@ -226,6 +249,16 @@ Graph graph_from_model(onnx::ModelProto& model, const std::string& origin, const
   if (g.opset < kMinOpset || g.opset > kMaxOpset)
     throw Error(origin + ": opset " + std::to_string(g.opset) + " is not supported (supported: " +
                 std::to_string(kMinOpset) + ".." + std::to_string(kMaxOpset) + ")");
+  // Initializers are converted (and their sizes validated) first: the messages name the tensor, and
+  // shape inference never reads a tensor whose data disagrees with its shape.
+  const auto& gp = model.graph();
+  std::set<std::string> provided;
+  for (const auto& init : gp.initializer()) {
+    if (init.name().empty()) throw Error(origin + ": an initializer has no name");
+    g.initializers[init.name()] = tensor_from_proto(init, origin + ": initializer '" + init.name() + "'");
+    provided.insert(init.name());
+  }
+  check_positive_attributes(gp, origin);
   if (opts.run_checker) {
     try {
       onnx::checker::check_model(model);
@@ -240,16 +273,8 @@ Graph graph_from_model(onnx::ModelProto& model, const std::string& origin, const
       throw Error(origin + ": shape inference failed: " + e.what());
     }
   }
-  const auto& gp = model.graph();
   g.name = gp.name();
   g.producer = model.producer_name();
-
-  std::set<std::string> provided;
-  for (const auto& init : gp.initializer()) {
-    if (init.name().empty()) throw Error(origin + ": an initializer has no name");
-    g.initializers[init.name()] = tensor_from_proto(init, origin + ": initializer '" + init.name() + "'");
-    provided.insert(init.name());
-  }
   for (const auto& in : gp.input()) {
     if (g.initializers.count(in.name())) continue;  // exporters of opset < 9 list weights as inputs
     g.inputs.push_back(value_from_proto(in));
@@ -306,6 +331,8 @@ Graph load_onnx_bytes(const std::string& bytes, const std::string& origin, const
 Graph load_onnx(const std::string& path, const LoadOptions& opts) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error("cannot open model file '" + path + "': " + std::strerror(errno));
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw Error("'" + path + "' is a directory, not an ONNX model file");
   std::ostringstream ss;
   ss << f.rdbuf();
   return load_onnx_bytes(ss.str(), path, opts);

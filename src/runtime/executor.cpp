@@ -29,6 +29,18 @@ bool is_float(at::ScalarType t) { return at::isFloatingType(t); }
 
 }  // namespace
 
+std::vector<int64_t> Executor::static_shape(const std::string& name) const {
+  if (auto it = graph_.initializers.find(name); it != graph_.initializers.end()) return it->second.shape;
+  const ValueInfo* v = graph_.find_value(name);
+  std::vector<int64_t> s;
+  if (!v || !v->has_shape) return s;
+  for (const auto& d : v->shape) {
+    if (d.value < 0) return {};
+    s.push_back(d.value);
+  }
+  return s;
+}
+
 Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts) {
   auto slot = [&](const std::string& name) {
     auto it = slot_of_.find(name);
@@ -70,7 +82,9 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
     st.node = &n;
     for (const auto& in : n.inputs) st.inputs.push_back(in.empty() ? -1 : slot_of_.at(in));
     for (const auto& out : n.outputs) st.outputs.push_back(out.empty() ? -1 : slot_of_.at(out));
-    OpContext ctx{n, graph_.opset, nullptr, batch_polymorphic_};
+    OpContext ctx{n, graph_.opset, nullptr, batch_polymorphic_, {}, {}};
+    for (const auto& in : n.inputs) ctx.exported_input_shapes.push_back(static_shape(in));
+    for (const auto& out : n.outputs) ctx.exported_output_shapes.push_back(static_shape(out));
     ctx.constant_input = [this, ins = st.inputs](size_t i) -> const at::Tensor* {
       if (i >= ins.size() || ins[i] < 0) return nullptr;
       const auto& c = constants_[ins[i]];

@@ -63,6 +63,7 @@ class Executor {
     std::vector<int> free_after;
   };
   void check_inputs(const TensorMap& inputs) const;
+  std::vector<int64_t> static_shape(const std::string& name) const;
 
   Graph graph_;
   ExecutorOptions opts_;

@@ -23,6 +23,8 @@ struct OpContext {
   std::function<const at::Tensor*(size_t)> constant_input;
   // Input 0's first dimension is a batch dimension exported as 1 (see ExecutorOptions).
   bool batch_polymorphic = false;
+  // Static shapes from shape inference at the exported batch size; empty where unknown.
+  std::vector<std::vector<int64_t>> exported_input_shapes, exported_output_shapes;
 
   [[noreturn]] void fail(const std::string& msg) const { throw Error(node.describe() + ": " + msg); }
 };

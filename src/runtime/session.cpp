@@ -1,6 +1,8 @@
 #include <ATen/Parallel.h>
 #include <malloc.h>
 
+#include <optional>
+
 #include "inlierq/error.h"
 #include "inlierq/runtime.h"
 #include "runtime/executor.h"
@@ -14,13 +16,17 @@ struct Session::Impl {
 
 namespace {
 at::Device parse_device(const std::string& d) {
+  std::optional<at::Device> dev;
   try {
-    at::Device dev(d);
-    if (dev.is_cuda() && !at::hasCUDA()) throw Error("device '" + d + "' requested but this build has no CUDA support or no GPU is visible");
-    return dev;
+    dev.emplace(d);
   } catch (const c10::Error&) {
-    throw Error("unknown device '" + d + "' (use cpu or cuda[:N])");
   }
+  // at::Device also parses xla, mps, meta, ...; the executor only knows how to run on these two.
+  if (!dev || !(dev->is_cpu() || dev->is_cuda())) throw Error("unknown device '" + d + "' (use cpu or cuda[:N])");
+  if (dev->is_cuda() && !at::hasCUDA()) throw Error("device '" + d + "' requested but this build has no CUDA support or no GPU is visible");
+  if (dev->is_cuda() && dev->has_index() && dev->index() >= static_cast<int>(at::getNumGPUs()))
+    throw Error("device '" + d + "' requested but only " + std::to_string(static_cast<int>(at::getNumGPUs())) + " GPU(s) are visible");
+  return *dev;
 }
 }  // namespace
 

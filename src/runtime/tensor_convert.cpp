@@ -1,6 +1,7 @@
 #include "runtime/tensor_convert.h"
 
 #include <cstring>
+#include <limits>
 
 #include "inlierq/error.h"
 
@@ -39,7 +40,18 @@ DType to_dtype(at::ScalarType t) {
 }
 
 at::Tensor to_aten(const TensorData& t) {
-  auto out = at::empty(t.shape, at::TensorOptions().dtype(to_scalar_type(t.dtype)));
+  const auto type = to_scalar_type(t.dtype);
+  // TensorData built by API callers may disagree with itself; a longer buffer would overrun the tensor.
+  int64_t n = 1;
+  for (auto d : t.shape) {
+    if (d < 0 || (d > 0 && n > std::numeric_limits<int64_t>::max() / d / 16))
+      throw Error("tensor shape " + shape_str(t.shape) + " is invalid");
+    n *= d;
+  }
+  if (t.bytes.size() != static_cast<size_t>(n) * dtype_size(t.dtype))
+    throw Error("tensor holds " + std::to_string(t.bytes.size()) + " bytes, shape " + shape_str(t.shape) + " of " +
+                dtype_name(t.dtype) + " needs " + std::to_string(n * static_cast<int64_t>(dtype_size(t.dtype))));
+  auto out = at::empty(t.shape, at::TensorOptions().dtype(type));
   if (!t.bytes.empty()) std::memcpy(out.data_ptr(), t.bytes.data(), t.bytes.size());
   return out;
 }

@@ -54,12 +54,25 @@ TensorData read_npy(const std::string& path) {
     throw Error("'" + path + "': .npy header has no shape");
   std::string dims = m[1];
   std::regex num("\\d+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it)
-    t.shape.push_back(std::stoll(it->str()));
-  const size_t nbytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
+  // The header is untrusted: the byte count is compared with what the file holds before allocating, and
+  // each step is bounded so that the product cannot overflow.
+  const auto data_start = f.tellg();
+  f.seekg(0, std::ios::end);
+  const uint64_t available = static_cast<uint64_t>(f.tellg() - data_start);
+  f.seekg(data_start);
+  uint64_t nbytes = dtype_size(t.dtype);
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it) {
+    const std::string s = it->str();
+    const uint64_t d = s.size() > 15 ? (uint64_t(1) << 62) : std::stoull(s);
+    t.shape.push_back(static_cast<int64_t>(d));
+    nbytes = (d && nbytes > available / d) ? available + 1 : nbytes * d;
+  }
+  if (nbytes > available)
+    throw Error("'" + path + "': truncated .npy data (shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) +
+                " needs more than the " + std::to_string(available) + " bytes the file holds)");
   t.bytes.resize(nbytes);
   if (nbytes && !f.read(reinterpret_cast<char*>(t.bytes.data()), static_cast<std::streamsize>(nbytes)))
-    throw Error("'" + path + "': truncated .npy data (shape " + shape_str(t.shape) + " needs " + std::to_string(nbytes) + " bytes)");
+    throw Error("'" + path + "': cannot read .npy data");
   return t;
 }
 

@@ -1,0 +1,142 @@
+"""Bad input to the CLI: every case exits non-zero (never by a signal) with a short message on stderr that
+names the problem, and no Python-style traceback or 'internal error'. Uses tiny models built here so that
+it does not depend on which ops the executor supports yet."""
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from common import CLI, MODELS, Checks, run_cli
+
+
+def tiny_model(path, custom_op=False):
+    """x[1,3,8,8] -> Conv 'conv0' -> Relu 'relu0' (or com.example.FancyOp 'fancy0') -> y."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.random.default_rng(0).standard_normal(108).astype(np.float32))
+    conv = helper.make_node("Conv", ["x", "w"], ["h"], name="conv0", pads=[1, 1, 1, 1])
+    act = (helper.make_node("FancyOp", ["h"], ["y"], name="fancy0", domain="com.example") if custom_op
+           else helper.make_node("Relu", ["h"], ["y"], name="relu0"))
+    graph = helper.make_graph([conv, act], "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    opsets = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("com.example", 1)] if custom_op else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=7), path)
+
+
+def main():
+    checks = Checks()
+
+    def expect_error(what, args, needles, rc=None):
+        p = run_cli(*args, check=False)
+        problems = []
+        if p.returncode < 0:
+            problems.append(f"killed by signal {-p.returncode}")
+        elif p.returncode == 0:
+            problems.append("exit code 0")
+        elif rc is not None and p.returncode != rc:
+            problems.append(f"exit code {p.returncode}, expected {rc}")
+        for bad in ("Traceback", "internal error", "terminate called", "Segmentation"):
+            if bad in p.stderr:
+                problems.append(f"'{bad}' on stderr")
+        missing = [n for n in needles if n not in p.stderr]
+        if missing:
+            problems.append(f"stderr lacks {missing}")
+        if len([l for l in p.stderr.splitlines() if l.strip()]) > 4:
+            problems.append("more than 4 lines on stderr")
+        checks.check(not problems, f"{what}: rc={p.returncode} {'; '.join(problems)}\n     stderr: {p.stderr.strip()[:300]}")
+        return p
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def path(name):
+            return os.path.join(tmp, name)
+
+        def write(name, data):
+            with open(path(name), "wb") as f:
+                f.write(data)
+            return path(name)
+
+        def npy(name, arr):
+            np.save(path(name), arr)
+            return path(name)
+
+        model, custom = path("tiny.onnx"), path("custom.onnx")
+        tiny_model(model)
+        tiny_model(custom, custom_op=True)
+        with open(MODELS["yolox_nano"][0], "rb") as f:
+            yolox = f.read()
+        rng = np.random.default_rng(1)
+        good = npy("good.npy", rng.random((1, 3, 8, 8), dtype=np.float32))
+
+        # inspect: unreadable models
+        expect_error("inspect missing file", ["inspect", path("nope.onnx")], ["nope.onnx", "cannot open"], rc=1)
+        expect_error("inspect empty file", ["inspect", write("empty.onnx", b"")], ["empty.onnx", "not a valid ONNX model"], rc=1)
+        expect_error("inspect garbage", ["inspect", write("garbage.onnx", rng.bytes(5000))], ["garbage.onnx", "not a valid ONNX model"], rc=1)
+        expect_error("inspect truncated yolox", ["inspect", write("half.onnx", yolox[: len(yolox) // 2])], ["half.onnx", "truncated"], rc=1)
+        expect_error("inspect a directory", ["inspect", tmp], [tmp], rc=1)
+        expect_error("inspect unsupported op", ["inspect", custom], ["fancy0", "FancyOp", "unsupported"], rc=2)
+        p = run_cli("inspect", "--json", custom, check=False)
+        try:
+            import json
+            listed = json.loads(p.stdout)["unsupported"]
+        except ValueError:
+            listed = None
+        checks.check(p.returncode == 2 and listed == [{"node": "fancy0", "op": "FancyOp", "domain": "com.example"}],
+                     f"inspect --json lists the unsupported node (rc={p.returncode}, {listed})")
+        checks.check(run_cli("inspect", model, check=False).returncode == 0, "inspect of the valid tiny model exits 0")
+
+        # infer: bad inputs
+        out = path("out")
+        base = ["infer", model, "--output-dir", out]
+        expect_error("infer wrong input name", base + ["--input", f"images={good}"], ["unknown input 'images'", "'x'"], rc=1)
+        expect_error("infer wrong shape", base + ["--input", "x=" + npy("s.npy", np.zeros((1, 3, 9, 8), np.float32))],
+                     ["input 'x'", "[1,3,9,8]", "[1,3,8,8]"], rc=1)
+        expect_error("infer wrong rank", base + ["--input", "x=" + npy("r.npy", np.zeros((3, 8, 8), np.float32))],
+                     ["input 'x'", "[3,8,8]"], rc=1)
+        expect_error("infer int64 input", base + ["--input", "x=" + npy("i.npy", np.zeros((1, 3, 8, 8), np.int64))],
+                     ["input 'x'", "int64", "float32"], rc=1)
+        expect_error("infer float64 input", base + ["--input", "x=" + npy("d.npy", np.zeros((1, 3, 8, 8)))],
+                     ["input 'x'", "float64"], rc=1)
+        expect_error("infer complex .npy", base + ["--input", "x=" + npy("c.npy", np.zeros((1, 3, 8, 8), np.complex64))],
+                     ["c.npy", "unsupported .npy dtype"], rc=1)
+        expect_error("infer big-endian .npy", base + ["--input", "x=" + npy("be.npy", np.zeros((1, 3, 8, 8), ">f4"))],
+                     ["be.npy", "unsupported .npy dtype"], rc=1)
+        expect_error("infer Fortran-order .npy", base + ["--input", "x=" + npy("fo.npy", np.asfortranarray(np.zeros((1, 3, 8, 8), np.float32)))],
+                     ["fo.npy", "Fortran"], rc=1)
+        expect_error("infer text file as input", base + ["--input", "x=" + write("t.txt", b"1 2 3\n")], ["t.txt", "not a .npy file"], rc=1)
+        expect_error("infer ONNX file as input", base + ["--input", f"x={model}"], ["tiny.onnx", "not a .npy file"], rc=1)
+        expect_error("infer missing input file", base + ["--input", "x=" + path("none.npy")], ["none.npy", "cannot open"], rc=1)
+        with open(good, "rb") as f:
+            good_bytes = f.read()
+        expect_error("infer truncated .npy", base + ["--input", "x=" + write("tr.npy", good_bytes[:-100])], ["tr.npy", "truncated"], rc=1)
+        huge = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4000000000, 4000000000, 4000000000), }"
+        huge = b"\x93NUMPY\x01\x00" + len(huge + b"\n").to_bytes(2, "little") + huge + b"\n" + b"\0" * 64
+        expect_error("infer .npy with absurd shape", base + ["--input", "x=" + write("huge.npy", huge)], ["huge.npy"], rc=1)
+        nan = np.zeros((1, 3, 8, 8), np.float32)
+        nan[0, 1, 2, 3] = np.nan
+        expect_error("infer NaN input", base + ["--input", "x=" + npy("nan.npy", nan)], ["input 'x'", "NaN"], rc=1)
+        expect_error("infer missing --input", base, ["--input"])
+        expect_error("infer malformed --input", base + ["--input", good], ["NAME=FILE.npy"], rc=1)
+        expect_error("infer input given twice", base + ["--input", f"x={good}", "--input", f"x={good}"], ["'x'", "twice"], rc=1)
+        expect_error("infer unsupported op", ["infer", custom, "--output-dir", out, "--input", f"x={good}"], ["fancy0", "FancyOp"], rc=1)
+        expect_error("infer unknown device", base + ["--input", f"x={good}", "--device", "tpu"], ["tpu"], rc=1)
+        expect_error("infer non-CPU/CUDA device", base + ["--input", f"x={good}", "--device", "xla"], ["xla"], rc=1)
+        expect_error("infer output dir is a file", ["infer", model, "--output-dir", good, "--input", f"x={good}"], ["good.npy"], rc=1)
+
+        # infer: refuses to overwrite without --force
+        ok = run_cli(*base, "--input", f"x={good}", check=False)
+        checks.check(ok.returncode == 0 and os.path.exists(os.path.join(out, "y.npy")), f"infer on valid input exits 0 (rc={ok.returncode} {ok.stderr.strip()})")
+        before = os.stat(os.path.join(out, "y.npy")).st_mtime_ns if ok.returncode == 0 else None
+        expect_error("infer refuses to overwrite", base + ["--input", f"x={good}"], ["y.npy", "already exists", "--force"], rc=1)
+        after = os.stat(os.path.join(out, "y.npy")).st_mtime_ns if ok.returncode == 0 else None
+        checks.check(before == after, "the refused run left the existing output untouched")
+        forced = run_cli(*base, "--input", f"x={good}", "--force", check=False)
+        checks.check(forced.returncode == 0, f"infer --force overwrites (rc={forced.returncode})")
+        leftovers = [f for f in os.listdir(out) if ".tmp." in f]
+        checks.check(not leftovers, f"no temporary files left in the output dir ({leftovers})")
+    checks.finish()
+
+
+if __name__ == "__main__":
+    if not os.path.exists(CLI):
+        raise SystemExit(f"CLI binary not found at {CLI}; set INLIERQ_CLI")
+    main()
