@@ -49,11 +49,16 @@ int main(int argc, char** argv) {
       sync();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / batch);
     }
+    std::map<std::string, double> profile;
+    inlierq::rt::RunOptions ro;
+    ro.profile = &profile;
+    for (int i = 0; i < runs; ++i) ex.run_single(x, ro);
     std::vector<double> sorted = ms;
     std::sort(sorted.begin(), sorted.end());
     double median = sorted[sorted.size() / 2];
     nlohmann::json j{{"model", argv[1]}, {"threads", at::get_num_threads()}, {"batch", batch}, {"device", device},
                      {"median_ms", median}, {"samples_ms", ms}};
+    for (auto& [op, t] : profile) j["profile_ms_per_run"][op] = t / runs;
     std::cout << j.dump() << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -1,9 +1,11 @@
 #include "inlierq/preprocess.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "inlierq/error.h"
@@ -28,6 +30,7 @@ PilCoeffs pil_coeffs(int in_size, int out_size) {
   const double scale = static_cast<double>(in_size) / out_size;
   const double filterscale = std::max(scale, 1.0);  // widen the triangle when shrinking: antialiasing
   const double support = 1.0 * filterscale;
+  const double ss = 1.0 / filterscale;  // multiplied, not divided, as Pillow does: same last bit
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   c.first.resize(out_size);
   c.count.resize(out_size);
@@ -39,7 +42,7 @@ PilCoeffs pil_coeffs(int in_size, int out_size) {
     int xmax = std::min(static_cast<int>(center + support + 0.5), in_size) - xmin;
     double ww = 0;
     for (int x = 0; x < xmax; ++x) {
-      const double d = std::abs((x + xmin - center + 0.5) / filterscale);
+      const double d = std::abs((x + xmin - center + 0.5) * ss);
       w[x] = d < 1.0 ? 1.0 - d : 0.0;
       ww += w[x];
     }
@@ -81,8 +84,8 @@ Image resize_pil(const Image& img, int w, int h) {
   if (w == img.width) return pil_pass(img, h, false);
   if (h == img.height) return pil_pass(img, w, true);
   // Pillow 13 does the vertical pass first when the height shrinks by more than twice as many pixels as
-  // the width (found by matching it on 4,500 size pairs); earlier Pillow always went horizontal first.
-  // The order matters by at most 1 level, through the uint8 rounding between the passes.
+  // the width (Pillow PR #9549; the rule was fitted on 4,500 size pairs); earlier Pillow always went
+  // horizontal first. The order matters by at most 1 level, through the uint8 rounding between passes.
   if (h < img.height && img.height - h > 2 * (img.width - w)) return pil_pass(pil_pass(img, h, false), w, true);
   return pil_pass(pil_pass(img, w, true), h, false);
 }
@@ -90,7 +93,8 @@ Image resize_pil(const Image& img, int w, int h) {
 // ---- cv2 convention: OpenCV resize INTER_LINEAR on uint8 (imgproc/src/resize.cpp) ------------------
 // Reproduced to the bit, rounding included: 11-bit weights, an exact integer horizontal pass, and the
 // vertical pass of its SIMD kernel (VResizeLinearVec_32s8u), which drops 4 bits before a 16-bit
-// multiply-high. Checked against libopencv_imgproc 4.6 (x86-64) on random sizes, up and down.
+// multiply-high. Checked against libopencv_imgproc 4.6 (x86-64) on random sizes, up and down; its switch
+// to INTER_AREA for exact 2x shrinking gives the same numbers, so it needs no special case.
 
 constexpr int kCvOne = 1 << 11;  // INTER_RESIZE_COEF_SCALE
 
@@ -171,6 +175,12 @@ E enum_value(const EnumName<E> (&table)[N], const json& j, const char* key) {
   throw Error(std::string("preprocessing spec: '") + key + "' must be one of " + options + ", got '" + s + "'");
 }
 
+std::array<float, 3> three_floats(const json& v, const char* key) {
+  if (!v.is_array() || v.size() != 3)
+    throw Error(std::string("preprocessing spec: '") + key + "' must be a list of 3 numbers, one per channel");
+  return v.get<std::array<float, 3>>();
+}
+
 }  // namespace
 
 void PreprocessSpec::validate() const {
@@ -242,8 +252,8 @@ void from_json(const json& j, PreprocessSpec& s) {
       else if (key == "pad_after_normalize") s.pad_after_normalize = v.get<bool>();
       else if (key == "channel_order") s.channels = enum_value(kOrder, v, "channel_order");
       else if (key == "scale") s.scale = v.get<float>();
-      else if (key == "mean") s.mean = v.get<std::array<float, 3>>();
-      else if (key == "std") s.std = v.get<std::array<float, 3>>();
+      else if (key == "mean") s.mean = three_floats(v, "mean");
+      else if (key == "std") s.std = three_floats(v, "std");
       else if (key == "layout") s.layout = enum_value(kLayout, v, "layout");
       else throw Error("preprocessing spec: unknown key '" + key + "'");
     }

@@ -231,11 +231,11 @@ void check_positive_attributes(const onnx::GraphProto& g, const std::string& ori
       if (a.has_g()) check_positive_attributes(a.g(), origin);
       for (const auto& sub : a.graphs()) check_positive_attributes(sub, origin);
       if (!(n.domain().empty() || n.domain() == "ai.onnx") || !kPositive.count(a.name())) continue;
-      bool ok = a.ints_size() > 0 || a.type() == onnx::AttributeProto::INT;
+      bool ok = true;
       for (auto v : a.ints()) ok &= v > 0;
       if (a.type() == onnx::AttributeProto::INT) ok &= a.i() > 0;
       if (!ok)
-        throw Error(origin + ": node '" + (n.name().empty() ? "#" + std::to_string(i) : n.name()) + "' (" + n.op_type() +
+        throw Error(origin + ": node '" + (n.name().empty() ? n.op_type() + "_" + std::to_string(i) : n.name()) + "' (" + n.op_type() +
                     "): attribute '" + a.name() + "' must hold positive values");
     }
   }

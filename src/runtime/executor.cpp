@@ -3,6 +3,7 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 
+#include <chrono>
 #include <optional>
 #include <sstream>
 #include <unordered_set>
@@ -26,6 +27,24 @@ std::string describe_shapes(const Tensors& ts) {
 }
 
 bool is_float(at::ScalarType t) { return at::isFloatingType(t); }
+
+// Runs a kernel or factory so that whatever it throws becomes one inlierq::Error naming the node: kernels
+// may throw c10::Error, inlierq::Error without node context (e.g. from to_scalar_type) or std exceptions
+// (std::out_of_range, std::bad_alloc, ...) on malformed models.
+// `where` is a callable so that the input shapes are only described on failure.
+template <typename W, typename F>
+auto with_node_context(const Node& n, W&& where, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    if (std::string(e.what()).find(n.describe()) != std::string::npos) throw;
+    throw Error(n.describe() + where() + ": " + e.what());
+  } catch (const c10::Error& e) {
+    throw Error(n.describe() + where() + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Error(n.describe() + where() + ": " + e.what());
+  }
+}
 
 }  // namespace
 
@@ -51,7 +70,13 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
     constants_.emplace_back();
     return id;
   };
-  for (const auto& [name, t] : graph_.initializers) constants_[slot(name)] = to_aten(t).to(opts_.device);
+  for (const auto& [name, t] : graph_.initializers) {
+    try {
+      constants_[slot(name)] = to_aten(t).to(opts_.device);
+    } catch (const Error& e) {
+      throw Error("initializer '" + name + "': " + e.what());
+    }
+  }
   for (const auto& in : graph_.inputs) slot(in.name);
 
   batch_polymorphic_ = opts_.allow_batch && !graph_.inputs.empty();
@@ -90,11 +115,7 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
       const auto& c = constants_[ins[i]];
       return c.defined() ? &c : nullptr;
     };
-    try {
-      st.kernel = (*registry.find(n.op_type))(ctx);
-    } catch (const c10::Error& e) {
-      throw Error(n.describe() + ": " + e.what_without_backtrace());
-    }
+    st.kernel = with_node_context(n, [] { return std::string(); }, [&] { return (*registry.find(n.op_type))(ctx); });
     bool all_const = opts_.fold_constants && !n.inputs.empty();
     Tensors ins;
     for (auto s : st.inputs) {
@@ -102,12 +123,7 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
       ins.push_back(s >= 0 ? constants_[s] : at::Tensor());
     }
     if (all_const) {
-      Tensors outs;
-      try {
-        outs = st.kernel(ins);
-      } catch (const c10::Error& e) {
-        throw Error(n.describe() + " failed on constant inputs " + describe_shapes(ins) + ": " + e.what_without_backtrace());
-      }
+      Tensors outs = with_node_context(n, [&] { return " failed on constant inputs " + describe_shapes(ins); }, [&] { return st.kernel(ins); });
       for (size_t i = 0; i < st.outputs.size() && i < outs.size(); ++i)
         if (st.outputs[i] >= 0) constants_[st.outputs[i]] = outs[i];
       continue;
@@ -142,7 +158,7 @@ void Executor::check_inputs(const TensorMap& inputs) const {
     if (!known) {
       std::string names;
       for (const auto& in : graph_.inputs) names += (names.empty() ? "'" : ", '") + in.name + "'";
-      throw Error("unknown input '" + name + "'; the model's inputs are " + names);
+      throw Error("unknown input '" + name + "'; " + (names.empty() ? "the model has no inputs" : "the model's inputs are " + names));
     }
   }
   for (const auto& in : graph_.inputs) {
@@ -200,12 +216,12 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
   for (const auto& st : steps_) {
     ins.clear();
     for (auto s : st.inputs) ins.push_back(s >= 0 ? slots[s] : at::Tensor());
-    Tensors outs;
-    try {
-      outs = st.kernel(ins);
-    } catch (const c10::Error& e) {
-      throw Error(st.node->describe() + " failed on inputs " + describe_shapes(ins) + ": " + e.what_without_backtrace());
-    }
+    const auto t0 = ro.profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    Tensors outs = with_node_context(*st.node, [&] { return " failed on inputs " + describe_shapes(ins); },
+                                     [&] { return st.kernel(ins); });
+    if (ro.profile)
+      (*ro.profile)[st.node->op_type] +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (outs.size() < st.outputs.size())
       for (size_t i = outs.size(); i < st.outputs.size(); ++i)
         if (st.outputs[i] >= 0) throw Error(st.node->describe() + ": output " + std::to_string(i) + " was not produced");

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -36,6 +37,8 @@ struct RunOptions {
   std::function<at::Tensor(const std::string& value, const at::Tensor&)> value_hook;
   // Replaces initializers for this run (e.g. fake-quantized weights, or weights requiring grad).
   const TensorMap* overrides = nullptr;
+  // When set, accumulates wall time per op type in milliseconds.
+  std::map<std::string, double>* profile = nullptr;
 };
 
 class Executor {
