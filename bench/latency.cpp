@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -19,6 +21,9 @@ int main(int argc, char** argv) {
   }
   int threads = 1, runs = 20, warmup = 3, batch = 1;
   std::string device = "cpu";
+  bool nchw = false;
+  for (int i = 2; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--nchw")) nchw = true;
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--runs")) runs = std::atoi(argv[i + 1]);
@@ -32,6 +37,7 @@ int main(int argc, char** argv) {
     inlierq::rt::ExecutorOptions eo;
     eo.device = at::Device(device);
     eo.check_finite = false;
+    eo.channels_last = !nchw;
     inlierq::rt::Executor ex(g, eo);
     std::vector<int64_t> shape;
     for (auto& d : g.inputs.at(0).shape) shape.push_back(d.value > 0 ? d.value : 1);
@@ -42,6 +48,12 @@ int main(int argc, char** argv) {
     };
     for (int i = 0; i < warmup; ++i) ex.run_single(x);
     std::vector<double> ms;
+    auto cpu_ms = [] {
+      rusage u;
+      getrusage(RUSAGE_SELF, &u);
+      return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e3 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
+    };
+    const double cpu0 = cpu_ms();
     for (int i = 0; i < runs; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       auto out = ex.run_single(x);
@@ -49,15 +61,17 @@ int main(int argc, char** argv) {
       sync();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / batch);
     }
+    const double cpu_per_run = (cpu_ms() - cpu0) / runs / batch;
     std::map<std::string, double> profile;
     inlierq::rt::RunOptions ro;
     ro.profile = &profile;
+    ro.profile_by_node = std::getenv("INLIERQ_PROFILE_NODES") != nullptr;
     for (int i = 0; i < runs; ++i) ex.run_single(x, ro);
     std::vector<double> sorted = ms;
     std::sort(sorted.begin(), sorted.end());
     double median = sorted[sorted.size() / 2];
     nlohmann::json j{{"model", argv[1]}, {"threads", at::get_num_threads()}, {"batch", batch}, {"device", device},
-                     {"median_ms", median}, {"samples_ms", ms}};
+                     {"median_ms", median}, {"cpu_ms_per_run", cpu_per_run}, {"samples_ms", ms}};
     for (auto& [op, t] : profile) j["profile_ms_per_run"][op] = t / runs;
     std::cout << j.dump() << std::endl;
   } catch (const std::exception& e) {

@@ -152,6 +152,13 @@ std::string mutate_structure(const std::string& bytes, std::mt19937& rng, std::s
 
 // One forward pass on random data of the declared input shapes; false when the shapes are unusable.
 bool run_once(const Graph& g) {
+  // Mutated pads or sizes can make shape inference promise tensors of many GB; running those would test
+  // the machine's memory, not the code.
+  for (const auto& [_, v] : g.value_info) {
+    double numel = 1;
+    for (const auto& d : v.shape) numel *= std::max<int64_t>(d.value, 1);
+    if (numel > 5e7) return false;
+  }
   rt::Executor ex(g);
   rt::TensorMap inputs;
   for (const auto& in : g.inputs) {
@@ -186,7 +193,7 @@ TEST(FuzzLoader, MutatedModelsLoadOrThrowError) {
   std::mt19937 rng(static_cast<uint32_t>(env_int("INLIERQ_FUZZ_SEED", 20240611)));
 
   std::map<std::string, int> reasons;
-  int loaded = 0, rejected = 0, run_attempts = 0, runs_ok = 0, run_errors = 0;
+  int loaded = 0, rejected = 0, run_attempts = 0, runs_ok = 0, run_skipped = 0, run_errors = 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < mutants; ++i) {
     const size_t m = static_cast<size_t>(i) % originals.size();
@@ -215,7 +222,7 @@ TEST(FuzzLoader, MutatedModelsLoadOrThrowError) {
     if (run_attempts >= max_runs) continue;
     ++run_attempts;
     try {
-      runs_ok += run_once(g);
+      (run_once(g) ? runs_ok : run_skipped)++;
     } catch (const Error&) {
       ++run_errors;
     } catch (const std::exception& e) {
@@ -223,8 +230,8 @@ TEST(FuzzLoader, MutatedModelsLoadOrThrowError) {
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("fuzz: %d mutants in %.1f s: %d rejected, %d loaded; executor on %d: %d ran, %d inlierq::Error\n",
-              mutants, secs, rejected, loaded, run_attempts, runs_ok, run_errors);
+  std::printf("fuzz: %d mutants in %.1f s: %d rejected, %d loaded; executor on %d: %d ran, %d skipped (huge shapes), "
+              "%d inlierq::Error\n", mutants, secs, rejected, loaded, run_attempts, runs_ok, run_skipped, run_errors);
   for (const auto& [r, c] : reasons) std::printf("  %5d %s\n", c, r.c_str());
   EXPECT_GT(rejected, 0);
   EXPECT_GT(loaded, 0);

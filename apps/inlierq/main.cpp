@@ -3,10 +3,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 
+#include "inlierq/coco_eval.h"
+#include "inlierq/detect.h"
 #include "inlierq/error.h"
+#include "inlierq/image.h"
 #include "inlierq/npy.h"
 #include "inlierq/onnx_io.h"
 #include "inlierq/runtime.h"
@@ -96,6 +101,103 @@ int cmd_infer(const std::string& model, const std::vector<std::string>& input_sp
   return 0;
 }
 
+// Progress on stderr, at most a few times per second: what, how far, rate, ETA.
+class Progress {
+ public:
+  Progress(std::string what, size_t total) : what_(std::move(what)), total_(total), start_(clock::now()) {}
+  void update(size_t done) {
+    auto now = clock::now();
+    if (done != total_ && now - last_ < std::chrono::milliseconds(250)) return;
+    last_ = now;
+    double secs = std::chrono::duration<double>(now - start_).count();
+    double rate = done / std::max(secs, 1e-9);
+    fmt::print(stderr, "\r[{}] {}/{} images, {:.1f} img/s, ETA {:.0f} s   ", what_, done, total_, rate,
+               done ? (total_ - done) / rate : 0.0);
+    if (done == total_) fmt::print(stderr, "\n");
+  }
+  double seconds() const { return std::chrono::duration<double>(clock::now() - start_).count(); }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  std::string what_;
+  size_t total_;
+  clock::time_point start_, last_{};
+};
+
+coco::Detection to_coco(const BoxDetection& d, int64_t image_id, const ModelProfile& p) {
+  if (d.label < 0 || d.label >= static_cast<int>(p.category_ids.size()))
+    throw Error("class index " + std::to_string(d.label) + " has no category id in profile '" + p.name + "'");
+  coco::Detection c;
+  c.image_id = image_id;
+  c.category_id = p.category_ids[d.label];
+  c.bbox = {d.xyxy[0], d.xyxy[1], d.xyxy[2] - d.xyxy[0], d.xyxy[3] - d.xyxy[1]};
+  c.score = d.score;
+  return c;
+}
+
+int cmd_eval(const std::string& model, const std::string& profile_name, const std::string& images_dir,
+             const std::string& annotations, size_t limit, const std::string& results, bool as_json, bool force,
+             const std::string& device) {
+  Graph g = load_onnx(model);
+  ModelProfile profile = load_profile(profile_name);
+  coco::Dataset gt = coco::load_dataset(annotations);
+  if (!results.empty() && !force && fs::exists(results))
+    throw Error("'" + results + "' already exists; pass --force to overwrite it");
+  std::vector<coco::Image> images = gt.images;
+  std::sort(images.begin(), images.end(), [](const coco::Image& a, const coco::Image& b) { return a.id < b.id; });
+  if (limit && images.size() > limit) images.resize(limit);
+  if (images.empty()) throw Error(annotations + ": no images to evaluate");
+  DetectorOptions dopts;
+  dopts.session.device = device;
+  Detector detector(g, profile, dopts);
+  std::vector<coco::Detection> dets;
+  std::vector<int64_t> ids;
+  Progress progress("eval", images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto path = (fs::path(images_dir) / images[i].file_name).string();
+    auto boxes = detector.detect({load_image(path)})[0];
+    for (const auto& b : boxes) dets.push_back(to_coco(b, images[i].id, profile));
+    ids.push_back(images[i].id);
+    progress.update(i + 1);
+  }
+  coco::EvalResult r = coco::evaluate(gt, dets, ids);
+  const double seconds = progress.seconds();
+  if (!results.empty()) coco::save_detections(results, dets);
+  fmt::print("{}", coco::format_summary(r));
+  fmt::print("images: {}, detections: {}, seconds: {:.2f}\n", images.size(), dets.size(), seconds);
+  if (as_json) {
+    nlohmann::json j{{"model", model}, {"profile", profile.name}, {"map", r.stats[0]}, {"map50", r.stats[1]},
+                     {"map75", r.stats[2]}, {"images", images.size()}, {"detections", dets.size()}, {"seconds", seconds}};
+    std::cout << j.dump() << std::endl;
+  }
+  return 0;
+}
+
+int cmd_detect(const std::string& model, const std::string& profile_name, const std::vector<std::string>& files,
+               const std::string& draw_dir, bool force, const std::string& device) {
+  Graph g = load_onnx(model);
+  ModelProfile profile = load_profile(profile_name);
+  DetectorOptions dopts;
+  dopts.session.device = device;
+  Detector detector(g, profile, dopts);
+  if (!draw_dir.empty()) fs::create_directories(draw_dir);
+  for (const auto& f : files) {
+    Image img = load_image(f);
+    auto boxes = detector.detect({img})[0];
+    fmt::print("{}: {} detections\n", f, boxes.size());
+    for (const auto& b : boxes)
+      fmt::print("  {:<14} {:.3f}  [{:.1f}, {:.1f}, {:.1f}, {:.1f}]\n", profile.class_names.at(b.label), b.score,
+                 b.xyxy[0], b.xyxy[1], b.xyxy[2], b.xyxy[3]);
+    if (!draw_dir.empty()) {
+      const auto out = (fs::path(draw_dir) / (fs::path(f).stem().string() + ".png")).string();
+      if (!force && fs::exists(out)) throw Error("'" + out + "' already exists; pass --force to overwrite it");
+      save_png(out, draw_detections(img, boxes, profile.class_names, 0.3f));
+      fmt::print("  drawn: {}\n", out);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,6 +222,29 @@ int main(int argc, char** argv) {
   infer->add_option("--device", device, "cpu or cuda[:N]");
   infer->add_flag("--force", force, "overwrite existing output files");
 
+  std::string profile_name, images_dir, annotations, results;
+  size_t limit = 0;
+  auto* eval = app.add_subcommand("eval", "COCO mAP of the FP32 (or QDQ) model on an annotated image folder");
+  eval->add_option("model", model, "ONNX model")->required();
+  eval->add_option("--profile", profile_name, "built-in profile (yolox, nanodet, fastestdet) or JSON path")->required();
+  eval->add_option("--images", images_dir, "image folder")->required();
+  eval->add_option("--annotations", annotations, "COCO instances JSON")->required();
+  eval->add_option("--limit", limit, "evaluate the first N images by ascending image id");
+  eval->add_option("--results", results, "write COCO-format detections here");
+  eval->add_flag("--json", as_json, "print one JSON object as the last line");
+  eval->add_flag("--force", force, "overwrite --results");
+  eval->add_option("--device", device, "cpu or cuda[:N]");
+
+  std::vector<std::string> image_files;
+  std::string draw_dir;
+  auto* detect = app.add_subcommand("detect", "print detections for images, optionally drawing them");
+  detect->add_option("model", model, "ONNX model")->required();
+  detect->add_option("--profile", profile_name, "built-in profile or JSON path")->required();
+  detect->add_option("images", image_files, "image files")->required();
+  detect->add_option("--draw", draw_dir, "write PNGs with labelled boxes here");
+  detect->add_flag("--force", force, "overwrite drawn PNGs");
+  detect->add_option("--device", device, "cpu or cuda[:N]");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -129,6 +254,8 @@ int main(int argc, char** argv) {
     init_runtime(threads);
     if (*inspect) return cmd_inspect(model, as_json);
     if (*infer) return cmd_infer(model, input_specs, out_dir, device, force);
+    if (*eval) return cmd_eval(model, profile_name, images_dir, annotations, limit, results, as_json, force, device);
+    if (*detect) return cmd_detect(model, profile_name, image_files, draw_dir, force, device);
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

@@ -77,6 +77,11 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
       throw Error("initializer '" + name + "': " + e.what());
     }
   }
+  if (opts_.channels_last)
+    for (const auto& n : graph_.nodes)
+      if (n.op_type == "Conv" && n.inputs.size() > 1)
+        if (auto it = slot_of_.find(n.inputs[1]); it != slot_of_.end() && constants_[it->second].dim() == 4)
+          constants_[it->second] = constants_[it->second].contiguous(at::MemoryFormat::ChannelsLast);
   for (const auto& in : graph_.inputs) slot(in.name);
 
   batch_polymorphic_ = opts_.allow_batch && !graph_.inputs.empty();
@@ -202,6 +207,8 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
     }
   for (const auto& in : graph_.inputs) {
     at::Tensor t = inputs.at(in.name).to(opts_.device);
+    if (opts_.channels_last && t.dim() == 4 && is_float(t.scalar_type()))
+      t = t.contiguous(at::MemoryFormat::ChannelsLast);
     if (ro.track_grad && is_float(t.scalar_type())) t = t.detach().requires_grad_(true);
     slots[slot_of_.at(in.name)] = t;
   }
@@ -220,7 +227,7 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
     Tensors outs = with_node_context(*st.node, [&] { return " failed on inputs " + describe_shapes(ins); },
                                      [&] { return st.kernel(ins); });
     if (ro.profile)
-      (*ro.profile)[st.node->op_type] +=
+      (*ro.profile)[ro.profile_by_node ? st.node->name : st.node->op_type] +=
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (outs.size() < st.outputs.size())
       for (size_t i = outs.size(); i < st.outputs.size(); ++i)

@@ -26,6 +26,9 @@ struct ExecutorOptions {
   bool allow_batch = true;
   // Reject inputs that contain NaN or Inf.
   bool check_finite = true;
+  // Keep 4-D activations and conv weights in NHWC memory order, which oneDNN convolves without
+  // reordering on every call. Values and shapes are unchanged; only strides differ.
+  bool channels_last = true;
 };
 
 struct RunOptions {
@@ -39,6 +42,7 @@ struct RunOptions {
   const TensorMap* overrides = nullptr;
   // When set, accumulates wall time per op type in milliseconds.
   std::map<std::string, double>* profile = nullptr;
+  bool profile_by_node = false;  // key the profile by node name instead of op type
 };
 
 class Executor {
