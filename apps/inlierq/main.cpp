@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -107,13 +109,18 @@ class Progress {
   Progress(std::string what, size_t total) : what_(std::move(what)), total_(total), start_(clock::now()) {}
   void update(size_t done) {
     auto now = clock::now();
-    if (done != total_ && now - last_ < std::chrono::milliseconds(250)) return;
+    // On a terminal, redraw one line a few times per second; in a log, one line per ~10 %.
+    if (done != total_) {
+      if (tty_ && now - last_ < std::chrono::milliseconds(250)) return;
+      if (!tty_ && done < next_log_) return;
+    }
     last_ = now;
+    next_log_ = done + std::max<size_t>(1, total_ / 10);
     double secs = std::chrono::duration<double>(now - start_).count();
     double rate = done / std::max(secs, 1e-9);
-    fmt::print(stderr, "\r[{}] {}/{} images, {:.1f} img/s, ETA {:.0f} s   ", what_, done, total_, rate,
-               done ? (total_ - done) / rate : 0.0);
-    if (done == total_) fmt::print(stderr, "\n");
+    fmt::print(stderr, "{}[{}] {}/{} images, {:.1f} img/s, ETA {:.0f} s{}", tty_ ? "\r" : "", what_, done, total_, rate,
+               done ? (total_ - done) / rate : 0.0, tty_ ? "   " : "\n");
+    if (tty_ && done == total_) fmt::print(stderr, "\n");
   }
   double seconds() const { return std::chrono::duration<double>(clock::now() - start_).count(); }
 
@@ -122,6 +129,8 @@ class Progress {
   std::string what_;
   size_t total_;
   clock::time_point start_, last_{};
+  size_t next_log_ = 0;
+  bool tty_ = isatty(2) != 0;
 };
 
 coco::Detection to_coco(const BoxDetection& d, int64_t image_id, const ModelProfile& p) {

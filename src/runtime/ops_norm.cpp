@@ -24,14 +24,20 @@ Kernel make_batchnorm(const OpContext& ctx) {
     const at::Tensor x = required(in, 0, ctx), scale = required(in, 1, ctx), bias = required(in, 2, ctx);
     const at::Tensor mean = required(in, 3, ctx), var = required(in, 4, ctx);
     if (x.dim() < 2) ctx.fail("input must have a channel axis");
-    if (!training) return {at::batch_norm(x, scale, bias, mean, var, false, 0, eps, true)};
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < x.dim(); ++d) if (d != 1) dims.push_back(d);
-    const at::Tensor bmean = x.mean(dims), bvar = (x - channel_view(bmean, x.dim())).pow(2).mean(dims);
     const int64_t r = x.dim();
-    at::Tensor y = (x - channel_view(bmean, r)) * at::rsqrt(channel_view(bvar, r) + eps) * channel_view(scale, r) +
-                   channel_view(bias, r);
-    return {y, mean * momentum + bmean * (1 - momentum), var * momentum + bvar * (1 - momentum)};
+    auto normalize = [&](const at::Tensor& m, const at::Tensor& v) {
+      return (x - channel_view(m, r)) * at::rsqrt(channel_view(v, r) + eps) * channel_view(scale, r) +
+             channel_view(bias, r);
+    };
+    if (!training) {
+      // ATen treats running statistics as non-differentiable; spell it out when they need gradients.
+      if (mean.requires_grad() || var.requires_grad()) return {normalize(mean, var)};
+      return {at::batch_norm(x, scale, bias, mean, var, false, 0, eps, true)};
+    }
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < r; ++d) if (d != 1) dims.push_back(d);
+    const at::Tensor bmean = x.mean(dims), bvar = (x - channel_view(bmean, r)).pow(2).mean(dims);
+    return {normalize(bmean, bvar), mean * momentum + bmean * (1 - momentum), var * momentum + bvar * (1 - momentum)};
   };
 }
 

@@ -4,6 +4,7 @@
 // with one index_select per axis, so every mode stays differentiable w.r.t. X. When a configuration
 // is provably identical to an ATen upsampling kernel (the common detector cases: nearest 2x,
 // bilinear half_pixel/align_corners) that fused kernel is used instead.
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/op_registry.h"
@@ -166,12 +167,14 @@ at::Tensor try_aten(const at::Tensor& x, const std::vector<AxisCoords>& c, const
     if (nd == 2) return at::upsample_nearest2d(x, out);
     return at::upsample_nearest3d(x, out);
   }
-  bool half = a.coord == Coord::HalfPixel || a.coord == Coord::AlignCorners;
+  // ATen's linear/cubic kernels implement half_pixel (align_corners=false) and align_corners only;
+  // pytorch_half_pixel differs from half_pixel just for an output length of 1.
+  bool aten_coords = a.coord == Coord::HalfPixel || a.coord == Coord::AlignCorners;
   if (a.coord == Coord::PytorchHalfPixel) {
-    half = true;  // differs from half_pixel only for an output length of 1
-    for (int64_t d = 2; d < x.dim(); ++d) half &= c[d].out > 1;
+    aten_coords = true;
+    for (int64_t d = 2; d < x.dim(); ++d) aten_coords &= c[d].out > 1;
   }
-  if (!half) return {};
+  if (!aten_coords) return {};
   const bool ac = a.coord == Coord::AlignCorners;
   if (ac && !sizes_only) return {};
   if (a.mode == Mode::Linear) {
