@@ -136,9 +136,11 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
     steps_.push_back(std::move(st));
   }
 
-  // Free each intermediate after its last reader; graph outputs are never freed.
   std::unordered_set<int> protected_slots;
   for (const auto& o : graph_.outputs) protected_slots.insert(slot(o.name));
+  if (opts_.fuse_silu) fuse_silu(protected_slots);
+
+  // Free each intermediate after its last reader; graph outputs are never freed.
   std::vector<int> last_use(slot_names_.size(), -1);
   for (size_t i = 0; i < steps_.size(); ++i)
     for (auto s : steps_[i].inputs)
@@ -149,6 +151,39 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
 }
 
 Executor::~Executor() = default;
+
+// x * Sigmoid(x) is SiLU: one pass over memory instead of two, and no intermediate tensor. Only when
+// the Sigmoid output feeds nothing else, so no consumer or graph output loses a value.
+void Executor::fuse_silu(const std::unordered_set<int>& protected_slots) {
+  std::unordered_map<int, int> consumers;
+  std::unordered_map<int, size_t> producer;
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    for (auto s : steps_[i].inputs)
+      if (s >= 0) consumers[s]++;
+    for (auto s : steps_[i].outputs)
+      if (s >= 0) producer[s] = i;
+  }
+  std::vector<bool> removed(steps_.size(), false);
+  for (auto& st : steps_) {
+    if (st.node->op_type != "Mul" || st.inputs.size() != 2) continue;
+    for (int k = 0; k < 2; ++k) {
+      const int sig = st.inputs[k], x = st.inputs[1 - k];
+      auto p = producer.find(sig);
+      if (sig < 0 || x < 0 || p == producer.end()) continue;
+      const Step& ps = steps_[p->second];
+      if (ps.node->op_type != "Sigmoid" || ps.inputs.size() != 1 || ps.inputs[0] != x) continue;
+      if (consumers[sig] != 1 || protected_slots.count(sig)) continue;
+      removed[p->second] = true;
+      st.inputs = {x};
+      st.kernel = [](const Tensors& in) -> Tensors { return {at::silu(in[0])}; };
+      break;
+    }
+  }
+  std::vector<Step> kept;
+  for (size_t i = 0; i < steps_.size(); ++i)
+    if (!removed[i]) kept.push_back(std::move(steps_[i]));
+  steps_ = std::move(kept);
+}
 
 const at::Tensor* Executor::constant(const std::string& name) const {
   auto it = slot_of_.find(name);
@@ -243,7 +278,11 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
 
   TensorMap result;
   for (const auto& o : graph_.outputs) result[o.name] = slots[slot_of_.at(o.name)];
-  for (auto s : keep) result[slot_names_[s]] = slots[s];
+  for (auto s : keep) {
+    if (!slots[s].defined())
+      throw Error("value '" + slot_names_[s] + "' was not computed (fused into SiLU?); build the executor with fuse_silu = false to keep it");
+    result[slot_names_[s]] = slots[s];
+  }
   return result;
 }
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "inlierq/graph.h"
@@ -29,6 +30,9 @@ struct ExecutorOptions {
   // Keep 4-D activations and conv weights in NHWC memory order, which oneDNN convolves without
   // reordering on every call. Values and shapes are unchanged; only strides differ.
   bool channels_last = true;
+  // Replace x * Sigmoid(x) by one SiLU kernel. The Sigmoid output then never exists, so turn this
+  // off when a value_hook must see it.
+  bool fuse_silu = true;
 };
 
 struct RunOptions {
@@ -71,6 +75,7 @@ class Executor {
   };
   void check_inputs(const TensorMap& inputs) const;
   std::vector<int64_t> static_shape(const std::string& name) const;
+  void fuse_silu(const std::unordered_set<int>& protected_slots);
 
   Graph graph_;
   ExecutorOptions opts_;
