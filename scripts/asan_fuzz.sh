@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 cmake --preset asan
 cmake --build build-asan -j"${JOBS:-2}" --target inlierq_tests inlierq_cli
 
-# detect_leaks=0: LeakSanitizer reports libtorch's and protobuf's process-lifetime singletons.
-# protect_shadow_gap=0 / alloc_dealloc_mismatch=0: needed by some libtorch builds (CUDA stubs, operator
-# new/free pairs across the library boundary); harmless otherwise.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:protect_shadow_gap=0:alloc_dealloc_mismatch=0:abort_on_error=1:halt_on_error=1}"
-: "${INLIERQ_FUZZ_RUNS:=10}"  # forward passes are ~3x slower under ASan
+# Only our code is instrumented; libtorch, libonnx and protobuf are Debian's plain builds, so ASan sees
+# their heap misuse (malloc/free are intercepted) but not their out-of-bounds reads. LeakSanitizer runs
+# clean with libtorch 1.13 here; pass ASAN_OPTIONS=detect_leaks=0 where it cannot run (under ptrace).
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
+: "${INLIERQ_FUZZ_RUNS:=10}"  # forward passes dominate the runtime under ASan
 export INLIERQ_FUZZ_RUNS
 
 ./build-asan/tests/inlierq_tests --gtest_filter='LoaderErrors.*:ExecutorInputErrors.*:FuzzLoader.*' "$@"

@@ -29,6 +29,10 @@ struct ModelProfile {
   float score_threshold = 0.01f;
   float nms_iou = 0.65f;
   int max_detections = 100;
+  // How letterboxed boxes are scaled back to the original image: by the resize actually done,
+  // int(w·r)/w and int(h·r)/h ("resized"), or by the letterbox ratio r = min(H/h, W/w) itself ("ratio":
+  // YOLOX's convention, which trains on labels·r and evaluates with boxes / r).
+  bool box_scale_ratio = false;
   std::vector<int64_t> category_ids;  // model class index -> dataset category id
   std::vector<std::string> class_names;
 };

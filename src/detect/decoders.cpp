@@ -174,6 +174,13 @@ class FastestDetDecoder : public Decoder {
       : output_(c.value("output", "")), obj_pow_(c.value("objectness_power", 0.6)),
         cls_pow_(c.value("class_power", 0.4)), mode_(class_mode(c, where)) {
     require_output(g, output_, where + ": decoder.output");
+    // FastestDet's head applies sigmoid (objectness) and softmax (classes) in the graph but leaves the
+    // four box channels raw; its demo applies tanh to the offsets and sigmoid to the sizes.
+    const std::string oa = c.value("offset_activation", "tanh"), sa = c.value("size_activation", "sigmoid");
+    if (oa != "tanh" && oa != "none") throw Error(where + ": decoder.offset_activation must be 'tanh' or 'none', got '" + oa + "'");
+    if (sa != "sigmoid" && sa != "none") throw Error(where + ": decoder.size_activation must be 'sigmoid' or 'none', got '" + sa + "'");
+    tanh_offsets_ = oa == "tanh";
+    sigmoid_sizes_ = sa == "sigmoid";
   }
   std::vector<std::vector<BoxDetection>> decode(const rt::TensorMap& outs, int W, int H, float thr) const override {
     at::Tensor p = output(outs, output_).to(at::kFloat);
@@ -182,8 +189,11 @@ class FastestDetDecoder : public Decoder {
     at::Tensor flat = p.flatten(2).transpose(1, 2);  // [N, HW, 5+C]
     at::Tensor gy = at::arange(gh, p.options()).view({gh, 1}).expand({gh, gw}).reshape(-1);
     at::Tensor gx = at::arange(gw, p.options()).view({1, gw}).expand({gh, gw}).reshape(-1);
-    at::Tensor cx = (flat.select(2, 1) + gx) / gw * W, cy = (flat.select(2, 2) + gy) / gh * H;
-    at::Tensor bw = flat.select(2, 3) * W / 2, bh = flat.select(2, 4) * H / 2;
+    at::Tensor off = flat.narrow(2, 1, 2), size = flat.narrow(2, 3, 2);
+    if (tanh_offsets_) off = at::tanh(off);
+    if (sigmoid_sizes_) size = at::sigmoid(size);
+    at::Tensor cx = (off.select(2, 0) + gx) / gw * W, cy = (off.select(2, 1) + gy) / gh * H;
+    at::Tensor bw = size.select(2, 0) * W / 2, bh = size.select(2, 1) * H / 2;
     at::Tensor boxes = at::stack({cx - bw, cy - bh, cx + bw, cy + bh}, -1);
     at::Tensor obj = at::pow(flat.select(2, 0).clamp_min(0), obj_pow_);
     at::Tensor cls = flat.narrow(2, 5, flat.size(2) - 5);
@@ -203,6 +213,7 @@ class FastestDetDecoder : public Decoder {
   std::string output_;
   double obj_pow_, cls_pow_;
   ClassMode mode_;
+  bool tanh_offsets_ = true, sigmoid_sizes_ = true;
 };
 
 }  // namespace

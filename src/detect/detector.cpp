@@ -62,6 +62,10 @@ ModelProfile parse_profile(const nlohmann::json& j, const std::string& source) {
     p.score_threshold = j.value("score_threshold", 0.01f);
     p.nms_iou = j.value("nms_iou", 0.65f);
     p.max_detections = j.value("max_detections", 100);
+    const std::string box_scale = j.value("box_scale", "resized");
+    if (box_scale != "resized" && box_scale != "ratio")
+      throw Error(source + ": box_scale must be 'resized' or 'ratio', got '" + box_scale + "'");
+    p.box_scale_ratio = box_scale == "ratio";
     const auto& ids = j.value("class_ids", nlohmann::json("coco80"));
     if (ids.is_string() && ids.get<std::string>() == "coco80") {
       p.category_ids = coco80_category_ids();
@@ -170,6 +174,12 @@ std::vector<std::vector<BoxDetection>> Detector::detect(const std::vector<Image>
   auto raw = impl_->decoder->decode(outs, spec.width, spec.height, impl_->profile.score_threshold);
   std::vector<std::vector<BoxDetection>> result(images.size());
   for (size_t i = 0; i < images.size(); ++i) {
+    if (impl_->profile.box_scale_ratio && spec.resize == ResizeMode::Letterbox) {
+      InputTransform& t = transforms[i];
+      const double r = std::min(static_cast<double>(t.input_height) / t.orig_height,
+                                static_cast<double>(t.input_width) / t.orig_width);
+      t.scale_x = t.scale_y = static_cast<float>(r);
+    }
     for (auto& d : raw[i]) d.xyxy = transforms[i].to_original(d.xyxy, true);
     result[i] = class_wise_nms(std::move(raw[i]), impl_->profile.nms_iou, impl_->profile.max_detections);
   }
