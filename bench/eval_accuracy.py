@@ -92,7 +92,7 @@ def markdown(rows, args, meta):
         SECTION,
         "",
         f"Measured {meta['date']} with `{cmd}` on {meta['machine']} ({meta['cpus']} CPUs; load average "
-        f"{meta['load_before']} before, {meta['load_after']} after). ONNX Runtime {meta['versions']['onnxruntime']}, "
+        f"{meta['load_before']} before, {meta['load_after']} after, at most {meta['load_max']} between runs). ONNX Runtime {meta['versions']['onnxruntime']}, "
         f"numpy {meta['versions']['numpy']}, Pillow {meta['versions']['PIL']}, pycocotools "
         f"{meta['versions']['pycocotools']}. {meta['images']} images, {args.threads} threads on both sides.",
         "",
@@ -143,14 +143,16 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.system()}",
             "cpus": os.cpu_count(), "load_before": f"{os.getloadavg()[0]:.1f}", "versions": versions(),
             "note": args.note}
-    rows = []
+    rows, loads = [], []
     for model in args.models.split(","):
         o_runs, r_runs = [], []
         for i in range(args.repeats):
             r_runs.append(reference(model, args))
             o_runs.append(ours(model, args))
+            loads.append(os.getloadavg()[0])
             print(f"{model} #{i + 1}: reference {r_runs[-1][0]['seconds']:.1f} s (process {r_runs[-1][1]:.1f}), "
-                  f"inlierq {o_runs[-1][0]['seconds']:.1f} s (process {o_runs[-1][1]:.1f})", file=sys.stderr, flush=True)
+                  f"inlierq {o_runs[-1][0]['seconds']:.1f} s (process {o_runs[-1][1]:.1f}); load {loads[-1]:.1f}",
+                  file=sys.stderr, flush=True)
         o, r = o_runs[0][0], r_runs[0][0]
         for runs in (o_runs, r_runs):  # the detections are deterministic: every repeat scores the same
             assert all(abs(x[0]["map"] - runs[0][0]["map"]) < 1e-12 for x in runs), "mAP changed between repeats"
@@ -164,6 +166,7 @@ def main():
         print(json.dumps(row), flush=True)
         meta["images"] = o["images"]
     meta["load_after"] = f"{os.getloadavg()[0]:.1f}"
+    meta["load_max"] = f"{max(loads):.1f}"
     text = markdown(rows, args, meta)
     print(text)
     if not args.no_write:

@@ -63,6 +63,13 @@ int cmd_inspect(const std::string& model, bool as_json) {
   return 0;
 }
 
+void make_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    throw Error("cannot create output directory '" + dir + "': " + (ec ? ec.message() : "not a directory"));
+}
+
 std::string sanitize(std::string name) {
   for (auto& c : name)
     if (c == '/' || c == '\\') c = '_';
@@ -86,9 +93,7 @@ int cmd_infer(const std::string& model, const std::vector<std::string>& input_sp
     }
   }
   // Output problems are reported before the model runs, not after.
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec || !fs::is_directory(out_dir)) throw Error("cannot create output directory '" + out_dir + "': " + (ec ? ec.message() : "not a directory"));
+  make_output_dir(out_dir);
   for (const auto& o : g.outputs) {
     const std::string path = (fs::path(out_dir) / (sanitize(o.name) + ".npy")).string();
     if (!force && fs::exists(path)) throw Error("'" + path + "' already exists; pass --force to overwrite it");
@@ -189,7 +194,7 @@ int cmd_detect(const std::string& model, const std::string& profile_name, const 
   DetectorOptions dopts;
   dopts.session.device = device;
   Detector detector(g, profile, dopts);
-  if (!draw_dir.empty()) fs::create_directories(draw_dir);
+  if (!draw_dir.empty()) make_output_dir(draw_dir);
   for (const auto& f : files) {
     Image img = load_image(f);
     auto boxes = detector.detect({img})[0];

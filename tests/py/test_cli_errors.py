@@ -43,7 +43,7 @@ def main():
             problems.append(f"stderr lacks {missing}")
         if len([l for l in p.stderr.splitlines() if l.strip()]) > 4:
             problems.append("more than 4 lines on stderr")
-        shown = p.stderr.strip()[:400] if problems else (p.stderr.strip().splitlines() or [""])[-1]
+        shown = p.stderr.strip()[:400] if problems else (p.stderr.strip().splitlines() or [""])[0]
         checks.check(not problems, f"{what}: rc={p.returncode} {'; '.join(problems)}| {shown}")
         return p
 
