@@ -33,6 +33,7 @@ SECTION = "## FP32 accuracy on coco_val500"
 
 
 def run_json(cmd, env=None):
+    env = env or os.environ.copy()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -48,7 +49,10 @@ def ours(model, args):
            "--annotations", os.path.join(val, "instances_val500.json"), "--json"]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
-    return run_json(cmd)
+    env = os.environ.copy()
+    if args.no_spin:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return run_json(cmd, env)
 
 
 def reference(model, args):
@@ -56,6 +60,8 @@ def reference(model, args):
            "--assets", args.assets, "--json"]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    if args.no_spin:
+        cmd.append("--no-spin")
     return run_json(cmd)
 
 
@@ -88,8 +94,12 @@ def markdown(rows, args, meta):
         cmd += f" --limit {args.limit}"
     if args.models != "yolox,nanodet,fastestdet":
         cmd += f" --models {args.models}"
+    if args.no_spin:
+        cmd += " --no-spin"
+    if args.section_suffix:
+        cmd += f" --section-suffix '{args.section_suffix}'"
     lines = [
-        SECTION,
+        SECTION + args.section_suffix,
         "",
         f"Measured {meta['date']} with `{cmd}` on {meta['machine']} ({meta['cpus']} CPUs; load average "
         f"{meta['load_before']} before, {meta['load_after']} after, at most {meta['load_max']} between runs). ONNX Runtime {meta['versions']['onnxruntime']}, "
@@ -116,14 +126,15 @@ def markdown(rows, args, meta):
     return "\n".join(lines)
 
 
-def write_section(path, text):
+def write_section(path, title, text):
+    """Replaces the section headed exactly `title` (up to the next '## ' heading), or appends it."""
     old = open(path).read() if os.path.exists(path) else "# Results\n"
-    start = old.find(SECTION)
-    if start < 0:
+    found = re.compile("^" + re.escape(title) + "[ \t]*$", re.M).search(old)
+    if not found:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        m = re.compile(r"^## ", re.M).search(old, start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[m.start():] if m else "")
+        m = re.compile(r"^## ", re.M).search(old, found.end())
+        new = old[:found.start()] + text + ("\n" + old[m.start():] if m else "")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(new.rstrip("\n") + "\n")
@@ -137,6 +148,10 @@ def main():
     ap.add_argument("--models", default="yolox,nanodet,fastestdet")
     ap.add_argument("--assets", default=ref.ASSETS)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
+    ap.add_argument("--no-spin", action="store_true",
+                    help="idle worker threads sleep instead of spinning: OMP_WAIT_POLICY=PASSIVE for inlierq, "
+                         "session.intra_op.allow_spinning=0 for ONNX Runtime")
+    ap.add_argument("--section-suffix", default="", help="appended to the section title (e.g. ', no spinning')")
     ap.add_argument("--note", default="", help="a paragraph to put under the table")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write --out")
     args = ap.parse_args()
@@ -170,7 +185,7 @@ def main():
     text = markdown(rows, args, meta)
     print(text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, SECTION + args.section_suffix, text)
         print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -2,7 +2,8 @@
 
 Usage:
   python3 bench/reference_pipeline.py [--model yolox|nanodet|fastestdet|all] [--limit N] [--threads T]
-                                      [--results OUT.json] [--json] [--assets DIR]
+                                      [--results OUT.json] [--json] [--assets DIR] [--no-spin]
+                                      [--yolox-box-scale ratio|resized]
 
 For each model it evaluates COCO AP@[.5:.95] on the first N images of coco_val500 by ascending image
 id: decode the JPEG with PIL (Image.open(...).convert('RGB')), preprocess in numpy, run ONNX Runtime on
@@ -288,11 +289,13 @@ def class_wise_nms(boxes, scores, labels, iou_thr, max_det):
 
 # ---- the pipeline ----------------------------------------------------------------------------------
 
-def ort_session(path, threads):
+def ort_session(path, threads, spin=True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not spin:  # idle worker threads sleep instead of spinning (kinder to a busy machine)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # NanoDet's export lists initializers as inputs: one warning each
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -348,12 +351,12 @@ def coco_eval(gt, dets, image_ids):
     return [float(v) for v in ev.stats], text
 
 
-def run_model(model, limit=0, threads=2, assets=ASSETS, gt=None):
+def run_model(model, limit=0, threads=2, assets=ASSETS, gt=None, spin=True):
     """Evaluates one model; returns a dict with stats, detections (COCO results format) and seconds."""
     val = os.path.join(assets, "coco_val500")
     gt = gt or load_gt(os.path.join(val, "instances_val500.json"))
     images = first_images(gt, limit)
-    sess = ort_session(os.path.join(assets, "models", MODELS[model][0]), threads)
+    sess = ort_session(os.path.join(assets, "models", MODELS[model][0]), threads, spin)
     t0 = time.perf_counter()
     dets, times = [], {"decode": 0.0}
     for im in images:
@@ -381,6 +384,7 @@ def main():
     ap.add_argument("--assets", default=ASSETS)
     ap.add_argument("--results", help="write the COCO-format detections here (with --model all: a JSON object per model)")
     ap.add_argument("--json", action="store_true", help="print one JSON line per model")
+    ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime: session.intra_op.allow_spinning=0")
     ap.add_argument("--yolox-box-scale", choices=["ratio", "resized"], default="ratio",
                     help="map YOLOX boxes back with r (documented) or with the resize actually done")
     args = ap.parse_args()
@@ -390,7 +394,7 @@ def main():
     models = list(MODELS) if args.model == "all" else [args.model]
     all_results = {}
     for m in models:
-        r = run_model(m, args.limit, args.threads, args.assets, gt)
+        r = run_model(m, args.limit, args.threads, args.assets, gt, spin=not args.no_spin)
         all_results[m] = r.pop("results")
         if args.json:
             r.pop("summary")

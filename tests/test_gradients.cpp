@@ -55,9 +55,11 @@ Graph single_node_graph(const GradCase& c) {
     n.inputs.push_back(v.name);
   }
   for (size_t i = 0; i < c.const_inputs.size(); ++i) {
+    // A default-constructed TensorData stands for an omitted optional input.
+    const bool omitted = c.const_inputs[i].dtype == DType::Undefined;
     std::string name = "c" + std::to_string(i);
-    g.initializers[name] = c.const_inputs[i];
-    n.inputs.push_back(c.const_inputs[i].bytes.empty() ? "" : name);
+    if (!omitted) g.initializers[name] = c.const_inputs[i];
+    n.inputs.push_back(omitted ? "" : name);
   }
   n.outputs = {"y"};
   g.outputs.push_back(ValueInfo{"y", DType::Double, false, {}});
@@ -130,6 +132,34 @@ TEST(Gradients, MulAddSubDivPow) {
   check_gradients({"Div", {{2, 3}, {2, 3}}, {}, {}, 3.0});
   check_gradients({"Exp", {{2, 3}}, {}, {}});
   check_gradients({"Sqrt", {{2, 3}}, {}, {}, 4.0});
+}
+
+TEST(Gradients, BatchNormalization) {
+  // Inputs: X, scale, B, mean, var (var shifted positive so sqrt stays smooth).
+  check_gradients({"BatchNormalization", {{2, 3, 4, 4}, {3}, {3}, {3}}, {{"epsilon", one_float(1e-3f)}},
+                   {f64({0.5, 1.0, 2.0})}});
+}
+
+TEST(Gradients, ResizeNearestAndLinear) {
+  TensorData no_roi;  // omitted optional input
+  TensorData scales = TensorData{DType::Float, {4}, {}};
+  std::vector<float> sv = {1, 1, 2, 2};
+  scales.bytes.resize(16);
+  std::memcpy(scales.bytes.data(), sv.data(), 16);
+  check_gradients({"Resize", {{1, 2, 3, 3}}, {{"mode", str("nearest")}}, {no_roi, scales}});
+  check_gradients({"Resize", {{1, 2, 3, 3}}, {{"mode", str("linear")}}, {no_roi, scales}});
+  check_gradients({"Resize", {{1, 2, 3, 3}}, {{"mode", str("linear")}, {"coordinate_transformation_mode", str("align_corners")}},
+                   {no_roi, scales}});
+  TensorData sizes = i64({1, 2, 5, 7});  // non-integer scale through the gather path
+  check_gradients({"Resize", {{1, 2, 3, 4}}, {{"mode", str("linear")}, {"coordinate_transformation_mode", str("pytorch_half_pixel")}},
+                   {no_roi, TensorData{}, sizes}});
+}
+
+TEST(Gradients, ConcatSliceReshape) {
+  check_gradients({"Concat", {{2, 3, 4}, {2, 1, 4}, {2, 2, 4}}, {{"axis", one_int(1)}}, {}});
+  check_gradients({"Slice", {{4, 6}}, {}, {i64({1, -1}), i64({4, 0}), i64({0, 1}), i64({2, -2})}});
+  check_gradients({"Reshape", {{2, 3, 4}}, {}, {i64({4, -1})}});
+  check_gradients({"Transpose", {{2, 3, 4}}, {{"perm", ints({2, 0, 1})}}, {}});
 }
 
 TEST(Gradients, ToIntermediateAndInitializer) {

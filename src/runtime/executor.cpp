@@ -242,7 +242,7 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
     }
   for (const auto& in : graph_.inputs) {
     at::Tensor t = inputs.at(in.name).to(opts_.device);
-    if (opts_.channels_last && t.dim() == 4 && is_float(t.scalar_type()))
+    if (opts_.channels_last && t.dim() == 4 && t.scalar_type() == at::kFloat)
       t = t.contiguous(at::MemoryFormat::ChannelsLast);
     if (ro.track_grad && is_float(t.scalar_type())) t = t.detach().requires_grad_(true);
     slots[slot_of_.at(in.name)] = t;
