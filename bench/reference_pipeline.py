@@ -6,7 +6,8 @@ Usage:
                                       [--yolox-box-scale ratio|resized]
 
 For each model it evaluates COCO AP@[.5:.95] on the first N images of coco_val500 by ascending image
-id: decode the JPEG with PIL (Image.open(...).convert('RGB')), preprocess in numpy, run ONNX Runtime on
+id: decode the JPEG with PIL (Image.open(...).convert('RGB')), preprocess in numpy (the resize reproduces
+OpenCV's INTER_LINEAR uint8 arithmetic exactly, as the models' cv2-based demos resize), run ONNX Runtime on
 the CPU with intra_op_num_threads=T, decode the raw outputs in numpy, map the boxes back to the original
 image (clipped to it), class-wise greedy NMS, keep the 100 best per image (score > 0.01), and score them
 with pycocotools' COCOeval. The reported time covers the per-image loop (decode, preprocess,
@@ -167,7 +168,7 @@ def preprocess_fastestdet(rgb, size):
 def decode_yolox(outputs, size):
     """[1, 3549, 85]: per cell dx, dy, log w, log h, objectness (sigmoid), 80 class scores (sigmoid).
     xy = (dxy + grid)·stride, wh = exp(lwh)·stride, score = obj · max cls (one class per anchor, as in
-    YOLOX's COCO evaluation)."""
+    YOLOX's COCO evaluation; inlierq's yolox profile says the same with class_mode "best")."""
     p = outputs[0][0].astype(np.float32)
     grids, strides = [], []
     for s in (8, 16, 32):
@@ -192,7 +193,8 @@ def decode_nanodet(outputs, size):
     """NanoDet-m GFL head: per stride 8/16/32 class scores [1, N, 80] (sigmoid) and box distributions
     [1, N, 32] (4 sides × 8 bins): softmax over the bins → expected bin · stride = distance from the cell
     centre (x·s + (s − 1)/2, as documented), boxes clipped to the input. Every class whose score passes
-    the threshold gives a detection (NanoDet's multiclass NMS)."""
+    the threshold gives a detection (NanoDet's multiclass NMS). inlierq's nanodet profile makes the same
+    two choices (center "legacy", class_mode "all"); this follows the documentation, not that profile."""
     by_n = {}
     for o in outputs:
         o = o[0]
