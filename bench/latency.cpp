@@ -15,6 +15,7 @@
 #include "runtime/executor.h"
 
 int main(int argc, char** argv) {
+  inlierq::reexec_with_passive_openmp(argv);  // the same policy as the CLI
   if (argc < 2) {
     std::cerr << "usage: bench_latency MODEL.onnx [--threads N] [--runs R] [--warmup W] [--batch B] [--device D]\n";
     return 2;

@@ -215,6 +215,7 @@ int cmd_detect(const std::string& model, const std::string& profile_name, const 
 }  // namespace
 
 int main(int argc, char** argv) {
+  reexec_with_passive_openmp(argv);
   CLI::App app{"inlierq: post-training quantization for object detectors"};
   app.require_subcommand(1);
   int threads = 0;

@@ -29,6 +29,11 @@ bool op_supported(const std::string& op_type, const std::string& domain = "");
 std::vector<std::string> supported_ops();
 // Process-wide set-up: allocator tuning and thread count (0 keeps the default).
 void init_runtime(int threads);
+// OpenMP worker threads spin while idle by default; on a machine shared with other jobs that spinning
+// starves them and makes 2-thread runs many times slower. The wait policy is read when the OpenMP
+// runtime loads, so when OMP_WAIT_POLICY is unset this sets it to PASSIVE and re-executes the
+// program. Call first thing in main(); returns only if no re-exec was needed or it failed.
+void reexec_with_passive_openmp(char** argv);
 
 struct ModelSummary {
   std::vector<ValueInfo> inputs, outputs;

@@ -1,5 +1,8 @@
 #include <ATen/Parallel.h>
 #include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include <optional>
 
@@ -65,6 +68,12 @@ void init_runtime(int threads) {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   if (threads > 0) at::set_num_threads(threads);
+}
+
+void reexec_with_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
 }
 
 }  // namespace inlierq
