@@ -149,11 +149,18 @@ coco::Detection to_coco(const BoxDetection& d, int64_t image_id, const ModelProf
   return c;
 }
 
+std::unique_ptr<Detector> open_detector(const std::string& model, const std::string& profile_name,
+                                        const std::string& device) {
+  DetectorOptions opts;
+  opts.session.device = device;
+  return std::make_unique<Detector>(load_onnx(model), load_profile(profile_name), opts);
+}
+
 int cmd_eval(const std::string& model, const std::string& profile_name, const std::string& images_dir,
              const std::string& annotations, size_t limit, const std::string& results, bool as_json, bool force,
              const std::string& device) {
-  Graph g = load_onnx(model);
-  ModelProfile profile = load_profile(profile_name);
+  auto detector = open_detector(model, profile_name, device);
+  const ModelProfile& profile = detector->profile();
   coco::Dataset gt = coco::load_dataset(annotations);
   if (!results.empty() && !force && fs::exists(results))
     throw Error("'" + results + "' already exists; pass --force to overwrite it");
@@ -161,15 +168,12 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
   std::sort(images.begin(), images.end(), [](const coco::Image& a, const coco::Image& b) { return a.id < b.id; });
   if (limit && images.size() > limit) images.resize(limit);
   if (images.empty()) throw Error(annotations + ": no images to evaluate");
-  DetectorOptions dopts;
-  dopts.session.device = device;
-  Detector detector(g, profile, dopts);
   std::vector<coco::Detection> dets;
   std::vector<int64_t> ids;
   Progress progress("eval", images.size());
   for (size_t i = 0; i < images.size(); ++i) {
     const auto path = (fs::path(images_dir) / images[i].file_name).string();
-    auto boxes = detector.detect({load_image(path)})[0];
+    auto boxes = detector->detect({load_image(path)})[0];
     for (const auto& b : boxes) dets.push_back(to_coco(b, images[i].id, profile));
     ids.push_back(images[i].id);
     progress.update(i + 1);
@@ -189,15 +193,12 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
 
 int cmd_detect(const std::string& model, const std::string& profile_name, const std::vector<std::string>& files,
                const std::string& draw_dir, bool force, const std::string& device) {
-  Graph g = load_onnx(model);
-  ModelProfile profile = load_profile(profile_name);
-  DetectorOptions dopts;
-  dopts.session.device = device;
-  Detector detector(g, profile, dopts);
+  auto detector = open_detector(model, profile_name, device);
+  const ModelProfile& profile = detector->profile();
   if (!draw_dir.empty()) make_output_dir(draw_dir);
   for (const auto& f : files) {
     Image img = load_image(f);
-    auto boxes = detector.detect({img})[0];
+    auto boxes = detector->detect({img})[0];
     fmt::print("{}: {} detections\n", f, boxes.size());
     for (const auto& b : boxes)
       fmt::print("  {:<14} {:.3f}  [{:.1f}, {:.1f}, {:.1f}, {:.1f}]\n", profile.class_names.at(b.label), b.score,

@@ -26,19 +26,14 @@ int64_t known_numel(const Graph& g, const std::string& name, std::vector<int64_t
 
 int64_t node_macs(const Graph& g, const Node& n) {
   std::vector<int64_t> w, in;
-  if (n.op_type == "Conv" && n.inputs.size() > 1) {
-    int64_t out = known_numel(g, n.outputs[0]);
-    if (out < 0 || known_numel(g, n.inputs[1], &w) < 0 || w.size() < 2) return 0;
-    int64_t per_out = 1;
-    for (size_t i = 1; i < w.size(); ++i) per_out *= w[i];  // C_in/group × kernel
-    return out * per_out;
-  }
-  if (n.op_type == "ConvTranspose" && n.inputs.size() > 1) {
-    int64_t xin = known_numel(g, n.inputs[0]);
-    if (xin < 0 || known_numel(g, n.inputs[1], &w) < 0 || w.size() < 2) return 0;
-    int64_t per_in = 1;
-    for (size_t i = 1; i < w.size(); ++i) per_in *= w[i];  // C_out/group × kernel
-    return xin * per_in;
+  // Conv: each output element sums C_in/group × kernel products; ConvTranspose: each input element
+  // scatters into C_out/group × kernel outputs. Both are numel × prod(weight dims 1..).
+  if ((n.op_type == "Conv" || n.op_type == "ConvTranspose") && n.inputs.size() > 1) {
+    int64_t side = known_numel(g, n.op_type == "Conv" ? n.outputs[0] : n.inputs[0]);
+    if (side < 0 || known_numel(g, n.inputs[1], &w) < 0 || w.size() < 2) return 0;
+    int64_t per_element = 1;
+    for (size_t i = 1; i < w.size(); ++i) per_element *= w[i];
+    return side * per_element;
   }
   if ((n.op_type == "Gemm" || n.op_type == "MatMul") && n.inputs.size() > 1) {
     int64_t out = known_numel(g, n.outputs[0]);
