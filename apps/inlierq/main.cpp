@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "inlierq/coco_eval.h"
@@ -17,6 +19,11 @@
 #include "inlierq/npy.h"
 #include "inlierq/onnx_io.h"
 #include "inlierq/runtime.h"
+#include "inlierq/dataset.h"
+#include "inlierq/preprocess.h"
+#include "inlierq/quant.h"
+#include "inlierq/transforms.h"
+#include "util/atomic_file.h"
 
 namespace fs = std::filesystem;
 using namespace inlierq;
@@ -156,6 +163,37 @@ std::unique_ptr<Detector> open_detector(const std::string& model, const std::str
   return std::make_unique<Detector>(load_onnx(model), load_profile(profile_name), opts);
 }
 
+struct EvalOutcome {
+  coco::EvalResult result;
+  std::vector<coco::Detection> detections;
+  size_t images = 0;
+  double seconds = 0;
+};
+
+// COCO evaluation of the first `limit` images (ascending id) of gt; shows progress as `label`.
+EvalOutcome evaluate_on(Detector& detector, const coco::Dataset& gt, const std::string& images_dir, size_t limit,
+                        const std::string& label) {
+  const ModelProfile& profile = detector.profile();
+  std::vector<coco::Image> images = gt.images;
+  std::sort(images.begin(), images.end(), [](const coco::Image& a, const coco::Image& b) { return a.id < b.id; });
+  if (limit && images.size() > limit) images.resize(limit);
+  if (images.empty()) throw Error("no images to evaluate");
+  EvalOutcome out;
+  std::vector<int64_t> ids;
+  Progress progress(label, images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto path = (fs::path(images_dir) / images[i].file_name).string();
+    auto boxes = detector.detect({load_image(path)})[0];
+    for (const auto& b : boxes) out.detections.push_back(to_coco(b, images[i].id, profile));
+    ids.push_back(images[i].id);
+    progress.update(i + 1);
+  }
+  out.result = coco::evaluate(gt, out.detections, ids);
+  out.seconds = progress.seconds();
+  out.images = images.size();
+  return out;
+}
+
 int cmd_eval(const std::string& model, const std::string& profile_name, const std::string& images_dir,
              const std::string& annotations, size_t limit, const std::string& results, bool as_json, bool force,
              const std::string& device) {
@@ -164,30 +202,187 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
   coco::Dataset gt = coco::load_dataset(annotations);
   if (!results.empty() && !force && fs::exists(results))
     throw Error("'" + results + "' already exists; pass --force to overwrite it");
-  std::vector<coco::Image> images = gt.images;
-  std::sort(images.begin(), images.end(), [](const coco::Image& a, const coco::Image& b) { return a.id < b.id; });
-  if (limit && images.size() > limit) images.resize(limit);
-  if (images.empty()) throw Error(annotations + ": no images to evaluate");
-  std::vector<coco::Detection> dets;
-  std::vector<int64_t> ids;
-  Progress progress("eval", images.size());
-  for (size_t i = 0; i < images.size(); ++i) {
-    const auto path = (fs::path(images_dir) / images[i].file_name).string();
-    auto boxes = detector->detect({load_image(path)})[0];
-    for (const auto& b : boxes) dets.push_back(to_coco(b, images[i].id, profile));
-    ids.push_back(images[i].id);
-    progress.update(i + 1);
-  }
-  coco::EvalResult r = coco::evaluate(gt, dets, ids);
-  const double seconds = progress.seconds();
-  if (!results.empty()) coco::save_detections(results, dets);
+  if (gt.images.empty()) throw Error(annotations + ": no images to evaluate");
+  EvalOutcome e = evaluate_on(*detector, gt, images_dir, limit, "eval");
+  const coco::EvalResult& r = e.result;
+  if (!results.empty()) coco::save_detections(results, e.detections);
   fmt::print("{}", coco::format_summary(r));
-  fmt::print("images: {}, detections: {}, seconds: {:.2f}\n", images.size(), dets.size(), seconds);
+  fmt::print("images: {}, detections: {}, seconds: {:.2f}\n", e.images, e.detections.size(), e.seconds);
   if (as_json) {
     nlohmann::json j{{"model", model}, {"profile", profile.name}, {"map", r.stats[0]}, {"map50", r.stats[1]},
-                     {"map75", r.stats[2]}, {"images", images.size()}, {"detections", dets.size()}, {"seconds", seconds}};
+                     {"map75", r.stats[2]}, {"images", e.images}, {"detections", e.detections.size()}, {"seconds", e.seconds}};
     std::cout << j.dump() << std::endl;
   }
+  return 0;
+}
+
+struct QuantizeArgs {
+  std::string model, profile, calib_dir, out, preset, method = "minmax", weight_method = "mse", device = "cpu";
+  size_t num_calib = 64;
+  int wbits = 0, abits = 0, batch = 8;
+  uint64_t seed = 0;
+  double percentile = 99.99;
+  bool act_symmetric = false, quantize_head = false, force = false, as_json = false;
+  std::vector<std::string> exclude;
+  std::string config;
+  std::string eval_images, eval_annotations;
+  size_t eval_limit = 0;
+};
+
+// Bit widths from --preset wNaM or --wbits/--abits.
+std::pair<int, int> resolve_bits(const QuantizeArgs& a) {
+  if (!a.preset.empty()) {
+    if (a.wbits || a.abits) throw Error("give either --preset or --wbits/--abits, not both");
+    int w = 0, x = 0;
+    char tail = 0;
+    if (std::sscanf(a.preset.c_str(), "w%da%d%c", &w, &x, &tail) != 2 || w < 2 || w > 8 || x < 2 || x > 8)
+      throw Error("unknown preset '" + a.preset + "' (expected wNaM with N, M in 2..8, e.g. w8a8, w4a8, w4a4, w2a4)");
+    return {w, x};
+  }
+  if (!a.wbits || !a.abits) throw Error("give --preset (e.g. w8a8) or both --wbits and --abits");
+  return {a.wbits, a.abits};
+}
+
+std::string strip_onnx_suffix(const std::string& path) {
+  const std::string ext = ".onnx";
+  return path.size() > ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0
+             ? path.substr(0, path.size() - ext.size())
+             : path;
+}
+
+int cmd_quantize(const QuantizeArgs& a) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto [wbits, abits] = resolve_bits(a);
+  if (!a.eval_images.empty() != !a.eval_annotations.empty())
+    throw Error("--eval-images and --eval-annotations go together");
+  const std::string base = strip_onnx_suffix(a.out);
+  const std::string out_onnx = base + ".onnx", out_enc = base + ".encodings.json", out_trt = base + ".trt.cache";
+  if (fs::absolute(out_onnx).lexically_normal() == fs::absolute(a.model).lexically_normal())
+    throw Error("-o would overwrite the input model '" + a.model + "'");
+  for (const auto& p : {out_onnx, out_enc, out_trt}) ensure_writable(p, a.force);
+  const auto out_dir = fs::path(out_onnx).parent_path();
+  if (!out_dir.empty()) make_output_dir(out_dir.string());
+
+  const ModelProfile profile = load_profile(a.profile);
+  const Graph original = load_onnx(a.model);
+  ModelSummary summary = summarize(original);
+  if (!summary.unsupported.empty())
+    throw Error(a.model + ": node '" + summary.unsupported[0]->name + "' uses unsupported op '" + summary.unsupported[0]->op_type + "'");
+  PrepareReport prep;
+  const Graph g = prepare_for_quantization(original, a.model, &prep);
+
+  quant::PlacementOptions po;
+  po.weight_bits = wbits;
+  po.act_bits = abits;
+  po.act_symmetric = a.act_symmetric;
+  po.quantize_head = a.quantize_head;
+  po.exclude = a.exclude;
+  if (!a.config.empty()) {
+    std::ifstream f(a.config);
+    if (!f) throw Error("cannot open quantization config '" + a.config + "'");
+    try {
+      po.overrides = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(a.config + ": not valid JSON: " + e.what());
+    }
+  }
+  const quant::QuantPlan plan = quant::derive_plan(g, po);
+  fmt::print(stderr, "[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point\n",
+             plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size());
+
+  // Calibration images: the first N readable images of the folder in sorted path order.
+  ImageFolder folder = scan_image_folder(a.calib_dir, a.num_calib);
+  for (const auto& w : folder.warnings) fmt::print(stderr, "warning: skipped {}\n", w);
+  if (folder.paths.size() < a.num_calib)
+    fmt::print(stderr, "warning: {} has only {} readable images (asked for {})\n", a.calib_dir, folder.paths.size(), a.num_calib);
+  std::vector<TensorData> inputs;
+  {
+    Progress progress("load calibration images", folder.paths.size());
+    for (size_t i = 0; i < folder.paths.size(); ++i) {
+      inputs.push_back(preprocess(load_image(folder.paths[i]), profile.preprocess).tensor);
+      progress.update(i + 1);
+    }
+  }
+  quant::CalibrationOptions co;
+  co.method = a.method;
+  co.weight_method = a.weight_method;
+  co.percentile = a.percentile;
+  co.batch = a.batch;
+  co.device = a.device;
+  std::unique_ptr<Progress> progress;
+  int current_pass = 0;
+  co.progress = [&](int pass, int passes, size_t done, size_t total) {
+    if (pass != current_pass) {
+      current_pass = pass;
+      progress = std::make_unique<Progress>(fmt::format("calibrate {} pass {}/{}", a.method, pass, passes), total);
+    }
+    progress->update(done);
+  };
+  quant::Encodings enc = quant::calibrate(g, plan, inputs, co);
+  progress.reset();
+  enc.meta["model"] = a.model;
+  enc.meta["profile"] = profile.name;
+  enc.meta["preset"] = fmt::format("w{}a{}", wbits, abits);
+  enc.meta["calibration_folder"] = a.calib_dir;
+  enc.meta["calibration_files"] = folder.paths;
+  enc.meta["seed"] = a.seed;
+  enc.meta["folded_batchnorms"] = prep.folded_batchnorms;
+  enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
+  enc.meta["plan"] = plan.to_json();
+
+  Graph qdq = quant::make_qdq_graph(g, plan, enc);
+  save_onnx(qdq, out_onnx);
+  write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
+  bool wrote_trt = false;
+  for (const auto& [n, ae] : enc.activations) wrote_trt |= ae.bits == 8;
+  if (wrote_trt) write_file_atomically(out_trt, quant::tensorrt_cache(enc));
+  const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  fmt::print("wrote {} (opset {}), {}{}\n", out_onnx, qdq.opset, out_enc, wrote_trt ? ", " + out_trt : std::string());
+  fmt::print("calibration: {} on {} images, W{}A{}, {:.2f} s\n", a.method, inputs.size(), wbits, abits, seconds);
+
+  nlohmann::json j{{"output", out_onnx}, {"encodings", out_enc}, {"trt_cache", wrote_trt ? nlohmann::json(out_trt) : nlohmann::json()},
+                   {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
+                   {"weight_quantizers", plan.weights.size()}, {"activation_quantizers", plan.activations.size()},
+                   {"seconds", seconds}};
+  if (!a.eval_images.empty()) {
+    coco::Dataset gt = coco::load_dataset(a.eval_annotations);
+    DetectorOptions dopts;
+    dopts.session.device = a.device;
+    Detector fp(g, profile, dopts);
+    EvalOutcome e_fp = evaluate_on(fp, gt, a.eval_images, a.eval_limit, "eval FP32");
+    Detector qd(qdq, profile, dopts);
+    EvalOutcome e_q = evaluate_on(qd, gt, a.eval_images, a.eval_limit, fmt::format("eval W{}A{}", wbits, abits));
+    fmt::print("\n{:<10} {:>8} {:>8} {:>8}   ({} images of {})\n", "model", "mAP", "AP50", "AP75", e_q.images, a.eval_annotations);
+    fmt::print("{:<10} {:>8.4f} {:>8.4f} {:>8.4f}\n", "FP32", e_fp.result.stats[0], e_fp.result.stats[1], e_fp.result.stats[2]);
+    fmt::print("{:<10} {:>8.4f} {:>8.4f} {:>8.4f}   ({} calibration, Δ mAP {:+.4f})\n", fmt::format("W{}A{}", wbits, abits),
+               e_q.result.stats[0], e_q.result.stats[1], e_q.result.stats[2], a.method,
+               e_q.result.stats[0] - e_fp.result.stats[0]);
+    j["fp32_map"] = e_fp.result.stats[0];
+    j["fp32_map50"] = e_fp.result.stats[1];
+    j["map"] = e_q.result.stats[0];
+    j["map50"] = e_q.result.stats[1];
+    j["eval_images"] = e_q.images;
+  }
+  if (a.as_json) std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+int cmd_plan(const std::string& model, const std::string& profile_name, const std::string& preset, bool quantize_head,
+             const std::vector<std::string>& exclude, bool as_json) {
+  QuantizeArgs a;
+  a.preset = preset;
+  const auto [wbits, abits] = resolve_bits(a);
+  if (!profile_name.empty()) load_profile(profile_name);  // validates the name; placement itself is graph-derived
+  const Graph g = prepare_for_quantization(load_onnx(model), model);
+  quant::PlacementOptions po;
+  po.weight_bits = wbits;
+  po.act_bits = abits;
+  po.quantize_head = quantize_head;
+  po.exclude = exclude;
+  const auto plan = quant::derive_plan(g, po);
+  if (as_json) std::cout << plan.to_json().dump(2) << "\n";
+  else fmt::print("quantization plan for {} (W{}A{})\n{}", model, wbits, abits, plan.format());
   return 0;
 }
 
@@ -222,11 +417,19 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (0 = all cores)");
 
-  std::string model;
+  std::string model, profile_name;
   bool as_json = false;
   auto* inspect = app.add_subcommand("inspect", "print inputs, outputs, op histogram, parameters, MACs and unsupported ops");
   inspect->add_option("model", model, "ONNX model")->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
+  bool show_plan = false, quantize_head = false;
+  std::string plan_preset = "w8a8";
+  std::vector<std::string> exclude;
+  inspect->add_flag("--plan", show_plan, "print where quantizers go (after BatchNorm folding)");
+  inspect->add_option("--profile", profile_name, "model profile (with --plan)");
+  inspect->add_option("--preset", plan_preset, "bit widths for --plan (wNaM)");
+  inspect->add_flag("--quantize-head", quantize_head, "with --plan: quantize the detection head too");
+  inspect->add_option("--exclude", exclude, "with --plan: nodes kept in floating point");
 
   std::vector<std::string> input_specs;
   std::string out_dir, device = "cpu";
@@ -238,7 +441,7 @@ int main(int argc, char** argv) {
   infer->add_option("--device", device, "cpu or cuda[:N]");
   infer->add_flag("--force", force, "overwrite existing output files");
 
-  std::string profile_name, images_dir, annotations, results;
+  std::string images_dir, annotations, results;
   size_t limit = 0;
   auto* eval = app.add_subcommand("eval", "COCO mAP of the FP32 (or QDQ) model on an annotated image folder");
   eval->add_option("model", model, "ONNX model")->required();
@@ -261,6 +464,32 @@ int main(int argc, char** argv) {
   detect->add_flag("--force", force, "overwrite drawn PNGs");
   detect->add_option("--device", device, "cpu or cuda[:N]");
 
+  QuantizeArgs qa;
+  auto* quantize = app.add_subcommand("quantize", "calibrate and write a QDQ ONNX model, its encodings and a TensorRT cache");
+  quantize->add_option("model", qa.model, "FP32 ONNX model")->required();
+  quantize->add_option("--profile", qa.profile, "built-in profile (yolox, nanodet, fastestdet) or JSON path")->required();
+  quantize->add_option("--calib", qa.calib_dir, "folder of calibration images (unlabeled)")->required();
+  quantize->add_option("--num-calib", qa.num_calib, "number of calibration images (first N by path)")->default_val(64);
+  quantize->add_option("--preset", qa.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");
+  quantize->add_option("--wbits", qa.wbits, "weight bits (2..8)");
+  quantize->add_option("--abits", qa.abits, "activation bits (2..8)");
+  quantize->add_option("--method", qa.method, "activation calibrator: minmax | percentile | entropy | mse")->default_val("minmax");
+  quantize->add_option("--weight-method", qa.weight_method, "weight scale initialisation: mse | minmax")->default_val("mse");
+  quantize->add_option("--percentile", qa.percentile, "percentile calibrator: keep [100-p, p] %")->default_val(99.99);
+  quantize->add_option("--seed", qa.seed, "random seed (recorded; the classic calibrators are deterministic)");
+  quantize->add_option("-o,--output", qa.out, "output QDQ model (OUT.onnx; writes OUT.encodings.json, OUT.trt.cache)")->required();
+  quantize->add_option("--exclude", qa.exclude, "node (or value) names kept in floating point");
+  quantize->add_option("--config", qa.config, "JSON with per-node bit overrides / exclusions");
+  quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
+  quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
+  quantize->add_option("--batch", qa.batch, "calibration batch size")->default_val(8);
+  quantize->add_option("--eval-images", qa.eval_images, "evaluate FP32 and quantized mAP on these images");
+  quantize->add_option("--eval-annotations", qa.eval_annotations, "COCO instances JSON for --eval-images");
+  quantize->add_option("--eval-limit", qa.eval_limit, "evaluate the first N images only");
+  quantize->add_option("--device", qa.device, "cpu or cuda[:N]");
+  quantize->add_flag("--force", qa.force, "overwrite existing outputs");
+  quantize->add_flag("--json", qa.as_json, "print one JSON object as the last line");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -268,7 +497,9 @@ int main(int argc, char** argv) {
   }
   try {
     init_runtime(threads);
+    if (*inspect && show_plan) return cmd_plan(model, profile_name, plan_preset, quantize_head, exclude, as_json);
     if (*inspect) return cmd_inspect(model, as_json);
+    if (*quantize) return cmd_quantize(qa);
     if (*infer) return cmd_infer(model, input_specs, out_dir, device, force);
     if (*eval) return cmd_eval(model, profile_name, images_dir, annotations, limit, results, as_json, force, device);
     if (*detect) return cmd_detect(model, profile_name, image_files, draw_dir, force, device);

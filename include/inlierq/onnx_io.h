@@ -17,6 +17,11 @@ Graph load_onnx_bytes(const std::string& bytes, const std::string& origin, const
 
 // Writes the IR back to ONNX (atomically: a temporary file renamed into place).
 void save_onnx(const Graph& g, const std::string& path, int64_t opset_override = 0);
+std::string serialize_onnx(const Graph& g, int64_t opset_override = 0);
+
+// Converts the graph to another default-domain opset with ONNX's version converter (e.g. 11 → 13 for
+// per-axis DequantizeLinear) and reloads it; origin names the model in error messages.
+Graph convert_opset(const Graph& g, int64_t target, const std::string& origin);
 
 }  // namespace inlierq
 

@@ -7,6 +7,7 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
+#include <onnx/version_converter/convert.h>
 
 #include <cstdio>
 #include <cstring>
@@ -338,7 +339,8 @@ Graph load_onnx(const std::string& path, const LoadOptions& opts) {
   return load_onnx_bytes(ss.str(), path, opts);
 }
 
-void save_onnx(const Graph& g, const std::string& path, int64_t opset_override) {
+namespace {
+onnx::ModelProto model_from_graph(const Graph& g, int64_t opset_override) {
   onnx::ModelProto model;
   model.set_ir_version(7);
   model.set_producer_name("inlierq");
@@ -350,6 +352,8 @@ void save_onnx(const Graph& g, const std::string& path, int64_t opset_override) 
   for (const auto& [name, t] : g.initializers) tensor_to_proto(t, name, gp->add_initializer());
   for (const auto& v : g.inputs) value_to_proto(v, gp->add_input());
   for (const auto& v : g.outputs) value_to_proto(v, gp->add_output());
+  // Inferred shapes travel along: ONNX's version converter needs them (e.g. for Softmax 12 → 13).
+  for (const auto& [name, v] : g.value_info) value_to_proto(v, gp->add_value_info());
   for (const auto& n : g.nodes) {
     auto* np = gp->add_node();
     np->set_name(n.name);
@@ -359,9 +363,33 @@ void save_onnx(const Graph& g, const std::string& path, int64_t opset_override) 
     for (auto& o : n.outputs) np->add_output(o);
     for (const auto& [k, a] : n.attrs) attr_to_proto(k, a, np->add_attribute());
   }
+  return model;
+}
+}  // namespace
+
+std::string serialize_onnx(const Graph& g, int64_t opset_override) {
   std::string bytes;
-  if (!model.SerializeToString(&bytes)) throw Error("cannot serialise model for '" + path + "'");
-  write_file_atomically(path, bytes);
+  if (!model_from_graph(g, opset_override).SerializeToString(&bytes))
+    throw Error("cannot serialise graph '" + g.name + "' (is it over 2 GB?)");
+  return bytes;
+}
+
+void save_onnx(const Graph& g, const std::string& path, int64_t opset_override) {
+  write_file_atomically(path, serialize_onnx(g, opset_override));
+}
+
+Graph convert_opset(const Graph& g, int64_t target, const std::string& origin) {
+  if (g.opset == target) return g;
+  onnx::ModelProto converted;
+  try {
+    converted = onnx::version_conversion::ConvertVersion(model_from_graph(g, 0), static_cast<int>(target));
+  } catch (const std::exception& e) {
+    throw Error(origin + ": ONNX's version converter cannot take the model from opset " + std::to_string(g.opset) +
+                " to " + std::to_string(target) + ": " + e.what());
+  }
+  std::string bytes;
+  converted.SerializeToString(&bytes);
+  return load_onnx_bytes(bytes, origin + " (converted to opset " + std::to_string(target) + ")");
 }
 
 }  // namespace inlierq

@@ -1,0 +1,127 @@
+#pragma once
+// Quantization: placement of quantizers, calibration, QDQ/encodings/TensorRT export. Torch-free.
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "inlierq/graph.h"
+
+namespace inlierq::quant {
+
+// ---- placement (ALGORITHMS.md §3) -------------------------------------------------------------------
+
+struct PlacementOptions {
+  int weight_bits = 8;
+  int act_bits = 8;
+  bool weight_symmetric = true;   // TensorRT accepts only symmetric weights
+  bool act_symmetric = false;
+  int first_layer_bits = 8;       // weights of convs that read the network input
+  bool quantize_head = false;     // heads: weights at head_bits for the last convs, outputs never quantized
+  int head_last_bits = 8;
+  std::vector<std::string> exclude;  // node names (or activation value names) kept in floating point
+  // {"nodes": {"<node or value name>": {"weight_bits": N, "act_bits": N, "exclude": true}}}
+  nlohmann::json overrides;
+};
+
+struct WeightSite {
+  std::string node;    // the compute node
+  std::string tensor;  // its weight initializer
+  int bits = 8;
+  bool symmetric = true;
+  int axis = 0;        // output-channel axis of the weight tensor
+  std::string reason;
+};
+
+struct ActSite {
+  std::string value;     // the quantized tensor; its consumers see the quantized value
+  std::string producer;  // the node producing it
+  int bits = 8;
+  bool symmetric = false;
+  int group = 0;         // sites in one group share one scale (inputs of a Concat)
+  std::string reason;
+};
+
+struct QuantPlan {
+  std::vector<WeightSite> weights;
+  std::vector<ActSite> activations;
+  int num_groups = 0;
+  std::vector<std::string> head_nodes;      // compute nodes recognised as detection head
+  std::vector<std::string> first_nodes;     // compute nodes reading the network input
+  std::vector<std::string> float_nodes;     // compute nodes left in floating point, with why
+  std::vector<std::string> float_reasons;
+  nlohmann::json to_json() const;
+  std::string format() const;  // human-readable table
+};
+
+// Derives the plan from the graph (after prepare_for_quantization): weights of Conv/ConvTranspose/Gemm/
+// MatMul with constant weights, activation quantizers on compute-block outputs (after the fused
+// activation, after a residual Add), inputs of quantized compute nodes always on a grid, Concat inputs
+// sharing one scale, heads kept in floating point. Throws Error on unknown names in exclude/overrides.
+QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts);
+
+// Compute nodes recognised as the detection head (see docs/QUANTIZATION.md for the rule).
+std::vector<std::string> find_head_nodes(const Graph& g);
+
+// ---- calibration (ALGORITHMS.md §2) -----------------------------------------------------------------
+
+struct WeightEncoding {
+  std::string tensor;
+  int bits = 8;
+  bool symmetric = true;
+  int axis = 0;
+  std::vector<float> scale;
+  std::vector<int64_t> zero_point;
+  int64_t qn() const;
+  int64_t qp() const;
+};
+
+struct ActEncoding {
+  std::string value;
+  int bits = 8;
+  bool symmetric = false;
+  int group = 0;
+  float scale = 1;
+  int64_t zero_point = 0;
+  float observed_min = 0, observed_max = 0;  // over the calibration set (the group's, for groups)
+  int64_t qn() const;
+  int64_t qp() const;
+};
+
+struct Encodings {
+  std::map<std::string, WeightEncoding> weights;   // by tensor name
+  std::map<std::string, ActEncoding> activations;  // by value name
+  nlohmann::json meta;                             // method, options, calibration images, ...
+};
+
+struct CalibrationOptions {
+  std::string method = "minmax";       // minmax | percentile | entropy | mse
+  std::string weight_method = "mse";   // minmax | mse (per output channel)
+  double percentile = 99.99;
+  int histogram_bins = 2048;
+  int batch = 8;
+  std::string device = "cpu";
+  // Called after each batch of each pass: (pass, passes, images done, images).
+  std::function<void(int, int, size_t, size_t)> progress;
+};
+
+std::vector<std::string> calibration_methods();
+
+// Calibrates activation ranges on the FP32 graph (streamed: running min/max, then one histogram per
+// quantizer group; no activation is stored) and initialises per-channel weight scales.
+// inputs: preprocessed images, each [1, C, H, W] float (the graph's single input).
+Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                    const CalibrationOptions& opts);
+
+// ---- export -----------------------------------------------------------------------------------------
+
+// The QDQ graph: int8 weights with per-axis DequantizeLinear, Quantize/DequantizeLinear pairs on the
+// activations, a Clip to the b-bit range before sub-8-bit activation quantizers. Opset ≥ 13.
+Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc);
+nlohmann::json encodings_json(const Encodings& enc);
+// TensorRT's text calibration cache (scale = amax/127 per 8-bit activation tensor, hex float32).
+std::string tensorrt_cache(const Encodings& enc);
+
+}  // namespace inlierq::quant

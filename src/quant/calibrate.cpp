@@ -1,0 +1,203 @@
+// Streamed activation calibration and per-channel weight-scale initialisation (ALGORITHMS.md §2).
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "inlierq/error.h"
+#include "inlierq/quant.h"
+#include "quant/range_search.h"
+#include "runtime/executor.h"
+#include "runtime/tensor_convert.h"
+
+namespace inlierq::quant {
+
+namespace {
+QuantGrid grid_of(int bits, bool symmetric) { return QuantGrid{bits, symmetric}; }
+}  // namespace
+
+int64_t WeightEncoding::qn() const { return grid_of(bits, symmetric).qn(); }
+int64_t WeightEncoding::qp() const { return grid_of(bits, symmetric).qp(); }
+int64_t ActEncoding::qn() const { return grid_of(bits, symmetric).qn(); }
+int64_t ActEncoding::qp() const { return grid_of(bits, symmetric).qp(); }
+
+std::vector<std::string> calibration_methods() { return {"minmax", "percentile", "entropy", "mse"}; }
+
+namespace {
+
+struct GroupStats {
+  std::vector<std::string> members;
+  int bits = 8;
+  bool symmetric = false;
+  double min = std::numeric_limits<double>::infinity();
+  double max = -std::numeric_limits<double>::infinity();
+  std::unique_ptr<Histogram> hist;  // values over [min, max], or |x| over [0, max|x|] for entropy
+  bool seen = false;
+};
+
+// The raw float data of a dense CPU tensor in whatever memory order it has (order does not matter
+// for min/max or histograms).
+at::Tensor dense_cpu_float(const at::Tensor& x) {
+  at::Tensor t = x.device().is_cpu() ? x : x.to(at::kCPU);
+  if (t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
+  if (!t.is_contiguous() && !t.is_contiguous(at::MemoryFormat::ChannelsLast)) t = t.contiguous();
+  return t;
+}
+
+std::pair<float, float> weight_channel_range(const std::vector<float>& v, const std::string& method, QuantGrid grid) {
+  if (method == "mse") return mse_range_exact(v.data(), v.size(), grid);
+  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
+  for (float x : v) mn = std::min(mn, x), mx = std::max(mx, x);
+  if (grid.symmetric) {
+    const float t = std::max(std::fabs(mn), std::fabs(mx));
+    return {-t, t};
+  }
+  return {mn, mx};
+}
+
+}  // namespace
+
+Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                    const CalibrationOptions& opts) {
+  const auto methods = calibration_methods();
+  if (std::find(methods.begin(), methods.end(), opts.method) == methods.end())
+    throw Error("unknown calibration method '" + opts.method + "' (expected minmax, percentile, entropy or mse)");
+  if (opts.weight_method != "minmax" && opts.weight_method != "mse")
+    throw Error("unknown weight calibration method '" + opts.weight_method + "' (expected minmax or mse)");
+  if (opts.method == "percentile" && !(opts.percentile > 50 && opts.percentile <= 100))
+    throw Error("--percentile must be in (50, 100], got " + std::to_string(opts.percentile));
+  if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
+  if (inputs.empty()) throw Error("no calibration images");
+
+  Encodings enc;
+  // ---- weights
+  for (const auto& w : plan.weights) {
+    const TensorData& t = g.initializers.at(w.tensor);
+    const int64_t rank = static_cast<int64_t>(t.shape.size());
+    if (w.axis >= rank) throw Error("weight '" + w.tensor + "' has no axis " + std::to_string(w.axis));
+    const int64_t channels = t.shape[w.axis];
+    int64_t inner = 1, outer = 1;
+    for (int64_t d = w.axis + 1; d < rank; ++d) inner *= t.shape[d];
+    for (int64_t d = 0; d < w.axis; ++d) outer *= t.shape[d];
+    WeightEncoding we;
+    we.tensor = w.tensor;
+    we.bits = w.bits;
+    we.symmetric = w.symmetric;
+    we.axis = w.axis;
+    const QuantGrid grid = grid_of(w.bits, w.symmetric);
+    const float* data = t.as<float>();
+    std::vector<float> values;
+    for (int64_t c = 0; c < channels; ++c) {
+      values.clear();
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < inner; ++i) {
+          const float x = data[(o * channels + c) * inner + i];
+          if (!std::isfinite(x)) throw Error("weight '" + w.tensor + "' of node '" + w.node + "' contains NaN or Inf");
+          values.push_back(x);
+        }
+      auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
+      const AffineParams p = range_to_params(lo, hi, grid);
+      we.scale.push_back(p.scale);
+      we.zero_point.push_back(p.zero_point);
+    }
+    enc.weights[w.tensor] = std::move(we);
+  }
+
+  // ---- activations
+  std::vector<GroupStats> groups(plan.num_groups);
+  std::unordered_map<std::string, int> group_of;
+  for (const auto& a : plan.activations) {
+    auto& gs = groups.at(a.group);
+    gs.members.push_back(a.value);
+    gs.bits = a.bits;
+    gs.symmetric = a.symmetric;
+    group_of[a.value] = a.group;
+  }
+  rt::ExecutorOptions eo;
+  eo.device = at::Device(opts.device);
+  rt::Executor ex(g, eo);
+  const std::string input_name = g.inputs[0].name;
+  const int passes = opts.method == "minmax" ? 1 : 2;
+  const size_t batch = static_cast<size_t>(std::max(1, opts.batch));
+
+  auto run_pass = [&](int pass, const std::function<void(GroupStats&, const std::string&, const at::Tensor&)>& observe) {
+    rt::RunOptions ro;
+    ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {
+      auto it = group_of.find(name);
+      if (it != group_of.end()) observe(groups[it->second], name, t);
+      return t;
+    };
+    for (size_t i = 0; i < inputs.size(); i += batch) {
+      std::vector<at::Tensor> xs;
+      for (size_t k = i; k < std::min(inputs.size(), i + batch); ++k) xs.push_back(rt::to_aten(inputs[k]));
+      at::Tensor x = at::cat(xs, 0).to(eo.device);
+      ex.run({{input_name, x}}, ro);
+      if (opts.progress) opts.progress(pass, passes, std::min(inputs.size(), i + batch), inputs.size());
+    }
+  };
+
+  run_pass(1, [](GroupStats& gs, const std::string& name, const at::Tensor& t) {
+    auto [mn, mx] = at::aminmax(t);
+    const double lo = mn.item<double>(), hi = mx.item<double>();
+    if (!std::isfinite(lo) || !std::isfinite(hi))
+      throw Error("activation '" + name + "' contains NaN or Inf during calibration");
+    gs.min = std::min(gs.min, lo);
+    gs.max = std::max(gs.max, hi);
+    gs.seen = true;
+  });
+  for (const auto& gs : groups)
+    if (!gs.seen) throw Error("activation '" + gs.members.at(0) + "' was never computed during calibration");
+
+  if (passes == 2) {
+    const bool use_abs = opts.method == "entropy";
+    for (auto& gs : groups) {
+      const double lo = use_abs ? 0.0 : gs.min;
+      const double hi = use_abs ? std::max(std::fabs(gs.min), std::fabs(gs.max)) : gs.max;
+      gs.hist = std::make_unique<Histogram>(lo, hi, opts.histogram_bins);
+    }
+    run_pass(2, [use_abs](GroupStats& gs, const std::string&, const at::Tensor& t) {
+      at::Tensor d = dense_cpu_float(use_abs ? at::abs(t) : t);
+      gs.hist->add(d.data_ptr<float>(), static_cast<size_t>(d.numel()));
+    });
+  }
+
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    auto& gs = groups[gi];
+    const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
+    double lo = gs.min, hi = gs.max;
+    if (opts.method == "percentile") {
+      auto r = percentile_range(*gs.hist, opts.percentile);
+      lo = r.first, hi = r.second;
+    } else if (opts.method == "entropy") {
+      const double t = entropy_threshold(*gs.hist, gs.bits);
+      lo = std::max(gs.min, -t), hi = std::min(gs.max, t);
+    } else if (opts.method == "mse") {
+      auto r = mse_range(*gs.hist, grid);
+      lo = r.first, hi = r.second;
+    }
+    if (gs.symmetric) {
+      const double t = std::max(std::fabs(lo), std::fabs(hi));
+      lo = -t, hi = t;
+    }
+    const AffineParams p = range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+    for (const auto& v : gs.members) {
+      ActEncoding ae;
+      ae.value = v;
+      ae.bits = gs.bits;
+      ae.symmetric = gs.symmetric;
+      ae.group = static_cast<int>(gi);
+      ae.scale = p.scale;
+      ae.zero_point = p.zero_point;
+      ae.observed_min = static_cast<float>(gs.min);
+      ae.observed_max = static_cast<float>(gs.max);
+      enc.activations[v] = ae;
+    }
+  }
+  enc.meta = {{"method", opts.method}, {"weight_method", opts.weight_method}, {"calibration_images", inputs.size()},
+              {"histogram_bins", opts.histogram_bins}};
+  if (opts.method == "percentile") enc.meta["percentile"] = opts.percentile;
+  return enc;
+}
+
+}  // namespace inlierq::quant
