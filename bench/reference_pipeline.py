@@ -3,7 +3,7 @@
 Usage:
   python3 bench/reference_pipeline.py [--model yolox|nanodet|fastestdet|all] [--limit N] [--threads T]
                                       [--results OUT.json] [--json] [--assets DIR] [--no-spin]
-                                      [--yolox-box-scale ratio|resized]
+                                      [--yolox-box-scale ratio|resized] [--onnx MODEL.onnx]
 
 For each model it evaluates COCO AP@[.5:.95] on the first N images of coco_val500 by ascending image
 id: decode the JPEG with PIL (Image.open(...).convert('RGB')), preprocess in numpy (the resize reproduces
@@ -13,6 +13,9 @@ image (clipped to it), class-wise greedy NMS, keep the 100 best per image (score
 with pycocotools' COCOeval. The reported time covers the per-image loop (decode, preprocess,
 inference, post-processing) plus the COCO evaluation, not the session creation — the same span as
 `inlierq eval`'s "seconds".
+
+--onnx (with a single --model) evaluates another ONNX file, e.g. a quantized (QDQ) export of that model,
+with the named model's pre- and post-processing; ONNX Runtime runs the QDQ graph as it is.
 
 Every convention is taken from ../shared/assets/README.md (the models' documentation) and from the
 models' published demo code it points to; where that documentation leaves a detail open, the choice
@@ -291,10 +294,21 @@ def class_wise_nms(boxes, scores, labels, iou_thr, max_det):
 
 # ---- the pipeline ----------------------------------------------------------------------------------
 
-def ort_session(path, threads, spin=True):
+# ONNX Runtime graph optimisation level for all sessions: "all" (ORT's default) or "basic"/"disable".
+# With "all", ORT fuses QDQ models into integer kernels (QLinearConv, ...); "disable" runs
+# QuantizeLinear/DequantizeLinear as written, i.e. the ONNX reference semantics of the file.
+ORT_OPT_LEVEL = os.environ.get("INLIERQ_ORT_OPT", "all")
+
+
+def ort_session(path, threads, spin=True, opt_level=None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    level = opt_level or ORT_OPT_LEVEL
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
     so.intra_op_num_threads = threads
     if not spin:  # idle worker threads sleep instead of spinning (kinder to a busy machine)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -353,12 +367,19 @@ def coco_eval(gt, dets, image_ids):
     return [float(v) for v in ev.stats], text
 
 
-def run_model(model, limit=0, threads=2, assets=ASSETS, gt=None, spin=True):
-    """Evaluates one model; returns a dict with stats, detections (COCO results format) and seconds."""
+def run_model(model, limit=0, threads=2, assets=ASSETS, gt=None, spin=True, onnx_path=None):
+    """Evaluates one model; returns a dict with stats, detections (COCO results format) and seconds.
+    onnx_path, if given, replaces the model's file (same pre- and post-processing), e.g. a QDQ export."""
     val = os.path.join(assets, "coco_val500")
     gt = gt or load_gt(os.path.join(val, "instances_val500.json"))
     images = first_images(gt, limit)
-    sess = ort_session(os.path.join(assets, "models", MODELS[model][0]), threads, spin)
+    path = onnx_path or os.path.join(assets, "models", MODELS[model][0])
+    sess = ort_session(path, threads, spin)
+    # ORT lists only the inputs without an initializer (NanoDet's export also lists its weights as graph
+    # inputs, each backed by an initializer): exactly one, the image, must remain.
+    if len(sess.get_inputs()) != 1:
+        raise ValueError(f"{path}: expected one non-initializer input (the image), got "
+                         f"{[i.name for i in sess.get_inputs()]}")
     t0 = time.perf_counter()
     dets, times = [], {"decode": 0.0}
     for im in images:
@@ -372,7 +393,7 @@ def run_model(model, limit=0, threads=2, assets=ASSETS, gt=None, spin=True):
     t_loop = time.perf_counter() - t0
     stats, text = coco_eval(gt, dets, [im["id"] for im in images])
     seconds = time.perf_counter() - t0
-    return {"model": model, "file": MODELS[model][0], "images": len(images), "detections": len(dets),
+    return {"model": model, "file": onnx_path or MODELS[model][0], "images": len(images), "detections": len(dets),
             "map": stats[0], "map50": stats[1], "map75": stats[2], "stats": stats, "summary": text,
             "seconds": seconds, "loop_seconds": t_loop, "eval_seconds": seconds - t_loop,
             "stage_seconds": times, "threads": threads, "results": dets}
@@ -389,14 +410,20 @@ def main():
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime: session.intra_op.allow_spinning=0")
     ap.add_argument("--yolox-box-scale", choices=["ratio", "resized"], default="ratio",
                     help="map YOLOX boxes back with r (documented) or with the resize actually done")
+    ap.add_argument("--onnx", help="evaluate this ONNX file (e.g. a QDQ model) with --model's pre- and "
+                    "post-processing; needs a single --model")
     args = ap.parse_args()
+    if args.onnx and args.model == "all":
+        ap.error("--onnx needs a single --model (yolox, nanodet or fastestdet)")
+    if args.onnx and not os.path.isfile(args.onnx):
+        ap.error(f"--onnx: no such file: {args.onnx}")
     global YOLOX_BOX_SCALE
     YOLOX_BOX_SCALE = args.yolox_box_scale
     gt = load_gt(os.path.join(args.assets, "coco_val500", "instances_val500.json"))
     models = list(MODELS) if args.model == "all" else [args.model]
     all_results = {}
     for m in models:
-        r = run_model(m, args.limit, args.threads, args.assets, gt, spin=not args.no_spin)
+        r = run_model(m, args.limit, args.threads, args.assets, gt, spin=not args.no_spin, onnx_path=args.onnx)
         all_results[m] = r.pop("results")
         if args.json:
             r.pop("summary")

@@ -340,6 +340,15 @@ TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
         overrides[w.tensor] = quant::fake_quant(t, quant::channel_view(s, w.axis, t.dim()), quant::channel_view(z, w.axis, t.dim()),
                                                 we.qn(), we.qp());
       }
+      // Biases of convs reading a quantized value are int32 codes with scale s_in·s_w (the stem reads
+      // the raw input and keeps a float bias; pred is head).
+      const std::map<std::string, std::string> conv_input = {{"c2", "a"}, {"c3", "b"}, {"c5", "a"}};
+      for (const auto& [conv, in] : conv_input) {
+        const auto& we = enc.weights.at(conv + ".w");
+        at::Tensor b = rt::to_aten(g.initializers.at(conv + ".b"));
+        at::Tensor s = at::tensor(we.scale, at::kFloat) * enc.activations.at(in).scale;
+        overrides[conv + ".b"] = at::round(b / s) * s;
+      }
       rt::RunOptions ro;
       ro.overrides = &overrides;
       ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {

@@ -1,6 +1,7 @@
 // Streamed activation calibration and per-channel weight-scale initialisation (ALGORITHMS.md §2).
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -71,6 +72,9 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   if (inputs.empty()) throw Error("no calibration images");
 
   Encodings enc;
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
   // ---- weights
   for (const auto& w : plan.weights) {
     const TensorData& t = g.initializers.at(w.tensor);
@@ -97,13 +101,18 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
           values.push_back(x);
         }
       auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
-      const AffineParams p = range_to_params(lo, hi, grid);
+      AffineParams p = range_to_params(lo, hi, grid);
+      // An all-zero channel would get the 1e-8 floor, and a bias quantized with s_in·s_w would overflow
+      // int32; any scale represents zeros exactly, so take 1.
+      if (lo == 0.0f && hi == 0.0f) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
       we.scale.push_back(p.scale);
       we.zero_point.push_back(p.zero_point);
     }
     enc.weights[w.tensor] = std::move(we);
   }
 
+  const double weight_seconds = seconds_since(t_start);
+  const auto t_acts = clock::now();
   // ---- activations
   std::vector<GroupStats> groups(plan.num_groups);
   std::unordered_map<std::string, int> group_of;
@@ -162,6 +171,8 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     });
   }
 
+  const double forward_seconds = seconds_since(t_acts);
+  const auto t_search = clock::now();
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     auto& gs = groups[gi];
     const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
@@ -197,6 +208,8 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   enc.meta = {{"method", opts.method}, {"weight_method", opts.weight_method}, {"calibration_images", inputs.size()},
               {"histogram_bins", opts.histogram_bins}};
   if (opts.method == "percentile") enc.meta["percentile"] = opts.percentile;
+  enc.meta["seconds"] = {{"weights", weight_seconds}, {"activation_passes", forward_seconds},
+                         {"range_search", seconds_since(t_search)}};
   return enc;
 }
 

@@ -1,6 +1,7 @@
 // QDQ ONNX, encodings JSON and TensorRT calibration cache from a plan and its encodings.
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <set>
 
 #include <fmt/format.h>
@@ -57,8 +58,74 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
   }
   for (const auto& i : out.inputs) used.insert(i.name);
 
+  // The grid scale each quantized compute node reads: its input's site, through value-preserving ops.
+  GraphIndex index(g);
+  std::function<const ActEncoding*(const std::string&, int)> input_encoding = [&](const std::string& v, int depth) -> const ActEncoding* {
+    auto it = enc.activations.find(v);
+    if (it != enc.activations.end()) return &it->second;
+    const Node* p = index.producer(v);
+    if (!p || depth > 1000 || !p->domain.empty()) return nullptr;
+    static const std::set<std::string> same_values = {"MaxPool", "Slice", "Reshape", "Transpose", "Split", "Flatten",
+                                                      "Squeeze", "Unsqueeze", "Identity", "Gather", "DepthToSpace",
+                                                      "SpaceToDepth", "Concat", "Resize"};
+    if (!same_values.count(p->op_type) || (p->op_type == "Resize" && p->get_string("mode", "nearest") != "nearest"))
+      return nullptr;
+    const ActEncoding* first = nullptr;
+    for (const auto& in : p->op_type == "Concat" ? p->inputs : std::vector<std::string>{p->inputs.at(0)}) {
+      const ActEncoding* e = input_encoding(in, depth + 1);
+      if (!e || (first && (e->scale != first->scale || e->zero_point != first->zero_point))) return nullptr;
+      first = e;
+    }
+    return first;
+  };
+
   std::vector<Node> weight_dq;
   std::set<std::string> done_weights;
+  // Biases of quantized convs whose input grid is known become int32 with scale s_in·s_w (zero point 0),
+  // the QDQ convention ONNX Runtime's integer kernels assume: with it, ORT's fused QLinearConv and the
+  // float Q/DQ semantics of the file compute the same thing.
+  for (const auto& w : plan.weights) {
+    const Node* n = nullptr;
+    for (const auto& x : out.nodes)
+      if (x.name == w.node) n = &x;
+    if (!n || n->op_type != "Conv" || n->inputs.size() < 3 || n->inputs[2].empty()) continue;
+    auto bit = out.initializers.find(n->inputs[2]);
+    if (bit == out.initializers.end() || bit->second.dtype != DType::Float) continue;
+    if (index.consumers(n->inputs[2]).size() != 1) continue;  // shared bias: leave it alone
+    const ActEncoding* in = input_encoding(n->inputs[0], 0);
+    if (!in) continue;
+    const WeightEncoding& we = enc.weights.at(w.tensor);
+    const TensorData& b = bit->second;
+    if (b.numel() != static_cast<int64_t>(we.scale.size())) continue;
+    std::vector<float> scale(we.scale.size());
+    TensorData q = scalar_or_vector(DType::Int32, b.shape, b.numel());
+    bool fits = true;
+    for (size_t c = 0; c < scale.size(); ++c) {
+      scale[c] = in->scale * we.scale[c];
+      const double code = std::nearbyint(static_cast<double>(b.as<float>()[c] / scale[c]));
+      if (!(std::fabs(code) < 2147483647.0)) fits = false;
+      else q.as<int32_t>()[c] = static_cast<int32_t>(code);
+    }
+    if (!fits) continue;
+    const std::string bias = n->inputs[2];
+    const std::string qn = unique_name(used, bias + "_quantized"), sn = unique_name(used, bias + "_scale"),
+                      zn = unique_name(used, bias + "_zero_point");
+    out.initializers.erase(bias);
+    out.initializers[qn] = std::move(q);
+    out.initializers[sn] = float_tensor(scale, false);
+    TensorData zp = scalar_or_vector(DType::Int32, {static_cast<int64_t>(scale.size())}, scale.size());
+    std::memset(zp.bytes.data(), 0, zp.bytes.size());
+    out.initializers[zn] = std::move(zp);
+    Node dq;
+    dq.name = unique_name(used, bias + "_DequantizeLinear");
+    dq.op_type = "DequantizeLinear";
+    dq.inputs = {qn, sn, zn};
+    dq.outputs = {bias};
+    dq.attrs["axis"].kind = Attribute::Kind::Int;
+    dq.attrs["axis"].i = 0;
+    weight_dq.push_back(std::move(dq));
+  }
+
   for (const auto& w : plan.weights) {
     if (!done_weights.insert(w.tensor).second) continue;
     const WeightEncoding& we = enc.weights.at(w.tensor);

@@ -371,6 +371,9 @@ nlohmann::json QuantPlan::to_json() const {
   j["float_nodes"] = nlohmann::json::array();
   for (size_t i = 0; i < float_nodes.size(); ++i) j["float_nodes"].push_back({{"node", float_nodes[i]}, {"reason", float_reasons[i]}});
   j["groups"] = num_groups;
+  j["float_activations"] = nlohmann::json::array();
+  for (size_t i = 0; i < float_activations.size(); ++i)
+    j["float_activations"].push_back({{"value", float_activations[i]}, {"reason", float_activation_reasons[i]}});
   return j;
 }
 
@@ -387,6 +390,11 @@ std::string QuantPlan::format() const {
   s += fmt::format("  {:<28} {:<28} {:>4} {:>5} {:>5}  {}\n", "value", "producer", "bits", "sym", "group", "why");
   for (const auto& a : activations)
     s += fmt::format("  {:<28} {:<28} {:>4} {:>5} {:>5}  {}\n", a.value, a.producer, a.bits, a.symmetric ? "yes" : "no", a.group, a.reason);
+  if (!float_activations.empty()) {
+    s += "\nactivations left in floating point\n";
+    for (size_t i = 0; i < float_activations.size(); ++i)
+      s += fmt::format("  {:<28} {}\n", float_activations[i], float_activation_reasons[i]);
+  }
   if (!float_nodes.empty()) {
     s += "\nfloating-point compute nodes\n";
     for (size_t i = 0; i < float_nodes.size(); ++i) s += fmt::format("  {:<28} {}\n", float_nodes[i], float_reasons[i]);

@@ -1,4 +1,4 @@
-// Layout and indexing: Concat, Split, Slice, Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Gather,
+// Layout and indexing: Concat, Split, Slice, Reshape, Transpose, SpaceToDepth, DepthToSpace, Flatten, Squeeze, Unsqueeze, Gather,
 // GatherElements, Shape, Expand, ConstantOfShape, Cast, CastLike, Identity, Tile, Range.
 #include <ATen/ExpandUtils.h>
 
@@ -213,6 +213,35 @@ Kernel make_transpose(const OpContext& ctx) {
   };
 }
 
+// SpaceToDepth / DepthToSpace: block rearrangements, as reshape + permute + reshape (ONNX's definition).
+Kernel make_space_to_depth(const OpContext& ctx) {
+  const int64_t b = ctx.node.get_int("blocksize", 0);
+  if (b < 1) ctx.fail("blocksize must be positive");
+  return [=](const Tensors& in) -> Tensors {
+    at::Tensor x = required(in, 0, ctx);
+    if (x.dim() != 4 || x.size(2) % b || x.size(3) % b)
+      ctx.fail("input " + shape_str(x.sizes().vec()) + " is not 4-D with H and W divisible by blocksize " + std::to_string(b));
+    const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+    return {x.reshape({n, c, h / b, b, w / b, b}).permute({0, 3, 5, 1, 2, 4}).reshape({n, c * b * b, h / b, w / b})};
+  };
+}
+
+Kernel make_depth_to_space(const OpContext& ctx) {
+  const int64_t b = ctx.node.get_int("blocksize", 0);
+  const std::string mode = ctx.node.get_string("mode", "DCR");
+  if (b < 1) ctx.fail("blocksize must be positive");
+  if (mode != "DCR" && mode != "CRD") ctx.fail("mode must be DCR or CRD, got '" + mode + "'");
+  return [=](const Tensors& in) -> Tensors {
+    at::Tensor x = required(in, 0, ctx);
+    if (x.dim() != 4 || x.size(1) % (b * b))
+      ctx.fail("input " + shape_str(x.sizes().vec()) + " is not 4-D with C divisible by blocksize² " + std::to_string(b * b));
+    const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+    at::Tensor y = mode == "DCR" ? x.reshape({n, b, b, c / (b * b), h, w}).permute({0, 3, 4, 1, 5, 2})
+                                 : x.reshape({n, c / (b * b), b, b, h, w}).permute({0, 1, 4, 2, 5, 3});
+    return {y.reshape({n, c / (b * b), h * b, w * b})};
+  };
+}
+
 Kernel make_flatten(const OpContext& ctx) {
   const int64_t axis_attr = ctx.node.get_int("axis", 1);
   return [=](const Tensors& in) -> Tensors {
@@ -372,6 +401,8 @@ void register_shape_ops(OpRegistry& r) {
   r.add("Reshape", make_reshape);
   r.add("Transpose", make_transpose);
   r.add("Flatten", make_flatten);
+  r.add("SpaceToDepth", make_space_to_depth);
+  r.add("DepthToSpace", make_depth_to_space);
   r.add("Squeeze", make_squeeze);
   r.add("Unsqueeze", make_unsqueeze);
   r.add("Gather", make_gather);

@@ -1,0 +1,69 @@
+// Per-quantizer sensitivity: how much each activation scale group alone degrades the outputs.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "inlierq/error.h"
+#include "inlierq/quant.h"
+#include "quant/fake_quant.h"
+#include "runtime/executor.h"
+#include "runtime/tensor_convert.h"
+
+namespace inlierq::quant {
+
+std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const QuantPlan& plan, const Encodings& enc,
+                                                     const std::vector<TensorData>& inputs, const std::string& device,
+                                                     const std::function<void(size_t, size_t)>& progress) {
+  if (inputs.empty()) throw Error("sensitivity analysis needs at least one input");
+  rt::ExecutorOptions eo;
+  eo.device = at::Device(device);
+  rt::Executor ex(g, eo);
+  std::vector<at::Tensor> xs;
+  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
+  const at::Tensor x = at::cat(xs, 0).to(eo.device);
+  const std::string in = g.inputs.at(0).name;
+  const auto reference = ex.run({{in, x}});
+
+  std::vector<GroupSensitivity> out(plan.num_groups);
+  for (int gi = 0; gi < plan.num_groups; ++gi) out[gi].group = gi;
+  for (const auto& a : plan.activations) out.at(a.group).values.push_back(a.value);
+  for (int gi = 0; gi < plan.num_groups; ++gi) {
+    std::set<std::string> members(out[gi].values.begin(), out[gi].values.end());
+    rt::RunOptions ro;
+    ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {
+      if (!members.count(name)) return t;
+      const ActEncoding& e = enc.activations.at(name);
+      return fake_quant(t, at::full({1}, e.scale, t.options()), at::full({1}, (double)e.zero_point, t.options()), e.qn(), e.qp());
+    };
+    const auto got = ex.run({{in, x}}, ro);
+    double signal = 0, noise = 0;
+    for (const auto& o : g.outputs) {
+      const at::Tensor r = reference.at(o.name).to(at::kDouble), q = got.at(o.name).to(at::kDouble);
+      signal += r.pow(2).sum().item<double>();
+      noise += (r - q).pow(2).sum().item<double>();
+    }
+    out[gi].sqnr_db = 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30));
+    if (progress) progress(gi + 1, plan.num_groups);
+  }
+  std::sort(out.begin(), out.end(), [](const GroupSensitivity& a, const GroupSensitivity& b) { return a.sqnr_db < b.sqnr_db; });
+  return out;
+}
+
+void drop_activation_groups(QuantPlan& plan, Encodings& enc, const std::vector<int>& groups, const std::string& reason) {
+  std::set<int> drop(groups.begin(), groups.end());
+  std::vector<ActSite> kept;
+  for (auto& a : plan.activations) {
+    if (drop.count(a.group)) {
+      enc.activations.erase(a.value);
+      plan.float_activations.push_back(a.value);
+      plan.float_activation_reasons.push_back(reason);
+    } else {
+      kept.push_back(a);
+    }
+  }
+  plan.activations = std::move(kept);
+}
+
+}  // namespace inlierq::quant
