@@ -227,6 +227,9 @@ struct QuantizeArgs {
   std::string config;
   std::string eval_images, eval_annotations;
   size_t eval_limit = 0;
+  int fallback = 0;
+  size_t sensitivity_images = 8;
+  bool sensitivity = false;
 };
 
 // Bit widths from --preset wNaM or --wbits/--abits.
@@ -271,6 +274,7 @@ int cmd_quantize(const QuantizeArgs& a) {
     throw Error(a.model + ": node '" + summary.unsupported[0]->name + "' uses unsupported op '" + summary.unsupported[0]->op_type + "'");
   PrepareReport prep;
   const Graph g = prepare_for_quantization(original, a.model, &prep);
+  const double t_prepare = std::chrono::duration<double>(clock::now() - t0).count();
 
   quant::PlacementOptions po;
   po.weight_bits = wbits;
@@ -304,6 +308,7 @@ int cmd_quantize(const QuantizeArgs& a) {
       progress.update(i + 1);
     }
   }
+  const double t_images = std::chrono::duration<double>(clock::now() - t0).count();
   quant::CalibrationOptions co;
   co.method = a.method;
   co.weight_method = a.weight_method;
@@ -321,6 +326,29 @@ int cmd_quantize(const QuantizeArgs& a) {
   };
   quant::Encodings enc = quant::calibrate(g, plan, inputs, co);
   progress.reset();
+  quant::QuantPlan final_plan = plan;
+  if (a.fallback > 0 || a.sensitivity) {
+    const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), a.sensitivity_images));
+    Progress sp("sensitivity (one quantizer group at a time)", plan.num_groups);
+    auto sens = quant::activation_sensitivity(g, plan, enc, probe, a.device, [&](size_t d, size_t) { sp.update(d); });
+    fmt::print(stderr, "most harmful activation quantizers alone (output SQNR over {} images):\n", probe.size());
+    nlohmann::json js = nlohmann::json::array();
+    for (size_t i = 0; i < sens.size(); ++i) {
+      std::string vals;
+      for (const auto& v : sens[i].values) vals += (vals.empty() ? "" : ",") + v;
+      if (i < 8) fmt::print(stderr, "  {:>6.1f} dB  {}\n", sens[i].sqnr_db, vals);
+      js.push_back({{"values", sens[i].values}, {"sqnr_db", sens[i].sqnr_db}});
+    }
+    enc.meta["sensitivity"] = js;
+    std::vector<int> drop;
+    for (int i = 0; i < a.fallback && i < static_cast<int>(sens.size()); ++i) drop.push_back(sens[i].group);
+    if (!drop.empty()) {
+      quant::drop_activation_groups(final_plan, enc, drop, "sensitivity fallback");
+      fmt::print(stderr, "[fallback] {} activation quantizer group(s) left in floating point\n", drop.size());
+    }
+    enc.meta["fallback_groups"] = drop.size();
+  }
+  const double t_calibrated = std::chrono::duration<double>(clock::now() - t0).count();
   enc.meta["model"] = a.model;
   enc.meta["profile"] = profile.name;
   enc.meta["preset"] = fmt::format("w{}a{}", wbits, abits);
@@ -329,9 +357,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   enc.meta["seed"] = a.seed;
   enc.meta["folded_batchnorms"] = prep.folded_batchnorms;
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
-  enc.meta["plan"] = plan.to_json();
+  enc.meta["plan"] = final_plan.to_json();
 
-  Graph qdq = quant::make_qdq_graph(g, plan, enc);
+  Graph qdq = quant::make_qdq_graph(g, final_plan, enc);
   save_onnx(qdq, out_onnx);
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
   bool wrote_trt = false;
@@ -339,11 +367,15 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (wrote_trt) write_file_atomically(out_trt, quant::tensorrt_cache(enc));
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   fmt::print("wrote {} (opset {}), {}{}\n", out_onnx, qdq.opset, out_enc, wrote_trt ? ", " + out_trt : std::string());
-  fmt::print("calibration: {} on {} images, W{}A{}, {:.2f} s\n", a.method, inputs.size(), wbits, abits, seconds);
+  fmt::print("calibration: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
+             "calibration {:.2f} s, export {:.2f} s)\n",
+             a.method, inputs.size(), wbits, abits, seconds, t_prepare, t_images - t_prepare, t_calibrated - t_images,
+             seconds - t_calibrated);
 
   nlohmann::json j{{"output", out_onnx}, {"encodings", out_enc}, {"trt_cache", wrote_trt ? nlohmann::json(out_trt) : nlohmann::json()},
                    {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
-                   {"weight_quantizers", plan.weights.size()}, {"activation_quantizers", plan.activations.size()},
+                   {"weight_quantizers", final_plan.weights.size()}, {"activation_quantizers", final_plan.activations.size()},
+                   {"fallback", a.fallback},
                    {"seconds", seconds}};
   if (!a.eval_images.empty()) {
     coco::Dataset gt = coco::load_dataset(a.eval_annotations);
@@ -483,6 +515,9 @@ int main(int argc, char** argv) {
   quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
   quantize->add_option("--batch", qa.batch, "calibration batch size")->default_val(8);
+  quantize->add_option("--fallback", qa.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
+  quantize->add_flag("--sensitivity", qa.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
+  quantize->add_option("--sensitivity-images", qa.sensitivity_images, "calibration images used for the sensitivity analysis")->default_val(8);
   quantize->add_option("--eval-images", qa.eval_images, "evaluate FP32 and quantized mAP on these images");
   quantize->add_option("--eval-annotations", qa.eval_annotations, "COCO instances JSON for --eval-images");
   quantize->add_option("--eval-limit", qa.eval_limit, "evaluate the first N images only");

@@ -1,5 +1,6 @@
 // Streamed activation calibration and per-channel weight-scale initialisation (ALGORITHMS.md §2).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <chrono>
 #include <cmath>
@@ -75,42 +76,53 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
-  // ---- weights
-  for (const auto& w : plan.weights) {
-    const TensorData& t = g.initializers.at(w.tensor);
-    const int64_t rank = static_cast<int64_t>(t.shape.size());
-    if (w.axis >= rank) throw Error("weight '" + w.tensor + "' has no axis " + std::to_string(w.axis));
-    const int64_t channels = t.shape[w.axis];
-    int64_t inner = 1, outer = 1;
-    for (int64_t d = w.axis + 1; d < rank; ++d) inner *= t.shape[d];
-    for (int64_t d = 0; d < w.axis; ++d) outer *= t.shape[d];
-    WeightEncoding we;
-    we.tensor = w.tensor;
-    we.bits = w.bits;
-    we.symmetric = w.symmetric;
-    we.axis = w.axis;
-    const QuantGrid grid = grid_of(w.bits, w.symmetric);
-    const float* data = t.as<float>();
-    std::vector<float> values;
-    for (int64_t c = 0; c < channels; ++c) {
-      values.clear();
-      for (int64_t o = 0; o < outer; ++o)
-        for (int64_t i = 0; i < inner; ++i) {
-          const float x = data[(o * channels + c) * inner + i];
-          if (!std::isfinite(x)) throw Error("weight '" + w.tensor + "' of node '" + w.node + "' contains NaN or Inf");
-          values.push_back(x);
+  // ---- weights (independent per tensor, so spread over the intra-op threads)
+  std::vector<WeightEncoding> wencs(plan.weights.size());
+  std::vector<std::string> werrors(plan.weights.size());
+  at::parallel_for(0, static_cast<int64_t>(plan.weights.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t wi = begin; wi < end; ++wi) {
+      const auto& w = plan.weights[wi];
+      try {
+        const TensorData& t = g.initializers.at(w.tensor);
+        const int64_t rank = static_cast<int64_t>(t.shape.size());
+        if (w.axis >= rank) throw Error("weight '" + w.tensor + "' has no axis " + std::to_string(w.axis));
+        const int64_t channels = t.shape[w.axis];
+        int64_t inner = 1, outer = 1;
+        for (int64_t d = w.axis + 1; d < rank; ++d) inner *= t.shape[d];
+        for (int64_t d = 0; d < w.axis; ++d) outer *= t.shape[d];
+        WeightEncoding& we = wencs[wi];
+        we.tensor = w.tensor;
+        we.bits = w.bits;
+        we.symmetric = w.symmetric;
+        we.axis = w.axis;
+        const QuantGrid grid = grid_of(w.bits, w.symmetric);
+        const float* data = t.as<float>();
+        std::vector<float> values;
+        for (int64_t c = 0; c < channels; ++c) {
+          values.clear();
+          for (int64_t o = 0; o < outer; ++o)
+            for (int64_t i = 0; i < inner; ++i) {
+              const float x = data[(o * channels + c) * inner + i];
+              if (!std::isfinite(x)) throw Error("weight '" + w.tensor + "' of node '" + w.node + "' contains NaN or Inf");
+              values.push_back(x);
+            }
+          auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
+          AffineParams p = range_to_params(lo, hi, grid);
+          // An all-zero channel would get the 1e-8 floor, and a bias quantized with s_in·s_w would overflow
+          // int32; any scale represents zeros exactly, so take 1.
+          if (lo == 0.0f && hi == 0.0f) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
+          we.scale.push_back(p.scale);
+          we.zero_point.push_back(p.zero_point);
         }
-      auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
-      AffineParams p = range_to_params(lo, hi, grid);
-      // An all-zero channel would get the 1e-8 floor, and a bias quantized with s_in·s_w would overflow
-      // int32; any scale represents zeros exactly, so take 1.
-      if (lo == 0.0f && hi == 0.0f) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
-      we.scale.push_back(p.scale);
-      we.zero_point.push_back(p.zero_point);
+      } catch (const std::exception& e) {
+        werrors[wi] = e.what();
+      }
     }
-    enc.weights[w.tensor] = std::move(we);
+  });
+  for (size_t wi = 0; wi < plan.weights.size(); ++wi) {
+    if (!werrors[wi].empty()) throw Error(werrors[wi]);
+    enc.weights[plan.weights[wi].tensor] = std::move(wencs[wi]);
   }
-
   const double weight_seconds = seconds_since(t_start);
   const auto t_acts = clock::now();
   // ---- activations
@@ -147,7 +159,11 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   };
 
   run_pass(1, [](GroupStats& gs, const std::string& name, const at::Tensor& t) {
-    auto [mn, mx] = at::aminmax(t);
+    // Over a flat view of the dense memory: reductions over a channels-last tensor's logical order are slower.
+    const at::Tensor flat = t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous()
+                                ? t.permute({0, 2, 3, 1}).reshape({-1})
+                                : t.reshape({-1});
+    auto [mn, mx] = at::aminmax(flat);
     const double lo = mn.item<double>(), hi = mx.item<double>();
     if (!std::isfinite(lo) || !std::isfinite(hi))
       throw Error("activation '" + name + "' contains NaN or Inf during calibration");
@@ -181,6 +197,10 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       auto r = percentile_range(*gs.hist, opts.percentile);
       lo = r.first, hi = r.second;
     } else if (opts.method == "entropy") {
+      // 2^(b-1) levels on |x| (ALGORITHMS §2) even for asymmetric grids over one-sided data: searching
+      // with the 2^b levels such a grid really has clipped more and lost more mAP on all three shared
+      // models at W8A8 (100 val images: NanoDet 0.1199 → 0.1185, FastestDet 0.0842 → 0.0692, YOLOX
+      // 0.2178 → 0.1807).
       const double t = entropy_threshold(*gs.hist, gs.bits);
       lo = std::max(gs.min, -t), hi = std::min(gs.max, t);
     } else if (opts.method == "mse") {

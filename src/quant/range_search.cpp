@@ -151,11 +151,12 @@ std::pair<float, float> percentile_range(const Histogram& h, double p) {
 //     the non-zeros give up eps*#zeros/#nonzeros each, so the total is unchanged. That subtraction could
 //     make an entry non-positive (ORT asserts) when counts are fractional weights or a 2-bit group
 //     spreads a small sum thinly; then only the zeros are raised to eps for that distribution.
-float entropy_threshold(const Histogram& h, int bits) {
+float entropy_threshold(const Histogram& h, int bits, int levels) {
   check_grid(QuantGrid{bits, true});
   if (h.lo != 0.0) throw Error("entropy_threshold expects a histogram of |x| starting at 0");
+  if (levels < 0 || levels > 65536) throw Error("entropy_threshold: levels must be in 0..65536");
   const int nb = h.bins();
-  const int nq = 1 << (bits - 1);
+  const int nq = levels ? levels : 1 << (bits - 1);
   const double w = h.bin_width();
   const std::vector<double>& c = h.counts;
   if (nb <= nq) return static_cast<float>(h.hi);

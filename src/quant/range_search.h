@@ -68,7 +68,9 @@ std::pair<float, float> percentile_range(const Histogram& h, double p);
 // and Q smoothed as ORT/MXNet do; KL(P||Q). Returns t = i*bin_width for the minimising i (the end of
 // the i-th bin; the first i wins ties). Documented deviations from ONNX Runtime's
 // get_entropy_threshold are in range_search.cpp.
-float entropy_threshold(const Histogram& abs_hist, int bits);
+// levels overrides nq (0 keeps 2^(bits-1)); an asymmetric grid over one-sided data has 2^bits levels
+// between 0 and t, and the calibrator passes that.
+float entropy_threshold(const Histogram& abs_hist, int bits, int levels = 0);
 
 // mse (ALGORITHMS §2): the range minimising sum_j c_j |fq(v_j) - v_j|^p over `candidates` candidate ranges
 // (QDrop's MSE observer), m/M = the observed data min/max (h.vmin / h.vmax for the histogram version):
