@@ -120,20 +120,36 @@ def ort_eval(args, model, onnx_path, log_path):
 
 def inlierq_quantize(args, model, config, method, out, log_path):
     calib = os.path.join(args.assets, "coco128", "images", "train2017")
-    # "mse+fb1": the mse calibrator plus --fallback 1 (the most harmful activation quantizer group left
-    # in floating point by the sensitivity analysis).
-    base, _, fallback = method.partition("+fb")
     cmd = [CLI, "--threads", str(args.threads), "quantize", model_path(args, model), "--profile", model,
-           "--calib", calib, "--num-calib", str(args.num_calib), "--preset", config, "--method", base,
+           "--calib", calib, "--num-calib", str(args.num_calib), "--preset", config] + method_args(method) + [
            "-o", out, "--force", "--json"]
-    if fallback:
-        cmd += ["--fallback", fallback]
     r, wall = run_json(cmd, log_path)
     if "seconds" not in r:
         raise StepError(f"inlierq quantize JSON lacks 'seconds': {r}")
     if not os.path.isfile(out):
         raise StepError(f"inlierq quantize wrote no {out}")
     return r, wall
+
+
+# Method variants: "<calibrator>[+option...]" with options fbN (--fallback N: the N most harmful
+# activation quantizer groups left in floating point by the sensitivity analysis), wmm (--weight-method
+# minmax instead of the default mse) and sep (--separate-concat-scales).
+VARIANT_RE = re.compile(r"(minmax|percentile|entropy|mse)(\+(fb\d+|wmm|sep))*")
+
+
+def method_args(method):
+    base, *opts = method.split("+")
+    args = ["--method", base]
+    for o in opts:
+        if o.startswith("fb"):
+            args += ["--fallback", o[2:]]
+        elif o == "wmm":
+            args += ["--weight-method", "minmax"]
+        elif o == "sep":
+            args += ["--separate-concat-scales"]
+        else:
+            raise StepError(f"unknown method option {o!r} in {method!r}")
+    return args
 
 
 def ort_quantize(args, model, method, out, log_path):
@@ -145,9 +161,10 @@ def ort_quantize(args, model, method, out, log_path):
 
 
 def settings_key(args):
-    return {"limit": args.limit, "threads": args.threads, "repeats": args.repeats, "num_calib": args.num_calib,
-            "also_ort_eval": args.also_ort_eval, "ort_skip_optimization": args.ort_skip_optimization,
-            "assets": os.path.abspath(args.assets)}
+    # Rows from runs that differ only in --repeats or --also-ort-eval stay comparable (each row lists its
+    # own timing samples and has an ORT column or not), so they may be combined with --resume.
+    return {"limit": args.limit, "threads": args.threads, "num_calib": args.num_calib,
+            "ort_skip_optimization": args.ort_skip_optimization, "assets": os.path.abspath(args.assets)}
 
 
 def failed(r):
@@ -431,7 +448,9 @@ def main():
     ort_methods = [m for m in args.ort_methods.split(",") if m]
     for vals, allowed, name in ((configs, CONFIGS, "--configs"), (methods, METHODS, "--methods"),
                                 (ort_methods, ORT_METHODS, "--ort-methods")):
-        bad = [v for v in vals if v not in allowed]
+        # "<method>+fbN": an inlierq method with --fallback N
+        bad = [v for v in vals if v not in allowed
+               and not (allowed is METHODS and VARIANT_RE.fullmatch(v))]
         if bad:
             ap.error(f"{name}: unknown {bad} (choose from {', '.join(allowed)})")
     if args.workdir and os.path.abspath(args.workdir).startswith(os.path.abspath(ROOT) + os.sep):

@@ -222,7 +222,7 @@ struct QuantizeArgs {
   int wbits = 0, abits = 0, batch = 8;
   uint64_t seed = 0;
   double percentile = 99.99;
-  bool act_symmetric = false, quantize_head = false, force = false, as_json = false;
+  bool act_symmetric = false, quantize_head = false, force = false, as_json = false, separate_concat_scales = false;
   std::vector<std::string> exclude;
   std::string config;
   std::string eval_images, eval_annotations;
@@ -257,6 +257,13 @@ int cmd_quantize(const QuantizeArgs& a) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const auto [wbits, abits] = resolve_bits(a);
+  const auto methods = quant::calibration_methods();
+  if (std::find(methods.begin(), methods.end(), a.method) == methods.end())
+    throw Error("unknown calibration method '" + a.method + "' (expected minmax, percentile, entropy or mse)");
+  if (a.weight_method != "mse" && a.weight_method != "minmax")
+    throw Error("unknown weight calibration method '" + a.weight_method + "' (expected mse or minmax)");
+  if (a.num_calib == 0) throw Error("--num-calib must be at least 1");
+  if (a.fallback < 0) throw Error("--fallback must be ≥ 0");
   if (!a.eval_images.empty() != !a.eval_annotations.empty())
     throw Error("--eval-images and --eval-annotations go together");
   const std::string base = strip_onnx_suffix(a.out);
@@ -281,6 +288,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   po.act_bits = abits;
   po.act_symmetric = a.act_symmetric;
   po.quantize_head = a.quantize_head;
+  po.share_concat_scales = !a.separate_concat_scales;
   po.exclude = a.exclude;
   if (!a.config.empty()) {
     std::ifstream f(a.config);
@@ -514,6 +522,7 @@ int main(int argc, char** argv) {
   quantize->add_option("--config", qa.config, "JSON with per-node bit overrides / exclusions");
   quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
+  quantize->add_flag("--separate-concat-scales", qa.separate_concat_scales, "give each Concat input its own scale");
   quantize->add_option("--batch", qa.batch, "calibration batch size")->default_val(8);
   quantize->add_option("--fallback", qa.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
   quantize->add_flag("--sensitivity", qa.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");

@@ -21,6 +21,8 @@ struct PlacementOptions {
   int first_layer_bits = 8;       // weights of convs that read the network input
   bool quantize_head = false;     // heads: weights at head_bits for the last convs, outputs never quantized
   int head_last_bits = 8;
+  // Concat inputs share one scale (ALGORITHMS §3; TensorRT then concatenates int8 without requantizing).
+  bool share_concat_scales = true;
   std::vector<std::string> exclude;  // node names (or activation value names) kept in floating point
   // {"nodes": {"<node or value name>": {"weight_bits": N, "act_bits": N, "exclude": true}}}
   nlohmann::json overrides;
@@ -52,6 +54,8 @@ struct QuantPlan {
   std::vector<std::string> first_nodes;     // compute nodes reading the network input
   std::vector<std::string> float_nodes;     // compute nodes left in floating point, with why
   std::vector<std::string> float_reasons;
+  std::vector<std::string> float_activations;  // activation quantizers removed after placement, with why
+  std::vector<std::string> float_activation_reasons;
   nlohmann::json to_json() const;
   std::string format() const;  // human-readable table
 };
@@ -123,5 +127,27 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
 nlohmann::json encodings_json(const Encodings& enc);
 // TensorRT's text calibration cache (scale = amax/127 per 8-bit activation tensor, hex float32).
 std::string tensorrt_cache(const Encodings& enc);
+
+}  // namespace inlierq::quant
+
+namespace inlierq::quant {
+
+// ---- sensitivity ------------------------------------------------------------------------------------
+
+struct GroupSensitivity {
+  int group = 0;
+  std::vector<std::string> values;
+  double sqnr_db = 0;  // of the graph outputs when only this group is quantized (higher = harmless)
+};
+
+// Quantizes one activation scale group at a time (weights and every other activation in floating
+// point) and measures the SQNR of all graph outputs against the FP32 outputs over `inputs`; sorted
+// from most to least harmful. Costs one forward pass per group.
+std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const QuantPlan& plan, const Encodings& enc,
+                                                     const std::vector<TensorData>& inputs, const std::string& device,
+                                                     const std::function<void(size_t, size_t)>& progress = {});
+
+// The plan and encodings with the given activation groups left in floating point.
+void drop_activation_groups(QuantPlan& plan, Encodings& enc, const std::vector<int>& groups, const std::string& reason);
 
 }  // namespace inlierq::quant

@@ -336,7 +336,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
       for (const auto& i : passthrough_data_inputs(*p)) sources(i, out);
   };
   for (const auto& n : g.nodes) {
-    if (n.op_type != "Concat" || head.count(n.name)) continue;
+    if (!opts.share_concat_scales || n.op_type != "Concat" || head.count(n.name)) continue;
     std::vector<int> src;
     for (const auto& i : n.inputs) sources(i, src);
     for (size_t k = 1; k < src.size(); ++k) parent[find(src[k])] = find(src[0]);

@@ -134,6 +134,58 @@ def main():
         checks.check(forced.returncode == 0, f"infer --force overwrites (rc={forced.returncode})")
         leftovers = [f for f in os.listdir(out) if ".tmp." in f]
         checks.check(not leftovers, f"no temporary files left in the output dir ({leftovers})")
+        # quantize: argument and input errors, all before any calibration work
+        fd = MODELS["fastestdet_352"][0]
+        calib_dir = os.path.join(tmp, "calib")
+        os.makedirs(calib_dir)
+        good_img = os.path.join(os.path.dirname(MODELS["fastestdet_352"][0]), "..", "coco128", "images", "train2017")
+        first_jpg = sorted(f for f in os.listdir(good_img) if f.endswith(".jpg"))[0]
+        with open(os.path.join(good_img, first_jpg), "rb") as f:
+            jpg = f.read()
+        empty_dir = os.path.join(tmp, "empty_calib")
+        os.makedirs(empty_dir)
+        broken_dir = os.path.join(tmp, "broken_calib")
+        os.makedirs(broken_dir)
+        with open(os.path.join(broken_dir, "a.jpg"), "wb") as f:
+            f.write(b"not a jpeg")
+        with open(os.path.join(calib_dir, "one.jpg"), "wb") as f:
+            f.write(jpg)
+        qout = path("q.onnx")
+        qbase = ["quantize", fd, "--profile", "fastestdet", "--calib", calib_dir, "-o", qout]
+        expect_error("quantize unknown preset", qbase + ["--preset", "w9a8"], ["w9a8", "preset"], rc=1)
+        expect_error("quantize preset and bits", qbase + ["--preset", "w8a8", "--wbits", "4", "--abits", "4"], ["--preset", "--wbits"], rc=1)
+        expect_error("quantize no bits", qbase, ["--preset"], rc=1)
+        expect_error("quantize bits out of range", qbase + ["--wbits", "1", "--abits", "8"], ["2..8"], rc=1)
+        expect_error("quantize unknown method", qbase + ["--preset", "w8a8", "--method", "kl"], ["'kl'", "calibration method"], rc=1)
+        expect_error("quantize unknown profile", ["quantize", fd, "--profile", "nosuch", "--calib", calib_dir, "-o", qout,
+                                                  "--preset", "w8a8"], ["nosuch"], rc=1)
+        expect_error("quantize missing calib dir", ["quantize", fd, "--profile", "fastestdet", "--calib", path("nodir"), "-o", qout,
+                                                    "--preset", "w8a8"], ["nodir"], rc=1)
+        expect_error("quantize empty calib dir", ["quantize", fd, "--profile", "fastestdet", "--calib", empty_dir, "-o", qout,
+                                                  "--preset", "w8a8"], ["empty_calib"], rc=1)
+        expect_error("quantize unreadable calib images", ["quantize", fd, "--profile", "fastestdet", "--calib", broken_dir,
+                                                          "-o", qout, "--preset", "w8a8"], ["a.jpg"], rc=1)
+        expect_error("quantize unknown --exclude", qbase + ["--preset", "w8a8", "--exclude", "Conv_999"], ["Conv_999"], rc=1)
+        expect_error("quantize bad --config", qbase + ["--preset", "w8a8", "--config", write("bad.json", b"{nope")], ["bad.json", "JSON"], rc=1)
+        expect_error("quantize config with unknown key", qbase + ["--preset", "w8a8", "--config",
+                                                                  write("k.json", b'{"nodes": {"Conv_0": {"bits": 4}}}')],
+                     ["Conv_0", "'bits'"], rc=1)
+        expect_error("quantize eval images without annotations", qbase + ["--preset", "w8a8", "--eval-images", calib_dir],
+                     ["--eval-annotations"], rc=1)
+        expect_error("quantize onto its own input", ["quantize", fd, "--profile", "fastestdet", "--calib", calib_dir, "-o", fd,
+                                                     "--preset", "w8a8"], ["overwrite the input model"], rc=1)
+        expect_error("quantize corrupt model", ["quantize", write("bad.onnx", b"garbage" * 100), "--profile", "fastestdet",
+                                                "--calib", calib_dir, "-o", qout, "--preset", "w8a8"], ["bad.onnx"], rc=1)
+        okq = run_cli(*qbase, "--preset", "w8a8", "--num-calib", "1", check=False)
+        checks.check(okq.returncode == 0 and all(os.path.exists(path(f)) for f in ("q.onnx", "q.encodings.json", "q.trt.cache")),
+                     f"quantize on one calibration image writes the three files (rc={okq.returncode} {okq.stderr.strip()[-300:]})")
+        stamp = os.stat(qout).st_mtime_ns if okq.returncode == 0 else None
+        expect_error("quantize refuses to overwrite", qbase + ["--preset", "w8a8"], ["q.onnx", "already exists", "--force"], rc=1)
+        checks.check(stamp == (os.stat(qout).st_mtime_ns if okq.returncode == 0 else None), "the refused quantize left q.onnx untouched")
+        expect_error("inspect --plan unknown preset", ["inspect", fd, "--plan", "--preset", "x"], ["preset"], rc=1)
+        plan = run_cli("inspect", fd, "--plan", "--profile", "fastestdet", check=False)
+        checks.check(plan.returncode == 0 and "activation quantizers" in plan.stdout and "detection head" in plan.stdout,
+                     f"inspect --plan prints the plan (rc={plan.returncode})")
     checks.finish()
 
 
