@@ -434,6 +434,8 @@ def main():
                          "effect here is no SpaceToDepth fusion in YOLOX (an op inlierq eval may lack)")
     ap.add_argument("--resume", action="store_true", help="reuse --workdir/rows.jsonl rows made with the same settings")
     ap.add_argument("--allow-failures", action="store_true", help="write --out even if some rows failed")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: build the section from the rows already in --workdir/rows.jsonl")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write --out")
     ap.add_argument("--note", default="", help="a paragraph to put under the table")
@@ -476,6 +478,17 @@ def main():
             plan += [(model, "w8a8", "ort", m) for m in ort_methods]
     rows, loads = [], []
     log_path = os.path.join(args.workdir, "rows.jsonl")
+    if args.report_only:
+        # Every row of --workdir/rows.jsonl made with these settings, in plan order, then the other
+        # method variants found there; nothing is run.
+        args.resume = True
+        previous = load_previous(args)
+        def order(k):
+            model, config, tool, method = k
+            return (models.index(model), {"fp32": 0, "inlierq": 1, "ort": 2}[tool],
+                    CONFIGS.index(config) if config in CONFIGS else -1,
+                    METHODS.index(method) if method in METHODS else len(METHODS), method)
+        plan = sorted((k for k in previous if k[0] in models), key=order)
     for i, key in enumerate(plan):
         if key in previous:
             row = previous[key]

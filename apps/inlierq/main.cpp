@@ -376,9 +376,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   fmt::print("wrote {} (opset {}), {}{}\n", out_onnx, qdq.opset, out_enc, wrote_trt ? ", " + out_trt : std::string());
   fmt::print("calibration: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
-             "calibration {:.2f} s, export {:.2f} s)\n",
-             a.method, inputs.size(), wbits, abits, seconds, t_prepare, t_images - t_prepare, t_calibrated - t_images,
-             seconds - t_calibrated);
+             "calibration{} {:.2f} s, export {:.2f} s)\n",
+             a.method, inputs.size(), wbits, abits, seconds, t_prepare, t_images - t_prepare,
+             a.fallback > 0 || a.sensitivity ? " + sensitivity" : "", t_calibrated - t_images, seconds - t_calibrated);
 
   nlohmann::json j{{"output", out_onnx}, {"encodings", out_enc}, {"trt_cache", wrote_trt ? nlohmann::json(out_trt) : nlohmann::json()},
                    {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
