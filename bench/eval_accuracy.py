@@ -65,9 +65,9 @@ def reference(model, args):
     return run_json(cmd)
 
 
-def versions():
+def versions(mods=("onnxruntime", "numpy", "PIL", "pycocotools")):
     out = {}
-    for mod in ("onnxruntime", "numpy", "PIL", "pycocotools"):
+    for mod in mods:
         try:
             m = __import__(mod)
             out[mod] = getattr(m, "__version__", "?")

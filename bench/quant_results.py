@@ -49,7 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import reference_pipeline as ref  # noqa: E402
-from eval_accuracy import write_section  # noqa: E402
+from eval_accuracy import versions as eval_versions, write_section  # noqa: E402
 
 CLI = os.environ.get("INLIERQ_CLI", os.path.join(ROOT, "build", "inlierq"))
 SECTION = "## Quantization: W8A8 / W4A8 / W4A4 on coco_val500"
@@ -238,21 +238,7 @@ def make_row(args, model, config, tool, method, loads):
 
 
 def versions():
-    out = {}
-    for mod in ("onnxruntime", "onnx", "numpy", "PIL", "pycocotools"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except ImportError:
-            out[mod] = "missing"
-    if out.get("pycocotools") == "?":
-        try:
-            from importlib.metadata import version
-
-            out["pycocotools"] = version("pycocotools")
-        except Exception:
-            pass
-    return out
+    return eval_versions(("onnxruntime", "onnx", "numpy", "PIL", "pycocotools"))
 
 
 def git_state():
