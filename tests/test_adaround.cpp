@@ -74,3 +74,13 @@ TEST(AdaRound, SoftWeightGradientMatchesFiniteDifferences) {
     EXPECT_NEAR(g[i].item<double>(), fd, 1e-6 * std::max(1.0, std::fabs(fd))) << i;
   }
 }
+
+TEST(AdaRound, HardeningRightAfterInitIsRoundToNearest) {
+  auto w = at::randn({32, 3, 3, 3}, at::kDouble);
+  auto s = at::rand({32, 1, 1, 1}, at::kDouble) * 0.02 + 0.01;
+  auto z = at::zeros({32, 1, 1, 1}, at::kDouble);
+  auto hard = hard_weight(w, init_rounding_logits(w, s), s, z, -8, 7);
+  auto nearest = (at::clamp(at::round(w / s) + z, -8.0, 7.0) - z) * s;
+  // V ≥ 0 ⇔ r ≥ 0.5: identical to round-to-nearest except on exact ties (none in random data).
+  EXPECT_LT((hard - nearest).abs().max().item<double>(), 1e-12);
+}
