@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <iostream>
 
 #include "inlierq/coco_eval.h"
@@ -181,9 +182,13 @@ EvalOutcome evaluate_on(Detector& detector, const coco::Dataset& gt, const std::
   EvalOutcome out;
   std::vector<int64_t> ids;
   Progress progress(label, images.size());
+  // The next image is decoded on another thread while the network runs on this one.
+  auto load = [&](size_t i) { return load_image((fs::path(images_dir) / images[i].file_name).string()); };
+  std::future<Image> next = std::async(std::launch::async, load, 0);
   for (size_t i = 0; i < images.size(); ++i) {
-    const auto path = (fs::path(images_dir) / images[i].file_name).string();
-    auto boxes = detector.detect({load_image(path)})[0];
+    Image img = next.get();
+    if (i + 1 < images.size()) next = std::async(std::launch::async, load, i + 1);
+    auto boxes = detector.detect({img})[0];
     for (const auto& b : boxes) out.detections.push_back(to_coco(b, images[i].id, profile));
     ids.push_back(images[i].id);
     progress.update(i + 1);
