@@ -251,6 +251,28 @@ std::pair<int, int> resolve_bits(const QuantizeArgs& a) {
   return {a.wbits, a.abits};
 }
 
+// Placement options from the command line (bit widths, head/concat policy, exclusions, --config).
+quant::PlacementOptions placement_options(const QuantizeArgs& a) {
+  const auto [wbits, abits] = resolve_bits(a);
+  quant::PlacementOptions po;
+  po.weight_bits = wbits;
+  po.act_bits = abits;
+  po.act_symmetric = a.act_symmetric;
+  po.quantize_head = a.quantize_head;
+  po.share_concat_scales = !a.separate_concat_scales;
+  po.exclude = a.exclude;
+  if (!a.config.empty()) {
+    std::ifstream f(a.config);
+    if (!f) throw Error("cannot open quantization config '" + a.config + "'");
+    try {
+      po.overrides = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(a.config + ": not valid JSON: " + e.what());
+    }
+  }
+  return po;
+}
+
 std::string strip_onnx_suffix(const std::string& path) {
   const std::string ext = ".onnx";
   return path.size() > ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0
@@ -288,22 +310,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   const Graph g = prepare_for_quantization(original, a.model, &prep);
   const double t_prepare = std::chrono::duration<double>(clock::now() - t0).count();
 
-  quant::PlacementOptions po;
-  po.weight_bits = wbits;
-  po.act_bits = abits;
-  po.act_symmetric = a.act_symmetric;
-  po.quantize_head = a.quantize_head;
-  po.share_concat_scales = !a.separate_concat_scales;
-  po.exclude = a.exclude;
-  if (!a.config.empty()) {
-    std::ifstream f(a.config);
-    if (!f) throw Error("cannot open quantization config '" + a.config + "'");
-    try {
-      po.overrides = nlohmann::json::parse(f);
-    } catch (const std::exception& e) {
-      throw Error(a.config + ": not valid JSON: " + e.what());
-    }
-  }
+  const quant::PlacementOptions po = placement_options(a);
   const quant::QuantPlan plan = quant::derive_plan(g, po);
   fmt::print(stderr, "[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point\n",
              plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size());
@@ -420,12 +427,9 @@ int cmd_plan(const std::string& model, const std::string& profile_name, const st
   const auto [wbits, abits] = resolve_bits(a);
   if (!profile_name.empty()) load_profile(profile_name);  // validates the name; placement itself is graph-derived
   const Graph g = prepare_for_quantization(load_onnx(model), model);
-  quant::PlacementOptions po;
-  po.weight_bits = wbits;
-  po.act_bits = abits;
-  po.quantize_head = quantize_head;
-  po.exclude = exclude;
-  const auto plan = quant::derive_plan(g, po);
+  a.quantize_head = quantize_head;
+  a.exclude = exclude;
+  const auto plan = quant::derive_plan(g, placement_options(a));
   if (as_json) std::cout << plan.to_json().dump(2) << "\n";
   else fmt::print("quantization plan for {} (W{}A{})\n{}", model, wbits, abits, plan.format());
   return 0;

@@ -9,6 +9,7 @@
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
 #include "inlierq/transforms.h"
+#include "quant/grid_ops.h"
 
 namespace inlierq::quant {
 namespace {
@@ -64,14 +65,9 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     auto it = enc.activations.find(v);
     if (it != enc.activations.end()) return &it->second;
     const Node* p = index.producer(v);
-    if (!p || depth > 1000 || !p->domain.empty()) return nullptr;
-    static const std::set<std::string> same_values = {"MaxPool", "Slice", "Reshape", "Transpose", "Split", "Flatten",
-                                                      "Squeeze", "Unsqueeze", "Identity", "Gather", "DepthToSpace",
-                                                      "SpaceToDepth", "Concat", "Resize"};
-    if (!same_values.count(p->op_type) || (p->op_type == "Resize" && p->get_string("mode", "nearest") != "nearest"))
-      return nullptr;
+    if (!p || depth > 1000 || !is_passthrough(*p, g)) return nullptr;
     const ActEncoding* first = nullptr;
-    for (const auto& in : p->op_type == "Concat" ? p->inputs : std::vector<std::string>{p->inputs.at(0)}) {
+    for (const auto& in : passthrough_data_inputs(*p)) {
       const ActEncoding* e = input_encoding(in, depth + 1);
       if (!e || (first && (e->scale != first->scale || e->zero_point != first->zero_point))) return nullptr;
       first = e;
@@ -79,15 +75,15 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     return first;
   };
 
+  std::map<std::string, const Node*> node_by_name;
+  for (const auto& x : out.nodes) node_by_name[x.name] = &x;
   std::vector<Node> weight_dq;
   std::set<std::string> done_weights;
   // Biases of quantized convs whose input grid is known become int32 with scale s_in·s_w (zero point 0),
   // the QDQ convention ONNX Runtime's integer kernels assume: with it, ORT's fused QLinearConv and the
   // float Q/DQ semantics of the file compute the same thing.
   for (const auto& w : plan.weights) {
-    const Node* n = nullptr;
-    for (const auto& x : out.nodes)
-      if (x.name == w.node) n = &x;
+    const Node* n = node_by_name.count(w.node) ? node_by_name.at(w.node) : nullptr;
     if (!n || n->op_type != "Conv" || n->inputs.size() < 3 || n->inputs[2].empty()) continue;
     auto bit = out.initializers.find(n->inputs[2]);
     if (bit == out.initializers.end() || bit->second.dtype != DType::Float) continue;
