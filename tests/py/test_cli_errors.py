@@ -157,6 +157,9 @@ def main():
         expect_error("quantize no bits", qbase, ["--preset"], rc=1)
         expect_error("quantize bits out of range", qbase + ["--wbits", "1", "--abits", "8"], ["2..8"], rc=1)
         expect_error("quantize unknown method", qbase + ["--preset", "w8a8", "--method", "kl"], ["'kl'", "calibration method"], rc=1)
+        expect_error("quantize unknown weight method", qbase + ["--preset", "w8a8", "--weight-method", "kl"], ["'kl'", "weight"], rc=1)
+        expect_error("quantize zero calibration images", qbase + ["--preset", "w8a8", "--num-calib", "0"], ["--num-calib"], rc=1)
+        expect_error("quantize negative fallback", qbase + ["--preset", "w8a8", "--fallback", "-1"], ["--fallback"], rc=1)
         expect_error("quantize unknown profile", ["quantize", fd, "--profile", "nosuch", "--calib", calib_dir, "-o", qout,
                                                   "--preset", "w8a8"], ["nosuch"], rc=1)
         expect_error("quantize missing calib dir", ["quantize", fd, "--profile", "fastestdet", "--calib", path("nodir"), "-o", qout,
