@@ -15,54 +15,13 @@
 #include "quant/range_search.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
+#include "graph_builders.h"
 #include "test_helpers.h"
 
 using namespace inlierq;
+using namespace inlierq::test;
 
 namespace {
-
-TensorData random_tensor(std::vector<int64_t> shape, std::mt19937& rng, float scale = 1.0f, float offset = 0.0f) {
-  TensorData t;
-  t.dtype = DType::Float;
-  t.shape = std::move(shape);
-  t.bytes.resize(t.numel() * sizeof(float));
-  std::normal_distribution<float> n(0, 1);
-  for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = n(rng) * scale + offset;
-  return t;
-}
-
-Node node(const std::string& name, const std::string& op, std::vector<std::string> in, std::vector<std::string> out) {
-  Node n;
-  n.name = name;
-  n.op_type = op;
-  n.inputs = std::move(in);
-  n.outputs = std::move(out);
-  return n;
-}
-
-void set_ints(Node& n, const std::string& k, std::vector<int64_t> v) {
-  n.attrs[k].kind = Attribute::Kind::Ints;
-  n.attrs[k].ints = std::move(v);
-}
-
-// Round-trips through ONNX so that the checker runs and shapes are inferred.
-Graph finish(Graph g, int64_t opset = 13) {
-  g.opset = opset;
-  return load_onnx_bytes(serialize_onnx(g), "synthetic");
-}
-
-ValueInfo float_input(const std::string& name, std::vector<int64_t> shape) {
-  ValueInfo v;
-  v.name = name;
-  v.dtype = DType::Float;
-  v.has_shape = true;
-  for (auto d : shape) v.shape.push_back(Dim{d, ""});
-  return v;
-}
-
-ValueInfo float_output(const std::string& name, std::vector<int64_t> shape) {
-  return float_input(name, std::move(shape));
-}
 
 // A small backbone: stem conv, a residual block, a concat of a block output with its max-pool and a
 // second branch, and one prediction conv.

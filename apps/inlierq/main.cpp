@@ -23,6 +23,7 @@
 #include "inlierq/dataset.h"
 #include "inlierq/preprocess.h"
 #include "inlierq/quant.h"
+#include "inlierq/recon.h"
 #include "inlierq/transforms.h"
 #include "util/atomic_file.h"
 
@@ -235,7 +236,17 @@ struct QuantizeArgs {
   int fallback = 0;
   size_t sensitivity_images = 8;
   bool sensitivity = false;
+  // reconstruction (--method adaround | brecq | qdrop)
+  std::string init_method = "mse";
+  recon::ReconOptions recon;
+  std::string checkpoint_dir;
+  bool resume = false;
 };
+
+bool is_reconstruction(const std::string& method) {
+  const auto m = recon::reconstruction_methods();
+  return std::find(m.begin(), m.end(), method) != m.end();
+}
 
 // Bit widths from --preset wNaM or --wbits/--abits.
 std::pair<int, int> resolve_bits(const QuantizeArgs& a) {
@@ -284,9 +295,13 @@ int cmd_quantize(const QuantizeArgs& a) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const auto [wbits, abits] = resolve_bits(a);
+  const bool recon_method = is_reconstruction(a.method);
+  const std::string act_method = recon_method ? a.init_method : a.method;
   const auto methods = quant::calibration_methods();
-  if (std::find(methods.begin(), methods.end(), a.method) == methods.end())
-    throw Error("unknown calibration method '" + a.method + "' (expected minmax, percentile, entropy or mse)");
+  if (std::find(methods.begin(), methods.end(), act_method) == methods.end())
+    throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected minmax, percentile, entropy or mse)"
+                             : "unknown method '" + a.method + "' (expected a calibration method: minmax, percentile, entropy, mse; "
+                               "or a reconstruction method: adaround, brecq, qdrop)");
   if (a.weight_method != "mse" && a.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + a.weight_method + "' (expected mse or minmax)");
   if (a.num_calib == 0) throw Error("--num-calib must be at least 1");
@@ -298,6 +313,21 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (fs::absolute(out_onnx).lexically_normal() == fs::absolute(a.model).lexically_normal())
     throw Error("-o would overwrite the input model '" + a.model + "'");
   for (const auto& p : {out_onnx, out_enc, out_trt}) ensure_writable(p, a.force);
+  const std::string checkpoint_dir = a.checkpoint_dir.empty() ? base + ".ckpt" : a.checkpoint_dir;
+  if (recon_method && !a.resume && fs::exists(fs::path(checkpoint_dir) / "state.json")) {
+    if (!a.force)
+      throw Error("a checkpoint of an interrupted run exists in '" + checkpoint_dir +
+                  "'; pass --resume to continue it or --force to start over");
+    fs::remove_all(checkpoint_dir);
+  }
+  if (recon_method) {
+    recon::ReconOptions ro = a.recon;
+    ro.method = a.method;
+    recon::validate_options(ro);
+  }
+  if (a.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq or qdrop");
+  if (a.resume && !fs::exists(fs::path(checkpoint_dir) / "state.json"))
+    throw Error("--resume: no checkpoint in '" + checkpoint_dir + "'");
   const auto out_dir = fs::path(out_onnx).parent_path();
   if (!out_dir.empty()) make_output_dir(out_dir.string());
 
@@ -330,7 +360,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   }
   const double t_images = std::chrono::duration<double>(clock::now() - t0).count();
   quant::CalibrationOptions co;
-  co.method = a.method;
+  co.method = act_method;
   co.weight_method = a.weight_method;
   co.percentile = a.percentile;
   co.batch = a.batch;
@@ -340,7 +370,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   co.progress = [&](int pass, int passes, size_t done, size_t total) {
     if (pass != current_pass) {
       current_pass = pass;
-      progress = std::make_unique<Progress>(fmt::format("calibrate {} pass {}/{}", a.method, pass, passes), total);
+      progress = std::make_unique<Progress>(fmt::format("calibrate {} pass {}/{}", act_method, pass, passes), total);
     }
     progress->update(done);
   };
@@ -369,6 +399,50 @@ int cmd_quantize(const QuantizeArgs& a) {
     enc.meta["fallback_groups"] = drop.size();
   }
   const double t_calibrated = std::chrono::duration<double>(clock::now() - t0).count();
+  Graph quantized_weights = g;  // reconstruction writes hardened weights here
+  double t_reconstructed = t_calibrated;
+  if (recon_method) {
+    recon::ReconOptions ro = a.recon;
+    ro.method = a.method;
+    ro.seed = a.seed;
+    ro.device = a.device;
+    ro.checkpoint_dir = checkpoint_dir;
+    ro.resume = a.resume;
+    // A resumed run must see the same model, plan, bits and calibration images.
+    ro.fingerprint = nlohmann::json{{"model", fs::absolute(a.model).string()}, {"model_bytes", fs::file_size(a.model)},
+                                    {"plan", final_plan.to_json()}, {"files", folder.paths}, {"init", act_method},
+                                    {"weight_method", a.weight_method}}.dump();
+    auto last = clock::now() - std::chrono::seconds(10);
+    ro.progress = [&](const recon::ReconOptions::Progress& p) {
+      if (clock::now() - last < std::chrono::milliseconds(isatty(2) ? 250 : 10000) && p.iter != p.iters) return;
+      last = clock::now();
+      const int eta = static_cast<int>(p.eta_seconds);
+      fmt::print(stderr, "{}{}{} unit {}/{} '{}' iter {}/{} loss {:.4g}  ETA {}:{:02d}:{:02d}{}", isatty(2) ? "\r\033[K" : "",
+                 a.method, p.passes > 1 ? fmt::format(" pass {}/{}", p.pass, p.passes) : "", p.unit, p.units, p.unit_name,
+                 p.iter, p.iters, p.loss, eta / 3600, eta / 60 % 60, eta % 60, isatty(2) ? "" : "\n");
+    };
+    ro.log = [&](const std::string& line) { fmt::print(stderr, "{}{}\n", isatty(2) ? "\r\033[K" : "", line); };
+    fmt::print(stderr, "[recon] {}: {} iterations per unit, batch {}, seed {}\n", a.method, ro.iters, ro.batch, ro.seed);
+    recon::ReconResult rr = recon::reconstruct(quantized_weights, final_plan, enc, inputs, ro);
+    if (!rr.completed) {
+      fmt::print(stderr, "[recon] stopped after {} units as asked; checkpoint in {} (continue with --resume)\n",
+                 rr.reports.size(), checkpoint_dir);
+      return 3;
+    }
+    nlohmann::json rj = rr.to_json();
+    rj["method"] = a.method;
+    rj["init_method"] = act_method;
+    rj["iters"] = ro.iters;
+    rj["batch"] = ro.batch;
+    rj["seed"] = ro.seed;
+    rj["max_cache_mb"] = ro.max_cache_mb;
+    rj["unit_list"] = recon::units_json(rr.units);
+    enc.meta["reconstruction"] = rj;
+    t_reconstructed = std::chrono::duration<double>(clock::now() - t0).count();
+    fmt::print(stderr, "[recon] {} units in {:.1f} s (peak activation cache {:.0f} MB{})\n", rr.units.size(), rr.seconds,
+               rr.peak_cache_bytes / 1048576.0,
+               rr.spilled_bytes ? fmt::format(", {:.0f} MB spilled to disk", rr.spilled_bytes / 1048576.0) : std::string());
+  }
   enc.meta["model"] = a.model;
   enc.meta["profile"] = profile.name;
   enc.meta["preset"] = fmt::format("w{}a{}", wbits, abits);
@@ -379,7 +453,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
   enc.meta["plan"] = final_plan.to_json();
 
-  Graph qdq = quant::make_qdq_graph(g, final_plan, enc);
+  Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc);
   save_onnx(qdq, out_onnx);
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
   bool wrote_trt = false;
@@ -387,16 +461,29 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (wrote_trt) write_file_atomically(out_trt, quant::tensorrt_cache(enc));
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   fmt::print("wrote {} (opset {}), {}{}\n", out_onnx, qdq.opset, out_enc, wrote_trt ? ", " + out_trt : std::string());
-  fmt::print("calibration: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
-             "calibration{} {:.2f} s, export {:.2f} s)\n",
-             a.method, inputs.size(), wbits, abits, seconds, t_prepare, t_images - t_prepare,
-             a.fallback > 0 || a.sensitivity ? " + sensitivity" : "", t_calibrated - t_images, seconds - t_calibrated);
+  if (recon_method) {
+    std::error_code ec;
+    fs::remove_all(checkpoint_dir, ec);  // the run finished; its outputs are written
+  }
+  fmt::print("{}: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
+             "calibration{} {:.2f} s{}, export {:.2f} s)\n",
+             recon_method ? "reconstruction" : "calibration", a.method, inputs.size(), wbits, abits, seconds, t_prepare,
+             t_images - t_prepare, a.fallback > 0 || a.sensitivity ? " + sensitivity" : "", t_calibrated - t_images,
+             recon_method ? fmt::format(", reconstruction {:.2f} s", t_reconstructed - t_calibrated) : std::string(),
+             seconds - t_reconstructed);
 
   nlohmann::json j{{"output", out_onnx}, {"encodings", out_enc}, {"trt_cache", wrote_trt ? nlohmann::json(out_trt) : nlohmann::json()},
                    {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
                    {"weight_quantizers", final_plan.weights.size()}, {"activation_quantizers", final_plan.activations.size()},
                    {"fallback", a.fallback},
                    {"seconds", seconds}};
+  if (recon_method) {
+    j["reconstruction_seconds"] = t_reconstructed - t_calibrated;
+    j["init_method"] = act_method;
+    j["iters"] = a.recon.iters;
+    j["seed"] = a.seed;
+    j["peak_cache_mb"] = enc.meta["reconstruction"]["peak_cache_mb"];
+  }
   if (!a.eval_images.empty()) {
     coco::Dataset gt = coco::load_dataset(a.eval_annotations);
     DetectorOptions dopts;
@@ -432,6 +519,21 @@ int cmd_plan(const std::string& model, const std::string& profile_name, const st
   const auto plan = quant::derive_plan(g, placement_options(a));
   if (as_json) std::cout << plan.to_json().dump(2) << "\n";
   else fmt::print("quantization plan for {} (W{}A{})\n{}", model, wbits, abits, plan.format());
+  return 0;
+}
+
+int cmd_units(const std::string& model, const std::string& profile_name, const std::string& preset, bool quantize_head,
+              const std::vector<std::string>& exclude, const recon::UnitOptions& uo, bool as_json) {
+  QuantizeArgs a;
+  a.preset = preset;
+  if (!profile_name.empty()) load_profile(profile_name);
+  const Graph g = prepare_for_quantization(load_onnx(model), model);
+  a.quantize_head = quantize_head;
+  a.exclude = exclude;
+  const auto plan = quant::derive_plan(g, placement_options(a));
+  const auto units = recon::derive_units(g, plan, uo);
+  if (as_json) std::cout << recon::units_json(units).dump(2) << "\n";
+  else fmt::print("{}", recon::format_units(units));
   return 0;
 }
 
@@ -471,10 +573,14 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "print inputs, outputs, op histogram, parameters, MACs and unsupported ops");
   inspect->add_option("model", model, "ONNX model")->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
-  bool show_plan = false, quantize_head = false;
+  bool show_plan = false, show_units = false, layerwise_units = false, quantize_head = false;
+  int max_unit_convs = recon::UnitOptions{}.max_block_compute;
   std::string plan_preset = "w8a8";
   std::vector<std::string> exclude;
   inspect->add_flag("--plan", show_plan, "print where quantizers go (after BatchNorm folding)");
+  inspect->add_flag("--units", show_units, "print the reconstruction units (blocks and layers)");
+  inspect->add_flag("--layerwise", layerwise_units, "with --units: one unit per layer (AdaRound's units)");
+  inspect->add_option("--max-unit-convs", max_unit_convs, "with --units: blocks with more compute nodes are split into layers");
   inspect->add_option("--profile", profile_name, "model profile (with --plan)");
   inspect->add_option("--preset", plan_preset, "bit widths for --plan (wNaM)");
   inspect->add_flag("--quantize-head", quantize_head, "with --plan: quantize the detection head too");
@@ -522,10 +628,32 @@ int main(int argc, char** argv) {
   quantize->add_option("--preset", qa.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2..8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2..8)");
-  quantize->add_option("--method", qa.method, "activation calibrator: minmax | percentile | entropy | mse")->default_val("minmax");
+  quantize->add_option("--method", qa.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop (reconstruction)")->default_val("minmax");
+  quantize->add_option("--init-method", qa.init_method, "with adaround/brecq/qdrop: activation range initialisation (a calibrator)")->default_val("mse");
+  auto& rc = qa.recon;
+  quantize->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
+  quantize->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);
+  quantize->add_option("--lr-round", rc.lr_rounding, "Adam learning rate of the rounding logits V")->default_val(rc.lr_rounding);
+  quantize->add_option("--lr-act", rc.lr_act, "Adam learning rate of the activation steps (QDrop; cosine decay)")->default_val(rc.lr_act);
+  quantize->add_option("--round-lambda", rc.round_lambda, "weight of AdaRound's rounding regulariser")->default_val(rc.round_lambda);
+  quantize->add_option("--beta-start", rc.beta_start, "AdaRound β at the end of the warm-up")->default_val(rc.beta_start);
+  quantize->add_option("--beta-end", rc.beta_end, "AdaRound β at the last iteration")->default_val(rc.beta_end);
+  quantize->add_option("--warmup", rc.warmup, "fraction of iterations without the rounding regulariser")->default_val(rc.warmup);
+  quantize->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
+  quantize->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
+  quantize->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of the activation steps")->default_val(rc.brecq_lr_act);
+  quantize->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
+  quantize->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
+  quantize->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
+  quantize->add_option("--max-unit-convs", rc.max_block_compute, "blocks with more compute nodes are split into layers")->default_val(rc.max_block_compute);
+  quantize->add_option("--max-cache-mb", rc.max_cache_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.max_cache_mb);
+  quantize->add_option("--cache-dir", rc.spill_dir, "where activation caches over budget are spilled (default: temp dir)");
+  quantize->add_option("--checkpoint-dir", qa.checkpoint_dir, "reconstruction checkpoint (default OUT.ckpt; removed when the run finishes)");
+  quantize->add_flag("--resume", qa.resume, "continue an interrupted reconstruction from its checkpoint");
+  quantize->add_option("--stop-after-units", rc.stop_after_units, "stop after N reconstructed units, as if interrupted (testing)")->group("");
   quantize->add_option("--weight-method", qa.weight_method, "weight scale initialisation: mse | minmax")->default_val("mse");
   quantize->add_option("--percentile", qa.percentile, "percentile calibrator: keep [100-p, p] %")->default_val(99.99);
-  quantize->add_option("--seed", qa.seed, "random seed (recorded; the classic calibrators are deterministic)");
+  quantize->add_option("--seed", qa.seed, "random seed of reconstruction (mini-batches, QDrop masks); recorded otherwise");
   quantize->add_option("-o,--output", qa.out, "output QDQ model (OUT.onnx; writes OUT.encodings.json, OUT.trt.cache)")->required();
   quantize->add_option("--exclude", qa.exclude, "node (or value) names kept in floating point");
   quantize->add_option("--config", qa.config, "JSON with per-node bit overrides / exclusions");
@@ -550,6 +678,12 @@ int main(int argc, char** argv) {
   }
   try {
     init_runtime(threads);
+    if (*inspect && show_units) {
+      recon::UnitOptions uo;
+      uo.layerwise = layerwise_units;
+      uo.max_block_compute = max_unit_convs;
+      return cmd_units(model, profile_name, plan_preset, quantize_head, exclude, uo, as_json);
+    }
     if (*inspect && show_plan) return cmd_plan(model, profile_name, plan_preset, quantize_head, exclude, as_json);
     if (*inspect) return cmd_inspect(model, as_json);
     if (*quantize) return cmd_quantize(qa);

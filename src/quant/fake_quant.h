@@ -23,3 +23,22 @@ at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scale, const at
                           int64_t qp);
 
 }  // namespace inlierq::quant
+
+namespace inlierq::quant {
+
+// QDrop's stochastic fake quantization, fused: x̂ where a Bernoulli(p) mask selects, x elsewhere. The
+// mask element at memory index i is splitmix64(seed ^ i·K) < p·2⁶⁴, so it is recomputed in backward
+// instead of stored, and is the same for any thread count. Gradients as fake_quant() inside the mask,
+// identity outside. One pass over memory each way on the CPU (per-tensor float scale); other cases use
+// the composite ops. p = 1 is plain fake quantization.
+at::Tensor fake_quant_dropout(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qn,
+                              int64_t qp, double grad_scale, double p, uint64_t seed);
+
+// out[i] = a[i] where the same hashed Bernoulli(p) mask is set, else b[i] (no gradient): QDrop's mix of
+// quantized-prefix and FP inputs. a and b must have equal shapes.
+at::Tensor random_select(const at::Tensor& a, const at::Tensor& b, double p, uint64_t seed);
+
+// The hashed mask itself, as a bool tensor laid out like `like` (for tests and CUDA).
+at::Tensor bernoulli_mask(const at::Tensor& like, double p, uint64_t seed);
+
+}  // namespace inlierq::quant

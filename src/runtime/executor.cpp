@@ -124,7 +124,7 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
     bool all_const = opts_.fold_constants && !n.inputs.empty();
     Tensors ins;
     for (auto s : st.inputs) {
-      if (s >= 0 && !constants_[s].defined()) all_const = false;
+      if (s >= 0 && (!constants_[s].defined() || opts_.replaceable.count(slot_names_[s]))) all_const = false;
       ins.push_back(s >= 0 ? constants_[s] : at::Tensor());
     }
     if (all_const) {
@@ -226,7 +226,7 @@ void Executor::check_inputs(const TensorMap& inputs) const {
 
 TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
   check_inputs(inputs);
-  const bool needs_grad = ro.track_grad || (ro.overrides && [&] {
+  const bool needs_grad = ro.track_grad || ro.record_autograd || (ro.overrides && [&] {
     for (auto& [_, t] : *ro.overrides) if (t.requires_grad()) return true;
     return false;
   }());

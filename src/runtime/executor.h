@@ -22,6 +22,8 @@ struct ExecutorOptions {
   // Evaluate nodes whose inputs are all constant once, at construction. Turn off when initializers
   // will be replaced per run (quantization) and the replacement must reach those nodes.
   bool fold_constants = true;
+  // Initializers that runs will override: nodes reading them are never folded (the rest still are).
+  std::unordered_set<std::string> replaceable;
   // When every graph input is exported with batch 1, accept any batch size N and reinterpret
   // constant Reshape targets whose leading dimension is 1 as N.
   bool allow_batch = true;
@@ -40,6 +42,8 @@ struct RunOptions {
   std::vector<std::string> keep;
   // Makes float graph inputs require grad so that autograd can reach every intermediate value.
   bool track_grad = false;
+  // Record autograd even when no input or override requires grad (a value_hook may add parameters).
+  bool record_autograd = false;
   // Called on every value a node produces, before any consumer sees it (e.g. fake quantization).
   std::function<at::Tensor(const std::string& value, const at::Tensor&)> value_hook;
   // Replaces initializers for this run (e.g. fake-quantized weights, or weights requiring grad).

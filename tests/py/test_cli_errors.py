@@ -189,6 +189,32 @@ def main():
         plan = run_cli("inspect", fd, "--plan", "--profile", "fastestdet", check=False)
         checks.check(plan.returncode == 0 and "activation quantizers" in plan.stdout and "detection head" in plan.stdout,
                      f"inspect --plan prints the plan (rc={plan.returncode})")
+        units = run_cli("inspect", fd, "--units", "--preset", "w4a4", check=False)
+        checks.check(units.returncode == 0 and "reconstruction units" in units.stdout and "block" in units.stdout,
+                     f"inspect --units prints the units (rc={units.returncode})")
+
+        # reconstruction: option errors, interruption, refusal to restart over a checkpoint, resume
+        rout = path("r.onnx")
+        rbase = ["quantize", fd, "--profile", "fastestdet", "--calib", calib_dir, "-o", rout, "--preset", "w4a4",
+                 "--method", "qdrop", "--iters", "2", "--recon-batch", "1"]
+        expect_error("recon unknown init method", rbase + ["--init-method", "kl"], ["--init-method", "'kl'"], rc=1)
+        expect_error("recon drop probability out of range", rbase + ["--drop-prob", "2"], ["--drop-prob"], rc=1)
+        expect_error("recon resume without checkpoint", rbase + ["--resume"], ["--resume", "no checkpoint"], rc=1)
+        stopped = run_cli(*rbase, "--stop-after-units", "3", check=False)
+        checks.check(stopped.returncode == 3 and os.path.exists(path("r.ckpt/state.json")) and not os.path.exists(rout),
+                     f"an interrupted reconstruction leaves a checkpoint and no model (rc={stopped.returncode} {stopped.stderr.strip()[-200:]})")
+        expect_error("recon refuses to start over a checkpoint", rbase, ["checkpoint", "--resume", "--force"], rc=1)
+        resumed = run_cli(*rbase, "--resume", check=False)
+        enc = {}
+        if resumed.returncode == 0:
+            import json
+            with open(path("r.encodings.json")) as f:
+                enc = json.load(f)
+        reports = enc.get("meta", {}).get("reconstruction", {}).get("reports", [])
+        checks.check(resumed.returncode == 0 and os.path.exists(rout) and not os.path.exists(path("r.ckpt")) and len(reports) == 20
+                     and "resuming" in resumed.stderr,
+                     f"--resume finishes the run, reports all 20 units and removes the checkpoint (rc={resumed.returncode} "
+                     f"{resumed.stderr.strip()[-200:]})")
     checks.finish()
 
 

@@ -1,0 +1,112 @@
+#pragma once
+// Block reconstruction (ALGORITHMS.md §4–5): reconstruction units derived from the graph, AdaRound,
+// BRECQ and QDrop over cached activations. Torch-free.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "inlierq/graph.h"
+#include "inlierq/quant.h"
+
+namespace inlierq::recon {
+
+// ---- units ------------------------------------------------------------------------------------------
+// A contiguous run of the graph's topological order. Blocks are single-entry single-exit regions that
+// contain a merge (residual Add, CSP/shuffle Concat); everything else is one unit per compute layer
+// (the layer-wise fallback). Units may have several inputs and outputs (necks).
+struct Unit {
+  std::string name;                 // first compute node's name (or first node's)
+  std::string kind;                 // "block" or "layer"
+  std::vector<std::string> nodes;   // in topological order
+  std::vector<std::string> inputs;  // values read from earlier units or the network input
+  std::vector<std::string> outputs; // values read by later units, the head or the graph outputs
+  int compute_nodes = 0;            // Conv / ConvTranspose / Gemm / MatMul
+};
+
+struct UnitOptions {
+  int max_block_compute = 12;  // merge regions with more compute nodes fall back to layers
+  bool layerwise = false;      // one unit per compute layer (AdaRound's granularity)
+};
+
+// Units over the part of the graph that precedes the floating-point tail (detection head and decoding):
+// every quantized compute node, everything they depend on. Throws Error when the graph cannot be split.
+std::vector<Unit> derive_units(const Graph& g, const quant::QuantPlan& plan, const UnitOptions& opts = {});
+nlohmann::json units_json(const std::vector<Unit>& units);
+std::string format_units(const std::vector<Unit>& units);
+
+// ---- reconstruction ---------------------------------------------------------------------------------
+struct ReconOptions {
+  std::string method = "qdrop";  // adaround | brecq | qdrop
+  int64_t iters = 20000;         // per unit (AdaRound pass / QDrop joint pass)
+  int batch = 32;                // calibration samples per iteration
+  uint64_t seed = 0;
+  // AdaRound (ALGORITHMS §4)
+  double lr_rounding = 1e-3;
+  double round_lambda = 0.01, beta_start = 20, beta_end = 2, warmup = 0.2;
+  // learned activation steps (LSQ, cosine decay to 0)
+  double lr_act = 4e-5;       // QDrop joint pass
+  double brecq_lr_act = 4e-4; // BRECQ pass 2
+  int64_t brecq_act_iters = 5000;
+  double brecq_act_p = 2.4;   // Lp of BRECQ pass 2's loss
+  double rec_p = 2.0;         // Lp of the rounding / joint pass loss
+  // QDrop
+  double drop_prob = 0.5;     // probability that an activation element is quantized in training
+  double input_mix = 0.5;     // probability that a unit input element comes from the quantized prefix
+  // units
+  int max_block_compute = 12;
+  // caches: FP inputs/outputs and quantized-prefix inputs of the live units
+  size_t max_cache_mb = 3072;
+  std::string spill_dir;      // where caches over budget go (default: system temp directory)
+  // checkpoints: written after every finished unit when set
+  std::string checkpoint_dir;
+  bool resume = false;
+  std::string device = "cpu";
+  // Identifies the run for --resume (model, plan, calibration files); mismatches refuse to resume.
+  std::string fingerprint;
+  // Stops (as if interrupted) after this many finished units, counted over all passes; -1 = never.
+  int64_t stop_after_units = -1;
+  struct Progress {
+    int pass = 1, passes = 1;
+    size_t unit = 0, units = 0;
+    std::string unit_name;
+    int64_t iter = 0, iters = 0;
+    double loss = 0;
+    double eta_seconds = 0;  // whole run
+  };
+  std::function<void(const Progress&)> progress;
+  std::function<void(const std::string&)> log;  // one line per finished unit
+};
+
+struct UnitReport {
+  std::string name, kind;
+  int pass = 1;
+  int64_t iters = 0;
+  double sqnr_before_db = 0, sqnr_after_db = 0;  // unit output vs FP, on the quantized-prefix inputs
+  double loss_first = 0, loss_last = 0;
+  double seconds = 0;
+};
+
+struct ReconResult {
+  std::vector<Unit> units;
+  std::vector<UnitReport> reports;
+  bool completed = false;  // false when stopped by stop_after_units
+  double seconds = 0;
+  size_t peak_cache_bytes = 0;
+  size_t spilled_bytes = 0;
+  nlohmann::json to_json() const;
+};
+
+std::vector<std::string> reconstruction_methods();
+// Throws Error naming the offending option (CLI flag names).
+void validate_options(const ReconOptions& opts);
+// Learns the rounding of every quantized weight (and, for brecq/qdrop, the activation steps) unit by
+// unit over `inputs` (preprocessed images [1, C, H, W]). On return the quantized weights of `g` hold the
+// hardened values s·(q − z), so that export reproduces the learned codes, and `enc`'s activation scales
+// are the learned ones. `enc` must come from calibrate() on the same graph and plan.
+ReconResult reconstruct(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc,
+                        const std::vector<TensorData>& inputs, const ReconOptions& opts);
+
+}  // namespace inlierq::recon

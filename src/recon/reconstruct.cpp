@@ -1,0 +1,632 @@
+// AdaRound / BRECQ / QDrop block reconstruction over cached activations (ALGORITHMS.md §4–5).
+//
+// Units run in forward order. Two activation caches travel along: the FP path (outputs of the FP units)
+// and the quantized path (outputs of the already reconstructed, hardened units). A unit learns on
+// mini-batches drawn from both; when it is done its hardened output over the whole calibration set
+// replaces its inputs in the quantized cache, and values no later unit reads are dropped.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "inlierq/error.h"
+#include "inlierq/recon.h"
+#include "quant/fake_quant.h"
+#include "recon/activation_store.h"
+#include "recon/adaround.h"
+#include "runtime/executor.h"
+#include "runtime/tensor_convert.h"
+#include "util/atomic_file.h"
+
+namespace fs = std::filesystem;
+
+namespace inlierq::recon {
+
+std::vector<std::string> reconstruction_methods() { return {"adaround", "brecq", "qdrop"}; }
+
+void validate_options(const ReconOptions& o) {
+  const auto methods = reconstruction_methods();
+  if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
+    throw Error("unknown reconstruction method '" + o.method + "' (expected adaround, brecq or qdrop)");
+  if (o.iters < 0) throw Error("--iters must be ≥ 0");
+  if (o.brecq_act_iters < 0) throw Error("--brecq-act-iters must be ≥ 0");
+  if (o.batch < 1) throw Error("--recon-batch must be ≥ 1");
+  if (!(o.drop_prob > 0 && o.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
+  if (!(o.input_mix >= 0 && o.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
+  if (!(o.lr_rounding >= 0) || !(o.lr_act >= 0) || !(o.brecq_lr_act >= 0)) throw Error("learning rates must be ≥ 0");
+  if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
+  if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
+  if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
+}
+
+nlohmann::json ReconResult::to_json() const {
+  nlohmann::json reps = nlohmann::json::array();
+  for (const auto& r : reports)
+    reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
+                    {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
+                    {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds}});
+  return {{"units", units.size()}, {"reports", reps}, {"completed", completed}, {"seconds", seconds},
+          {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
+}
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// What a pass does inside each unit.
+struct PassSpec {
+  int index = 1;
+  bool learn_rounding = false;
+  bool learn_act = false;
+  bool act_on = false;       // activation quantizers active (training and the quantized-path output)
+  double quant_prob = 1;     // QDrop: probability that an activation element is quantized
+  double input_mix = 0;      // 0: quantized-prefix input only
+  double p = 2.0;            // Lp of the reconstruction loss
+  double lr_act = 0;
+  int64_t iters = 0;
+};
+
+struct WeightParam {
+  std::string tensor;
+  at::Tensor w;            // FP weight
+  at::Tensor scale, zero;  // broadcast views
+  int64_t qn = 0, qp = 0;
+  at::Tensor hard;         // defined once hardened
+};
+
+struct ActGroup {
+  at::Tensor scale;  // [1], a leaf that may require grad
+  at::Tensor zero;
+  int64_t qn = 0, qp = 0;
+  int owner = -1;    // the first unit producing a member learns the shared step
+};
+
+// Adam over one tensor (PyTorch's defaults: β = (0.9, 0.999), ε = 1e-8).
+struct Adam {
+  at::Tensor m, v;
+  int64_t t = 0;
+  void step(at::Tensor& p, const at::Tensor& grad, double lr) {
+    if (!m.defined()) m = at::zeros_like(p), v = at::zeros_like(p);
+    ++t;
+    m.mul_(0.9).add_(grad, 0.1);
+    v.mul_(0.999).addcmul_(grad, grad, 0.001);
+    const double bc1 = 1 - std::pow(0.9, static_cast<double>(t)), bc2 = 1 - std::pow(0.999, static_cast<double>(t));
+    at::NoGradGuard ng;
+    p.addcdiv_(m, (v / bc2).sqrt_().add_(1e-8), -lr / bc1);
+  }
+};
+
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
+  uint64_t x = seed ^ (0x9E3779B97F4A7C15ULL * (a + 1)) ^ (0xC2B2AE3D27D4EB4FULL * (b + 7));
+  x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ULL, x ^= x >> 27, x *= 0x94D049BB133111EBULL, x ^= x >> 31;
+  return x;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p) {
+  at::Tensor d = (pred - target).abs();
+  d = p == 2.0 ? d * d : d.pow(p);
+  // Σ over channels, mean over batch and positions.
+  return d.dim() >= 2 ? d.sum(1).mean() : d.mean();
+}
+
+double sqnr_db(double signal, double noise) { return 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30)); }
+
+Graph unit_graph(const Graph& g, const Unit& u) {
+  Graph s;
+  s.name = u.name;
+  s.opset = g.opset;
+  std::set<std::string> names(u.nodes.begin(), u.nodes.end());
+  for (const auto& n : g.nodes)
+    if (names.count(n.name)) {
+      s.nodes.push_back(n);
+      for (const auto& in : n.inputs)
+        if (auto it = g.initializers.find(in); it != g.initializers.end()) s.initializers[in] = it->second;
+      for (const auto& v : n.outputs)
+        if (auto it = g.value_info.find(v); it != g.value_info.end()) s.value_info[v] = it->second;
+    }
+  for (const auto& v : u.inputs) {
+    const ValueInfo* vi = g.find_value(v);
+    ValueInfo info = vi ? *vi : ValueInfo{v, DType::Float, false, {}};
+    info.name = v;
+    s.inputs.push_back(info);
+  }
+  for (const auto& v : u.outputs) {
+    const ValueInfo* vi = g.find_value(v);
+    ValueInfo info = vi ? *vi : ValueInfo{v, DType::Float, false, {}};
+    info.name = v;
+    s.outputs.push_back(info);
+  }
+  return s;
+}
+
+class Reconstructor {
+ public:
+  Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
+                const ReconOptions& opts)
+      : g_(g), plan_(plan), enc_(enc), opts_(opts), device_(opts.device),
+        store_(opts.max_cache_mb * 1048576ull, opts.spill_dir) {
+    validate_options(opts);
+    if (inputs.empty()) throw Error("reconstruction needs calibration images");
+    if (g.inputs.size() != 1) throw Error("reconstruction needs a model with one input");
+    UnitOptions uo;
+    uo.max_block_compute = opts.max_block_compute;
+    uo.layerwise = opts.method == "adaround";
+    units_ = derive_units(g, plan, uo);
+    std::vector<at::Tensor> xs;
+    for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
+    images_ = at::cat(xs, 0);
+    num_ = images_.size(0);
+    network_input_ = g.inputs[0].name;
+
+    for (const auto& w : plan.weights) {
+      const auto& we = enc.weights.at(w.tensor);
+      WeightParam p;
+      p.tensor = w.tensor;
+      p.w = rt::to_aten(g.initializers.at(w.tensor)).to(device_);
+      const int64_t rank = p.w.dim();
+      p.scale = quant::channel_view(at::tensor(we.scale, at::kFloat), we.axis, rank).to(device_);
+      std::vector<float> zs(we.zero_point.begin(), we.zero_point.end());
+      p.zero = quant::channel_view(at::tensor(zs, at::kFloat), we.axis, rank).to(device_);
+      p.qn = we.qn(), p.qp = we.qp();
+      weights_[w.node] = std::move(p);
+    }
+    for (const auto& a : plan.activations) {
+      const auto& ae = enc.activations.at(a.value);
+      auto& grp = groups_[a.group];
+      if (!grp.scale.defined()) {
+        grp.scale = at::full({1}, static_cast<double>(ae.scale), at::TensorOptions().dtype(at::kFloat).device(device_));
+        grp.zero = at::full({1}, static_cast<double>(ae.zero_point), at::TensorOptions().dtype(at::kFloat).device(device_));
+        grp.qn = ae.qn(), grp.qp = ae.qp();
+      }
+      act_group_[a.value] = a.group;
+    }
+    // Per unit: executor, weights, owned activation groups, last reader of every value.
+    std::map<std::string, size_t> unit_of_node;
+    for (size_t i = 0; i < units_.size(); ++i)
+      for (const auto& n : units_[i].nodes) unit_of_node[n] = i;
+    for (const auto& a : plan.activations) {
+      auto it = unit_of_node.find(a.producer);
+      if (it == unit_of_node.end()) continue;
+      auto& grp = groups_[a.group];
+      if (grp.owner < 0 || static_cast<int>(it->second) < grp.owner) grp.owner = static_cast<int>(it->second);
+    }
+    for (size_t i = 0; i < units_.size(); ++i) {
+      const auto& u = units_[i];
+      for (const auto& v : u.inputs) last_reader_[v] = i;
+      for (const auto& n : u.nodes)
+        if (weights_.count(n)) unit_weights_[i].push_back(n);
+    }
+  }
+
+  ReconResult run() {
+    const auto t0 = clock_type::now();
+    ReconResult res;
+    res.units = units_;
+    std::vector<PassSpec> passes;
+    const int64_t it = opts_.iters;
+    if (opts_.method == "adaround") {
+      passes.push_back({1, true, false, false, 1, 0, opts_.rec_p, 0, it});
+    } else if (opts_.method == "brecq") {
+      passes.push_back({1, true, false, false, 1, 0, opts_.rec_p, 0, it});
+      passes.push_back({2, false, true, true, 1, 0, opts_.brecq_act_p, opts_.brecq_lr_act, opts_.brecq_act_iters});
+    } else {
+      passes.push_back({1, true, true, true, opts_.drop_prob, opts_.input_mix, opts_.rec_p, opts_.lr_act, it});
+    }
+    total_iters_ = 0;
+    for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
+
+    int resume_pass = 0;
+    size_t resume_units = 0;
+    if (opts_.resume) std::tie(resume_pass, resume_units) = load_checkpoint(res);
+    int64_t finished_units = static_cast<int64_t>(res.reports.size());
+    for (const auto& pass : passes) {
+      if (pass.index < resume_pass) { done_iters_ += pass.iters * static_cast<int64_t>(units_.size()); continue; }
+      const size_t skip = pass.index == resume_pass ? resume_units : 0;
+      store_.clear();
+      store_.put("q:" + network_input_, images_);
+      store_.put("fp:" + network_input_, images_);
+      for (size_t ui = 0; ui < units_.size(); ++ui) {
+        const bool done = ui < skip;
+        if (done) done_iters_ += pass.iters;
+        process_unit(ui, pass, static_cast<int>(passes.size()), done, res);
+        if (!done) {
+          ++finished_units;
+          if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
+          if (opts_.stop_after_units >= 0 && finished_units >= opts_.stop_after_units &&
+              !(pass.index == passes.back().index && ui + 1 == units_.size())) {
+            res.seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+            res.peak_cache_bytes = store_.peak_bytes_in_memory();
+            res.spilled_bytes = store_.spilled_bytes();
+            return res;
+          }
+        }
+      }
+    }
+    store_.clear();
+    // Results into the graph and the encodings.
+    for (auto& [node, p] : weights_) {
+      if (!p.hard.defined()) p.hard = harden_nearest(p);
+      g_.initializers[p.tensor] = rt::from_aten(p.hard.to(at::kCPU).contiguous());
+    }
+    for (const auto& a : plan_.activations) enc_.activations[a.value].scale = groups_.at(a.group).scale.item<float>();
+    res.completed = true;
+    res.seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+    res.peak_cache_bytes = store_.peak_bytes_in_memory();
+    res.spilled_bytes = store_.spilled_bytes();
+    return res;
+  }
+
+ private:
+  at::Tensor harden_nearest(const WeightParam& p) const {
+    const at::Tensor q = at::clamp(at::round(p.w / p.scale) + p.zero, static_cast<double>(p.qn), static_cast<double>(p.qp));
+    return (q - p.zero) * p.scale;
+  }
+
+  rt::Executor& executor(size_t ui) {
+    auto& ex = executors_[ui];
+    if (!ex) {
+      rt::ExecutorOptions eo;
+      eo.device = device_;
+      for (const auto& n : unit_weights_[ui]) eo.replaceable.insert(weights_.at(n).tensor);  // replaced per run
+      eo.check_finite = false;
+      ex = std::make_unique<rt::Executor>(unit_graph(g_, units_[ui]), eo);
+    }
+    return *ex;
+  }
+
+  // A value hook quantizing the unit's activation sites (none when act_on is false).
+  std::function<at::Tensor(const std::string&, const at::Tensor&)> act_hook(bool act_on, double quant_prob) {
+    if (!act_on) return {};
+    return [this, quant_prob](const std::string& name, const at::Tensor& x) -> at::Tensor {
+      auto it = act_group_.find(name);
+      if (it == act_group_.end()) return x;
+      const ActGroup& grp = groups_.at(it->second);
+      const double gs = grp.scale.requires_grad() ? quant::lsq_grad_scale(x.numel(), grp.qp) : 1.0;
+      // quant_prob: probability of quantizing an element (1 outside QDrop's training).
+      return quant::fake_quant_dropout(x, grp.scale, grp.zero, grp.qn, grp.qp, gs, quant_prob, quant_prob < 1 ? next_mask_seed() : 0);
+    };
+  }
+
+  // Runs unit ui over the whole calibration set in eval batches: FP (weights and activations float)
+  // or quantized (hardened / nearest weights, activation quantizers when act_on).
+  std::map<std::string, at::Tensor> run_full(size_t ui, const std::string& prefix, bool quantized, bool act_on) {
+    auto& ex = executor(ui);
+    const auto& u = units_[ui];
+    std::vector<at::Tensor> ins;
+    for (const auto& v : u.inputs) ins.push_back(store_.get(prefix + v));
+    rt::TensorMap overrides;
+    if (quantized)
+      for (const auto& n : unit_weights_[ui]) {
+        const auto& p = weights_.at(n);
+        overrides[p.tensor] = p.hard.defined() ? p.hard : harden_nearest(p);
+      }
+    rt::RunOptions ro;
+    if (quantized) ro.overrides = &overrides, ro.value_hook = act_hook(act_on, 1.0);
+    std::map<std::string, std::vector<at::Tensor>> parts;
+    const int64_t eb = 8;
+    for (int64_t b = 0; b < num_; b += eb) {
+      rt::TensorMap feed;
+      for (size_t k = 0; k < u.inputs.size(); ++k) feed[u.inputs[k]] = ins[k].narrow(0, b, std::min(eb, num_ - b)).to(device_);
+      auto out = ex.run(feed, ro);
+      for (const auto& v : u.outputs) parts[v].push_back(out.at(v).to(at::kCPU).contiguous());
+    }
+    std::map<std::string, at::Tensor> full;
+    for (auto& [v, ps] : parts) full[v] = at::cat(ps, 0);
+    return full;
+  }
+
+  static std::pair<double, double> signal_noise(const std::map<std::string, at::Tensor>& got, const std::map<std::string, at::Tensor>& ref) {
+    double s = 0, n = 0;
+    for (const auto& [v, r] : ref) {
+      const at::Tensor rd = r.to(at::kDouble), gd = got.at(v).to(at::kDouble);
+      s += rd.pow(2).sum().item<double>();
+      n += (gd - rd).pow(2).sum().item<double>();
+    }
+    return {s, n};
+  }
+
+  void process_unit(size_t ui, const PassSpec& pass, int passes, bool done, ReconResult& res) {
+    const auto& u = units_[ui];
+    const auto t_unit = clock_type::now();
+    const auto fp_out = run_full(ui, "fp:", false, false);
+    UnitReport rep;
+    rep.name = u.name;
+    rep.kind = u.kind;
+    rep.pass = pass.index;
+    const bool has_params = !unit_weights_[ui].empty() || owns_groups(ui);
+    if (!done) {
+      const auto before = signal_noise(run_full(ui, "q:", true, pass.act_on), fp_out);
+      rep.sqnr_before_db = sqnr_db(before.first, before.second);
+      if (has_params && pass.iters > 0) train(ui, pass, passes, fp_out, rep);
+      else done_iters_ += pass.iters;
+      for (const auto& n : unit_weights_[ui]) {
+        auto& p = weights_.at(n);
+        if (!p.hard.defined()) p.hard = harden_nearest(p);
+      }
+    }
+    auto q_out = run_full(ui, "q:", true, pass.act_on);
+    if (!done) {
+      const auto after = signal_noise(q_out, fp_out);
+      rep.sqnr_after_db = sqnr_db(after.first, after.second);
+      rep.seconds = std::chrono::duration<double>(clock_type::now() - t_unit).count();
+      res.reports.push_back(rep);
+      if (opts_.log)
+        opts_.log(fmt::format("[{}{}/{}] {} '{}' ({} conv{}): {} it, loss {:.4g} -> {:.4g}, SQNR {:.1f} -> {:.1f} dB, {:.1f} s",
+                              passes > 1 ? fmt::format("pass {} ", pass.index) : "", ui + 1, units_.size(), u.kind, u.name,
+                              u.compute_nodes, u.compute_nodes == 1 ? "" : "s", rep.iters, rep.loss_first, rep.loss_last,
+                              rep.sqnr_before_db, rep.sqnr_after_db, rep.seconds));
+    }
+    // Caches: drop the inputs no later unit reads, add the outputs later units read.
+    for (const auto& v : u.inputs)
+      if (last_reader_.at(v) <= ui) store_.erase("fp:" + v), store_.erase("q:" + v);
+    for (const auto& v : u.outputs)
+      if (auto it = last_reader_.find(v); it != last_reader_.end() && it->second > ui) {
+        store_.put("fp:" + v, fp_out.at(v));
+        store_.put("q:" + v, q_out.at(v));
+      }
+  }
+
+  bool owns_groups(size_t ui) const {
+    for (const auto& [gid, grp] : groups_)
+      if (grp.owner == static_cast<int>(ui)) return true;
+    return false;
+  }
+
+  void train(size_t ui, const PassSpec& pass, int passes, const std::map<std::string, at::Tensor>& fp_out, UnitReport& rep) {
+    const auto& u = units_[ui];
+    auto& ex = executor(ui);
+    const uint64_t unit_seed = mix_seed(opts_.seed, static_cast<uint64_t>(pass.index), ui);
+    at::manual_seed(unit_seed);  // masks on CUDA
+    mask_seed_ = unit_seed;
+    std::mt19937_64 rng(unit_seed);
+
+    std::vector<at::Tensor> q_in, fp_in, targets;
+    for (const auto& v : u.inputs) {
+      q_in.push_back(store_.get("q:" + v));
+      if (pass.input_mix > 0) fp_in.push_back(store_.get("fp:" + v));
+    }
+    for (const auto& v : u.outputs) targets.push_back(fp_out.at(v));
+
+    AdaRoundConfig cfg;
+    cfg.lambda = opts_.round_lambda, cfg.beta_start = opts_.beta_start, cfg.beta_end = opts_.beta_end, cfg.warmup = opts_.warmup;
+    struct Rounding { WeightParam* p; at::Tensor v; Adam adam; };
+    std::vector<Rounding> roundings;
+    rt::TensorMap overrides;
+    for (const auto& n : unit_weights_[ui]) {
+      auto& p = weights_.at(n);
+      if (pass.learn_rounding && !p.hard.defined()) {
+        roundings.push_back({&p, init_rounding_logits(p.w, p.scale, cfg).detach().requires_grad_(true), {}});
+      } else {
+        overrides[p.tensor] = p.hard.defined() ? p.hard : harden_nearest(p);
+      }
+    }
+    std::vector<std::pair<ActGroup*, Adam>> steps;
+    if (pass.learn_act)
+      for (auto& [gid, grp] : groups_)
+        if (grp.owner == static_cast<int>(ui)) {
+          grp.scale = grp.scale.detach().requires_grad_(true);
+          steps.push_back({&grp, {}});
+        }
+    if (roundings.empty() && steps.empty()) { done_iters_ += pass.iters; return; }
+
+    rt::RunOptions ro;
+    ro.record_autograd = true;
+    ro.overrides = &overrides;
+    ro.value_hook = act_hook(pass.act_on, pass.quant_prob);
+    const int64_t batch = std::min<int64_t>(opts_.batch, num_);
+    std::vector<int64_t> order(num_);
+    size_t cursor = order.size();
+    double first_sum = 0, last_sum = 0;
+    int64_t first_n = 0, last_n = 0;
+    const int64_t avg_window = std::max<int64_t>(1, std::min<int64_t>(20, pass.iters / 5));
+    auto t_last = clock_type::now();
+    for (int64_t it = 0; it < pass.iters; ++it) {
+      // Mini-batch: walk a shuffled order of the calibration set, reshuffling when it runs out.
+      std::vector<int64_t> idx;
+      while (static_cast<int64_t>(idx.size()) < batch) {
+        if (cursor == order.size()) {
+          std::iota(order.begin(), order.end(), 0);
+          std::shuffle(order.begin(), order.end(), rng);
+          cursor = 0;
+        }
+        idx.push_back(order[cursor++]);
+      }
+      const at::Tensor index = at::tensor(idx, at::kLong);
+      rt::TensorMap feed;
+      for (size_t k = 0; k < u.inputs.size(); ++k) {
+        at::Tensor q = q_in[k].index_select(0, index).to(device_);
+        if (pass.input_mix > 0) {
+          const at::Tensor f = fp_in[k].index_select(0, index).to(device_);
+          q = quant::random_select(q, f, pass.input_mix, next_mask_seed());
+        }
+        feed[u.inputs[k]] = q;
+      }
+      for (auto& r : roundings)
+        overrides[r.p->tensor] = soft_weight(r.p->w, r.v, r.p->scale, r.p->zero, r.p->qn, r.p->qp, cfg);
+      auto out = ex.run(feed, ro);
+      at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
+      for (size_t k = 0; k < u.outputs.size(); ++k)
+        rec = rec + lp_loss(out.at(u.outputs[k]), targets[k].index_select(0, index).to(device_), pass.p);
+      at::Tensor loss = rec;
+      if (!roundings.empty() && regularizer_active(it, pass.iters, cfg)) {
+        const double beta = beta_at(it, pass.iters, cfg);
+        for (auto& r : roundings) loss = loss + cfg.lambda * rounding_regularizer(r.v, beta, cfg);
+      }
+      const double rec_v = rec.item<double>();
+      if (!std::isfinite(rec_v))
+        throw Error(fmt::format("unit '{}': reconstruction loss became {} at iteration {}", u.name, rec_v, it));
+      if (it < avg_window) first_sum += rec_v, ++first_n;
+      if (it >= pass.iters - avg_window) last_sum += rec_v, ++last_n;
+      std::vector<at::Tensor> params;
+      for (auto& r : roundings) params.push_back(r.v);
+      for (auto& s : steps) params.push_back(s.first->scale);
+      for (auto& prm : params) if (prm.grad().defined()) prm.mutable_grad().zero_();
+      loss.backward();
+      for (auto& r : roundings)
+        if (r.v.grad().defined()) r.adam.step(r.v, r.v.grad(), opts_.lr_rounding);
+      // Cosine decay of the step learning rate to 0 over the pass.
+      const double lr_act = pass.lr_act * 0.5 * (1 + std::cos(M_PI * static_cast<double>(it) / static_cast<double>(pass.iters)));
+      for (auto& s : steps) {
+        at::Tensor& sc = s.first->scale;
+        if (sc.grad().defined()) s.second.step(sc, sc.grad(), lr_act);
+        at::NoGradGuard ng;
+        sc.clamp_min_(1e-8);
+      }
+      ++done_iters_, ++trained_iters_;
+      if (opts_.progress && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
+        t_last = clock_type::now();
+        ReconOptions::Progress pr;
+        pr.pass = pass.index, pr.passes = passes, pr.unit = ui + 1, pr.units = units_.size(), pr.unit_name = u.name;
+        pr.iter = it + 1, pr.iters = pass.iters, pr.loss = rec_v;
+        const double elapsed = std::chrono::duration<double>(clock_type::now() - t_start_).count();
+        const int64_t trained = trained_iters_;
+        pr.eta_seconds = trained > 0 ? elapsed / trained * static_cast<double>(total_iters_ - done_iters_) : 0;
+        opts_.progress(pr);
+      }
+    }
+    for (auto& r : roundings) r.p->hard = hard_weight(r.p->w, r.v.detach(), r.p->scale, r.p->zero, r.p->qn, r.p->qp);
+    for (auto& s : steps) s.first->scale = s.first->scale.detach();
+    rep.iters = pass.iters;
+    rep.loss_first = first_n ? first_sum / first_n : 0;
+    rep.loss_last = last_n ? last_sum / last_n : 0;
+  }
+
+  // ---- checkpoints: state.json + weights-<k>.bin (raw float32 of every hardened weight)
+  std::string run_key() const {
+    nlohmann::json j{{"fingerprint", opts_.fingerprint}, {"method", opts_.method}, {"iters", opts_.iters},
+                     {"batch", opts_.batch}, {"seed", opts_.seed}, {"lr_rounding", opts_.lr_rounding},
+                     {"lr_act", opts_.lr_act}, {"brecq_lr_act", opts_.brecq_lr_act}, {"brecq_act_iters", opts_.brecq_act_iters},
+                     {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
+                     {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
+                     {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute},
+                     {"images", num_}};
+    return j.dump();
+  }
+
+  void save_checkpoint(int pass, size_t units_done, const ReconResult& res) {
+    fs::create_directories(opts_.checkpoint_dir);
+    std::string blob;
+    nlohmann::json wj = nlohmann::json::array();
+    for (const auto& [node, p] : weights_) {
+      if (!p.hard.defined()) continue;
+      const at::Tensor h = p.hard.to(at::kCPU).contiguous();
+      wj.push_back({{"tensor", p.tensor}, {"offset", blob.size()}, {"numel", h.numel()}});
+      blob.append(static_cast<const char*>(h.data_ptr()), static_cast<size_t>(h.numel()) * 4);
+    }
+    const std::string wfile = fmt::format("weights-{}-{}.bin", pass, units_done);
+    write_file_atomically((fs::path(opts_.checkpoint_dir) / wfile).string(), blob);
+    nlohmann::json scales = nlohmann::json::object();
+    for (const auto& [gid, grp] : groups_) {
+      float s = grp.scale.item<float>();
+      uint32_t bits;
+      std::memcpy(&bits, &s, 4);
+      scales[std::to_string(gid)] = bits;  // exact float bits
+    }
+    nlohmann::json state{{"run", run_key()}, {"pass", pass}, {"units_done", units_done}, {"weights_file", wfile},
+                         {"weights", wj}, {"act_scale_bits", scales}, {"reports", res.to_json()["reports"]}};
+    const std::string state_path = (fs::path(opts_.checkpoint_dir) / "state.json").string();
+    write_file_atomically(state_path, state.dump(1));
+    // Older weight files are no longer referenced.
+    for (const auto& e : fs::directory_iterator(opts_.checkpoint_dir)) {
+      const auto name = e.path().filename().string();
+      if (name.rfind("weights-", 0) == 0 && name != wfile) fs::remove(e.path());
+    }
+  }
+
+  std::pair<int, size_t> load_checkpoint(ReconResult& res) {
+    if (opts_.checkpoint_dir.empty()) throw Error("--resume needs a checkpoint directory");
+    const auto state_path = fs::path(opts_.checkpoint_dir) / "state.json";
+    std::ifstream f(state_path);
+    if (!f) throw Error("--resume: no checkpoint at '" + state_path.string() + "'");
+    nlohmann::json st;
+    try {
+      st = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(state_path.string() + ": corrupt checkpoint: " + e.what());
+    }
+    if (st.value("run", std::string()) != run_key())
+      throw Error("--resume: the checkpoint in '" + opts_.checkpoint_dir +
+                  "' was written by a run with a different model, plan, calibration set or options");
+    const auto wpath = fs::path(opts_.checkpoint_dir) / st.at("weights_file").get<std::string>();
+    std::ifstream wf(wpath, std::ios::binary);
+    std::string blob((std::istreambuf_iterator<char>(wf)), std::istreambuf_iterator<char>());
+    std::map<std::string, WeightParam*> by_tensor;
+    for (auto& [n, p] : weights_) by_tensor[p.tensor] = &p;
+    for (const auto& w : st.at("weights")) {
+      auto it = by_tensor.find(w.at("tensor").get<std::string>());
+      const size_t off = w.at("offset").get<size_t>(), numel = w.at("numel").get<size_t>();
+      if (it == by_tensor.end() || off + numel * 4 > blob.size() || static_cast<int64_t>(numel) != it->second->w.numel())
+        throw Error("--resume: checkpoint weights in '" + wpath.string() + "' do not match the model");
+      at::Tensor h = at::empty(it->second->w.sizes(), at::kFloat);
+      std::memcpy(h.data_ptr(), blob.data() + off, numel * 4);
+      it->second->hard = h.to(device_);
+    }
+    for (const auto& [k, bits] : st.at("act_scale_bits").items()) {
+      uint32_t b = bits.get<uint32_t>();
+      float s;
+      std::memcpy(&s, &b, 4);
+      groups_.at(std::stoi(k)).scale = at::full({1}, static_cast<double>(s), at::TensorOptions().dtype(at::kFloat).device(device_));
+    }
+    for (const auto& r : st.at("reports")) {
+      UnitReport u;
+      u.name = r.at("unit"), u.kind = r.at("kind"), u.pass = r.at("pass"), u.iters = r.at("iters");
+      u.sqnr_before_db = r.at("sqnr_before_db"), u.sqnr_after_db = r.at("sqnr_after_db");
+      u.loss_first = r.at("loss_first"), u.loss_last = r.at("loss_last"), u.seconds = r.at("seconds");
+      res.reports.push_back(u);
+    }
+    const int pass = st.at("pass");
+    const size_t done = st.at("units_done");
+    if (opts_.log) opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint_dir, pass, done, units_.size()));
+    return {pass, done};
+  }
+
+  Graph& g_;
+  const quant::QuantPlan& plan_;
+  quant::Encodings& enc_;
+  const ReconOptions& opts_;
+  at::Device device_;
+  ActivationStore store_;
+  std::vector<Unit> units_;
+  at::Tensor images_;
+  int64_t num_ = 0;
+  std::string network_input_;
+  std::map<std::string, WeightParam> weights_;  // by node
+  std::map<int, ActGroup> groups_;
+  std::map<std::string, int> act_group_;
+  std::map<size_t, std::vector<std::string>> unit_weights_;
+  std::map<std::string, size_t> last_reader_;
+  std::map<size_t, std::unique_ptr<rt::Executor>> executors_;
+  uint64_t mask_seed_ = 0;
+  uint64_t next_mask_seed() { return mask_seed_ = splitmix64(mask_seed_); }
+  int64_t total_iters_ = 0, done_iters_ = 0, trained_iters_ = 0;
+  clock_type::time_point t_start_ = clock_type::now();
+};
+
+}  // namespace
+
+ReconResult reconstruct(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
+                        const ReconOptions& opts) {
+  Reconstructor r(g, plan, enc, inputs, opts);
+  return r.run();
+}
+
+}  // namespace inlierq::recon

@@ -1,0 +1,331 @@
+// Reconstruction: units, QDrop masks, AdaRound/BRECQ/QDrop on a tiny W4A4 network, resume, one real unit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+#include <unistd.h>
+#include <random>
+
+#include "graph_builders.h"
+#include "inlierq/onnx_io.h"
+#include "inlierq/quant.h"
+#include "inlierq/recon.h"
+#include "inlierq/transforms.h"
+#include "quant/fake_quant.h"
+#include "runtime/executor.h"
+#include "runtime/tensor_convert.h"
+#include "test_helpers.h"
+
+using namespace inlierq;
+using namespace inlierq::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// stem conv → two residual blocks (3×3 conv, ReLU, 1×1 conv, Add, ReLU) → prediction conv.
+Graph two_block_net(std::mt19937& rng) {
+  Graph g;
+  g.inputs = {float_input("x", {1, 3, 16, 16})};
+  g.outputs = {float_output("pred", {1, 6, 16, 16})};
+  auto conv = [&](const std::string& name, const std::string& in, const std::string& out, int cin, int cout, int k, float ws) {
+    g.initializers[name + ".w"] = random_tensor({cout, cin, k, k}, rng, ws);
+    g.initializers[name + ".b"] = random_tensor({cout}, rng, 0.1f);
+    Node n = node(name, "Conv", {in, name + ".w", name + ".b"}, {out});
+    set_ints(n, "pads", {k / 2, k / 2, k / 2, k / 2});
+    g.nodes.push_back(n);
+  };
+  conv("stem", "x", "stem_out", 3, 16, 3, 0.3f);
+  g.nodes.push_back(node("stem_relu", "Relu", {"stem_out"}, {"a0"}));
+  for (int b = 1; b <= 2; ++b) {
+    const std::string in = "a" + std::to_string(b - 1), p = "b" + std::to_string(b);
+    conv(p + "c1", in, p + "c1_out", 16, 16, 3, 0.15f);
+    g.nodes.push_back(node(p + "relu1", "Relu", {p + "c1_out"}, {p + "h"}));
+    conv(p + "c2", p + "h", p + "c2_out", 16, 16, 1, 0.3f);
+    g.nodes.push_back(node(p + "add", "Add", {in, p + "c2_out"}, {p + "sum"}));
+    g.nodes.push_back(node(p + "relu2", "Relu", {p + "sum"}, {"a" + std::to_string(b)}));
+  }
+  conv("pred", "a2", "pred", 16, 6, 1, 0.3f);
+  return finish(g);
+}
+
+std::vector<TensorData> images(int n, std::mt19937& rng) {
+  std::vector<TensorData> v;
+  for (int i = 0; i < n; ++i) v.push_back(random_tensor({1, 3, 16, 16}, rng, 1.0f, 0.2f));
+  return v;
+}
+
+quant::QuantPlan w4a4_plan(const Graph& g) {
+  quant::PlacementOptions po;
+  po.weight_bits = 4;
+  po.act_bits = 4;
+  return quant::derive_plan(g, po);
+}
+
+quant::Encodings mse_calibration(const Graph& g, const quant::QuantPlan& plan, const std::vector<TensorData>& xs) {
+  quant::CalibrationOptions co;
+  co.method = "mse";
+  return quant::calibrate(g, plan, xs, co);
+}
+
+// Mean squared error of the QDQ model's output against the FP model's over the images.
+double output_mse(const Graph& fp, const Graph& qdq, const std::vector<TensorData>& xs) {
+  rt::Executor a(fp), b(qdq);
+  double se = 0;
+  int64_t n = 0;
+  for (const auto& x : xs) {
+    const at::Tensor t = rt::to_aten(x);
+    const at::Tensor ya = a.run_single(t)[0], yb = b.run_single(t)[0];
+    se += (ya - yb).pow(2).sum().item<double>();
+    n += ya.numel();
+  }
+  return se / static_cast<double>(n);
+}
+
+recon::ReconOptions fast_options(const std::string& method) {
+  recon::ReconOptions o;
+  o.method = method;
+  o.iters = 300;
+  o.brecq_act_iters = 150;
+  o.batch = 8;
+  o.seed = 7;
+  return o;
+}
+
+}  // namespace
+
+TEST(ReconUnits, ResidualBlocksAndLayers) {
+  std::mt19937 rng(1);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto units = recon::derive_units(g, plan);
+  ASSERT_EQ(units.size(), 3u) << recon::format_units(units);
+  EXPECT_EQ(units[0].kind, "layer");
+  EXPECT_EQ(units[0].inputs, std::vector<std::string>{"x"});
+  EXPECT_EQ(units[0].outputs, std::vector<std::string>{"a0"});
+  for (int b = 1; b <= 2; ++b) {
+    EXPECT_EQ(units[b].kind, "block");
+    EXPECT_EQ(units[b].compute_nodes, 2);
+    EXPECT_EQ(units[b].inputs, std::vector<std::string>{"a" + std::to_string(b - 1)});
+    EXPECT_EQ(units[b].outputs, std::vector<std::string>{"a" + std::to_string(b)});
+  }
+  // The prediction conv is the head: kept in floating point and outside every unit.
+  for (const auto& u : units)
+    for (const auto& n : u.nodes) EXPECT_NE(n, "pred");
+  recon::UnitOptions lw;
+  lw.layerwise = true;
+  const auto layers = recon::derive_units(g, plan, lw);
+  ASSERT_EQ(layers.size(), 5u) << recon::format_units(layers);
+  // The second conv of a block reads its own input and the block input (the skip): two inputs.
+  EXPECT_EQ(layers[2].inputs, (std::vector<std::string>{"a0", "b1h"}));
+  lw.layerwise = false;
+  lw.max_block_compute = 1;  // blocks too large for the budget fall back to layers
+  EXPECT_EQ(recon::derive_units(g, plan, lw).size(), 5u);
+}
+
+TEST(ReconUnits, SharedModelsSplitIntoBlocksAndLayers) {
+  for (const auto& [file, min_blocks] : std::vector<std::pair<std::string, int>>{
+           {"yolox_nano.onnx", 8}, {"nanodet_m_416.onnx", 16}, {"fastestdet_352.onnx", 17}}) {
+    const Graph g = prepare_for_quantization(load_onnx(model_path(file)), file);
+    const auto plan = w4a4_plan(g);
+    const auto units = recon::derive_units(g, plan);
+    int blocks = 0;
+    std::set<std::string> covered;
+    for (const auto& u : units) {
+      blocks += u.kind == "block";
+      EXPECT_FALSE(u.inputs.empty()) << file << " unit " << u.name;
+      EXPECT_FALSE(u.outputs.empty()) << file << " unit " << u.name;
+      // Every unit boundary can be cached: batch on axis 0.
+      for (const auto& v : u.outputs) {
+        const ValueInfo* vi = g.find_value(v);
+        ASSERT_TRUE(vi && vi->has_shape) << file << " " << v;
+        EXPECT_EQ(vi->shape.at(0).value, 1) << file << " " << v;
+      }
+      covered.insert(u.nodes.begin(), u.nodes.end());
+    }
+    EXPECT_GE(blocks, min_blocks) << file << "\n" << recon::format_units(units);
+    for (const auto& w : plan.weights) EXPECT_TRUE(covered.count(w.node)) << file << " " << w.node;
+    for (const auto& h : plan.head_nodes) EXPECT_FALSE(covered.count(h)) << file << " head node " << h;
+  }
+}
+
+TEST(QDropMask, StatisticsAndDeterminism) {
+  const at::Tensor like = at::zeros({4, 16, 64, 64});  // 262,144 elements
+  const double n = static_cast<double>(like.numel());
+  for (double p : {0.5, 0.1, 0.9}) {
+    const at::Tensor m = quant::bernoulli_mask(like, p, 11);
+    const double mean = m.to(at::kDouble).mean().item<double>();
+    EXPECT_NEAR(mean, p, 5 * std::sqrt(p * (1 - p) / n)) << "p " << p;
+    EXPECT_TRUE(at::equal(m, quant::bernoulli_mask(like, p, 11))) << "same seed, same mask";
+    const at::Tensor other = quant::bernoulli_mask(like, p, 12);
+    EXPECT_FALSE(at::equal(m, other));
+    // Independent across seeds: P(both) = p².
+    const double both = (m & other).to(at::kDouble).mean().item<double>();
+    EXPECT_NEAR(both, p * p, 5 * std::sqrt(p * p * (1 - p * p) / n)) << "p " << p;
+    // No structure along the fastest axis: neighbours agree with probability p² + (1 − p)².
+    const at::Tensor flat = m.reshape({-1});
+    const double agree = (flat.narrow(0, 0, flat.numel() - 1) == flat.narrow(0, 1, flat.numel() - 1)).to(at::kDouble).mean().item<double>();
+    EXPECT_NEAR(agree, p * p + (1 - p) * (1 - p), 0.01) << "p " << p;
+  }
+  EXPECT_TRUE(quant::bernoulli_mask(like, 1.0, 3).all().item<bool>());
+  EXPECT_FALSE(quant::bernoulli_mask(like, 0.0, 3).any().item<bool>());
+}
+
+TEST(QDropMask, FusedFakeQuantMatchesCompositeValuesAndGradients) {
+  std::mt19937 rng(5);
+  for (bool channels_last : {false, true}) {
+    at::Tensor x = at::randn({2, 8, 9, 7}) * 2;
+    if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor z = at::full({1}, 3.0);
+    for (double p : {1.0, 0.5}) {
+      const uint64_t seed = 99;
+      at::Tensor xa = x.detach().requires_grad_(true), xb = x.detach().requires_grad_(true);
+      at::Tensor sa = at::full({1}, 0.3).requires_grad_(true), sb = at::full({1}, 0.3).requires_grad_(true);
+      const double gs = quant::lsq_grad_scale(x.numel(), 15);
+      const at::Tensor fused = quant::fake_quant_dropout(xa, sa, z, 0, 15, gs, p, seed);
+      const at::Tensor mask = quant::bernoulli_mask(x, p, seed);
+      const at::Tensor composite = at::where(mask, quant::fake_quant(xb, sb, z, 0, 15, gs), xb);
+      EXPECT_TRUE(at::allclose(fused, composite, 0, 1e-6)) << "p " << p << " channels_last " << channels_last;
+      const at::Tensor w = at::randn(x.sizes());
+      (fused * w).sum().backward();
+      (composite * w).sum().backward();
+      EXPECT_TRUE(at::allclose(xa.grad(), xb.grad(), 1e-6, 1e-6)) << "p " << p;
+      EXPECT_NEAR(sa.grad().item<double>(), sb.grad().item<double>(), 1e-4 * (1 + std::fabs(sb.grad().item<double>())));
+      if (p < 1) {
+        // Unmasked elements pass through unchanged.
+        EXPECT_TRUE(at::equal(fused.masked_select(mask.logical_not()), x.masked_select(mask.logical_not())));
+      }
+    }
+  }
+}
+
+TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
+  std::mt19937 rng(3);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(32, rng);
+  const auto test_xs = images(16, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const double rtn = output_mse(g, quant::make_qdq_graph(g, plan, enc0), test_xs);
+  for (const std::string method : {"adaround", "brecq", "qdrop"}) {
+    Graph gq = g;
+    quant::Encodings enc = enc0;
+    const auto res = recon::reconstruct(gq, plan, enc, xs, fast_options(method));
+    ASSERT_TRUE(res.completed);
+    // Exported weights are on the grid the encodings describe (hardened s·(q − z)).
+    for (const auto& w : plan.weights) {
+      const at::Tensor wt = rt::to_aten(gq.initializers.at(w.tensor));
+      const auto& we = enc.weights.at(w.tensor);
+      const at::Tensor s = quant::channel_view(at::tensor(we.scale), 0, wt.dim());
+      EXPECT_LT((wt / s - at::round(wt / s)).abs().max().item<float>(), 1e-3) << method << " " << w.tensor;
+    }
+    const double mse = output_mse(g, quant::make_qdq_graph(gq, plan, enc), test_xs);
+    std::printf("  %-8s output MSE %.4f vs round-to-nearest %.4f\n", method.c_str(), mse, rtn);
+    EXPECT_LT(mse, 0.9 * rtn) << method << ": reconstruction " << mse << " vs round-to-nearest " << rtn;
+    for (const auto& r : res.reports) EXPECT_TRUE(std::isfinite(r.sqnr_after_db)) << method;
+  }
+}
+
+TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
+  std::mt19937 rng(4);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(16, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const fs::path dir = fs::temp_directory_path() / ("inlierq_resume_test_" + std::to_string(::getpid()));
+  for (const auto& [method, stop] : std::vector<std::pair<std::string, int>>{{"qdrop", 1}, {"brecq", 4}}) {
+    auto opts = fast_options(method);
+    opts.iters = 40;
+    opts.brecq_act_iters = 20;
+    Graph ga = g, gb = g, gc = g;
+    quant::Encodings ea = enc0, eb = enc0, ec = enc0;
+    recon::reconstruct(ga, plan, ea, xs, opts);
+    recon::reconstruct(gc, plan, ec, xs, opts);
+    fs::remove_all(dir);
+    opts.checkpoint_dir = dir.string();
+    opts.stop_after_units = stop;
+    const auto partial = recon::reconstruct(gb, plan, eb, xs, opts);
+    EXPECT_FALSE(partial.completed);
+    EXPECT_TRUE(fs::exists(dir / "state.json"));
+    Graph gr = g;
+    quant::Encodings er = enc0;
+    opts.stop_after_units = -1;
+    opts.resume = true;
+    const auto resumed = recon::reconstruct(gr, plan, er, xs, opts);
+    EXPECT_TRUE(resumed.completed);
+    for (const auto& w : plan.weights) {
+      EXPECT_EQ(ga.initializers.at(w.tensor).bytes, gc.initializers.at(w.tensor).bytes) << method << ": same seed, same weights";
+      EXPECT_EQ(ga.initializers.at(w.tensor).bytes, gr.initializers.at(w.tensor).bytes) << method << ": resumed weights differ";
+    }
+    for (const auto& [v, a] : ea.activations) {
+      EXPECT_EQ(a.scale, er.activations.at(v).scale) << method << ": resumed scale of " << v;
+      EXPECT_EQ(a.scale, ec.activations.at(v).scale) << method << ": same seed, scale of " << v;
+    }
+    // A different seed gives a different result (the test can fail).
+    opts.resume = false;
+    opts.checkpoint_dir.clear();
+    opts.seed = 8;
+    Graph gd = g;
+    quant::Encodings ed = enc0;
+    recon::reconstruct(gd, plan, ed, xs, opts);
+    bool any_diff = false;
+    for (const auto& w : plan.weights) any_diff |= gd.initializers.at(w.tensor).bytes != ga.initializers.at(w.tensor).bytes;
+    for (const auto& [v, a] : ea.activations) any_diff |= a.scale != ed.activations.at(v).scale;
+    EXPECT_TRUE(any_diff) << method;
+    // A checkpoint from other options is refused.
+    opts.checkpoint_dir = dir.string();
+    opts.resume = true;
+    Graph ge = g;
+    quant::Encodings ee = enc0;
+    EXPECT_THROW(recon::reconstruct(ge, plan, ee, xs, opts), Error) << method;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Reconstruction, CacheBudgetSpillsWithoutChangingTheResult) {
+  std::mt19937 rng(6);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(8, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  auto opts = fast_options("adaround");
+  opts.iters = 10;
+  Graph ga = g, gb = g;
+  quant::Encodings ea = enc0, eb = enc0;
+  const auto full = recon::reconstruct(ga, plan, ea, xs, opts);
+  opts.max_cache_mb = 0;  // everything goes to disk (as float16)
+  const auto spilled = recon::reconstruct(gb, plan, eb, xs, opts);
+  EXPECT_EQ(full.spilled_bytes, 0u);
+  EXPECT_GT(spilled.spilled_bytes, 0u);
+  EXPECT_EQ(spilled.peak_cache_bytes, 0u);
+  // float16 caches round the inputs: the result may differ slightly but must stay close.
+  const double a = output_mse(g, quant::make_qdq_graph(ga, plan, ea), xs), b = output_mse(g, quant::make_qdq_graph(gb, plan, eb), xs);
+  EXPECT_NEAR(a, b, 0.2 * a + 1e-6);
+}
+
+TEST(Reconstruction, RealYoloxUnitLowersItsOutputError) {
+  const Graph g = prepare_for_quantization(load_onnx(model_path("yolox_nano.onnx")), "yolox_nano.onnx");
+  const auto plan = w4a4_plan(g);
+  std::mt19937 rng(9);
+  // Real images are not needed for this check: smooth random fields in YOLOX's 0..255 input range.
+  std::vector<TensorData> xs;
+  for (int i = 0; i < 4; ++i) {
+    at::Tensor t = at::upsample_bilinear2d(at::rand({1, 3, 26, 26}) * 255, {416, 416}, false);
+    xs.push_back(rt::from_aten(t.contiguous()));
+  }
+  quant::CalibrationOptions co;
+  co.method = "mse";
+  quant::Encodings enc = quant::calibrate(g, plan, xs, co);
+  Graph gq = g;
+  recon::ReconOptions opts;
+  opts.method = "adaround";
+  opts.iters = 400;
+  opts.batch = 2;
+  opts.lr_rounding = 3e-3;
+  opts.stop_after_units = 2;  // the stem, then the first depthwise conv (4-bit weights)
+  const auto res = recon::reconstruct(gq, plan, enc, xs, opts);
+  ASSERT_EQ(res.reports.size(), 2u);
+  const auto& r = res.reports[1];
+  EXPECT_GT(r.sqnr_after_db, r.sqnr_before_db + 0.1) << r.name;
+  EXPECT_LT(r.loss_last, r.loss_first) << r.name;
+}
