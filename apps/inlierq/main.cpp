@@ -404,6 +404,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (recon_method) {
     recon::ReconOptions ro = a.recon;
     ro.method = a.method;
+    ro.heatmap = profile.heatmap;
     ro.seed = a.seed;
     ro.device = a.device;
     ro.checkpoint_dir = checkpoint_dir;
@@ -645,6 +646,10 @@ int main(int argc, char** argv) {
   quantize->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
   quantize->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   quantize->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
+  quantize->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
+  quantize->add_option("--topk", rc.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.topk);
+  quantize->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);
+  quantize->add_option("--topk-selection", rc.topk_selection, "per_class | global | max_class")->default_val(rc.topk_selection);
   quantize->add_option("--max-unit-convs", rc.max_block_compute, "blocks with more compute nodes are split into layers")->default_val(rc.max_block_compute);
   quantize->add_option("--max-cache-mb", rc.max_cache_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.max_cache_mb);
   quantize->add_option("--cache-dir", rc.spill_dir, "where activation caches over budget are spilled (default: temp dir)");

@@ -55,6 +55,14 @@ struct ReconOptions {
   // QDrop
   double drop_prob = 0.5;     // probability that an activation element is quantized in training
   double input_mix = 0.5;     // probability that a unit input element comes from the quantized prefix
+  // Fisher weighting (BRECQ's option, usable with every method): the squared error of every output element
+  // is multiplied by (|g| + 1)², g = gradient of the label-free top-K heatmap loss w.r.t. that element,
+  // computed once on the FP model. Needs the profile's heatmap definition.
+  bool fisher = false;
+  nlohmann::json heatmap;       // the model profile's "heatmap"
+  int64_t topk = 100;           // K of the auxiliary loss
+  std::string aux_loss = "bce"; // bce | focal | neglogit
+  std::string topk_selection = "per_class";  // per_class | global | max_class
   // units
   int max_block_compute = 12;
   // caches: FP inputs/outputs and quantized-prefix inputs of the live units

@@ -24,6 +24,7 @@
 #include "inlierq/error.h"
 #include "inlierq/recon.h"
 #include "quant/fake_quant.h"
+#include "inlier/saliency.h"
 #include "recon/activation_store.h"
 #include "recon/adaround.h"
 #include "runtime/executor.h"
@@ -49,6 +50,11 @@ void validate_options(const ReconOptions& o) {
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
+  if (o.topk < 1) throw Error("--topk must be ≥ 1");
+  if (o.aux_loss != "bce" && o.aux_loss != "focal" && o.aux_loss != "neglogit")
+    throw Error("unknown --aux-loss '" + o.aux_loss + "' (expected bce, focal or neglogit)");
+  if (o.topk_selection != "per_class" && o.topk_selection != "global" && o.topk_selection != "max_class")
+    throw Error("unknown --topk-selection '" + o.topk_selection + "' (expected per_class, global or max_class)");
 }
 
 nlohmann::json ReconResult::to_json() const {
@@ -121,9 +127,10 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p) {
+at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p, const at::Tensor& weight = {}) {
   at::Tensor d = (pred - target).abs();
   d = p == 2.0 ? d * d : d.pow(p);
+  if (weight.defined()) d = d * weight;
   // Σ over channels, mean over batch and positions.
   return d.dim() >= 2 ? d.sum(1).mean() : d.mean();
 }
@@ -163,7 +170,7 @@ class Reconstructor {
   Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
                 const ReconOptions& opts)
       : g_(g), plan_(plan), enc_(enc), opts_(opts), device_(opts.device),
-        store_(opts.max_cache_mb * 1048576ull, opts.spill_dir) {
+        store_(opts.max_cache_mb * 1048576ull, opts.spill_dir), fisher_store_(opts.max_cache_mb * 1048576ull, opts.spill_dir) {
     validate_options(opts);
     if (inputs.empty()) throw Error("reconstruction needs calibration images");
     if (g.inputs.size() != 1) throw Error("reconstruction needs a model with one input");
@@ -234,6 +241,7 @@ class Reconstructor {
     total_iters_ = 0;
     for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
 
+    if (opts_.fisher) compute_fisher_weights();
     int resume_pass = 0;
     size_t resume_units = 0;
     if (opts_.resume) std::tie(resume_pass, resume_units) = load_checkpoint(res);
@@ -276,6 +284,26 @@ class Reconstructor {
   }
 
  private:
+  void compute_fisher_weights() {
+    rt::ExecutorOptions eo;
+    eo.device = device_;
+    eo.fuse_silu = false;  // every unit output must exist as a tensor
+    rt::Executor ex(g_, eo);
+    std::vector<std::string> values;
+    std::set<std::string> seen;
+    for (const auto& u : units_)
+      for (const auto& v : u.outputs)
+        if (seen.insert(v).second) values.push_back(v);
+    std::vector<at::Tensor> xs;
+    for (int64_t i = 0; i < num_; ++i) xs.push_back(images_.narrow(0, i, 1));
+    inlier::AuxLossOptions ao;
+    ao.k = opts_.topk, ao.form = opts_.aux_loss, ao.selection = opts_.topk_selection;
+    if (opts_.log) opts_.log(fmt::format("[fisher] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
+    inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g) {
+      fisher_store_.put("f:" + v, (g.abs() + 1).pow(2));
+    });
+  }
+
   at::Tensor harden_nearest(const WeightParam& p) const {
     const at::Tensor q = at::clamp(at::round(p.w / p.scale) + p.zero, static_cast<double>(p.qn), static_cast<double>(p.qp));
     return (q - p.zero) * p.scale;
@@ -405,6 +433,9 @@ class Reconstructor {
       if (pass.input_mix > 0) fp_in.push_back(store_.get("fp:" + v));
     }
     for (const auto& v : u.outputs) targets.push_back(fp_out.at(v));
+    std::vector<at::Tensor> fisher;
+    if (opts_.fisher)
+      for (const auto& v : u.outputs) fisher.push_back(fisher_store_.get("f:" + v));
 
     AdaRoundConfig cfg;
     cfg.lambda = opts_.round_lambda, cfg.beta_start = opts_.beta_start, cfg.beta_end = opts_.beta_end, cfg.warmup = opts_.warmup;
@@ -465,7 +496,8 @@ class Reconstructor {
       auto out = ex.run(feed, ro);
       at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
       for (size_t k = 0; k < u.outputs.size(); ++k)
-        rec = rec + lp_loss(out.at(u.outputs[k]), targets[k].index_select(0, index).to(device_), pass.p);
+        rec = rec + lp_loss(out.at(u.outputs[k]), targets[k].index_select(0, index).to(device_), pass.p,
+                            fisher.empty() ? at::Tensor() : fisher[k].index_select(0, index).to(device_));
       at::Tensor loss = rec;
       if (!roundings.empty() && regularizer_active(it, pass.iters, cfg)) {
         const double beta = beta_at(it, pass.iters, cfg);
@@ -518,6 +550,8 @@ class Reconstructor {
                      {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
                      {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute},
+                     {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
+                     {"topk_selection", opts_.topk_selection},
                      {"images", num_}};
     return j.dump();
   }
@@ -605,6 +639,7 @@ class Reconstructor {
   const ReconOptions& opts_;
   at::Device device_;
   ActivationStore store_;
+  ActivationStore fisher_store_;  // (|g| + 1)² per unit-output element, for all passes
   std::vector<Unit> units_;
   at::Tensor images_;
   int64_t num_ = 0;

@@ -199,6 +199,7 @@ def main():
                  "--method", "qdrop", "--iters", "2", "--recon-batch", "1"]
         expect_error("recon unknown init method", rbase + ["--init-method", "kl"], ["--init-method", "'kl'"], rc=1)
         expect_error("recon drop probability out of range", rbase + ["--drop-prob", "2"], ["--drop-prob"], rc=1)
+        expect_error("recon unknown aux loss", rbase + ["--fisher", "--aux-loss", "l1"], ["--aux-loss", "'l1'"], rc=1)
         expect_error("recon resume without checkpoint", rbase + ["--resume"], ["--resume", "no checkpoint"], rc=1)
         stopped = run_cli(*rbase, "--stop-after-units", "3", check=False)
         checks.check(stopped.returncode == 3 and os.path.exists(path("r.ckpt/state.json")) and not os.path.exists(rout),

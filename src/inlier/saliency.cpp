@@ -1,0 +1,109 @@
+#include "inlier/saliency.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <unordered_set>
+
+#include "inlierq/error.h"
+
+namespace inlierq::inlier {
+
+at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap& outputs) {
+  if (!definition.contains("sources") || !definition["sources"].is_array() || definition["sources"].empty())
+    throw Error("the model profile declares no heatmap (\"heatmap\": {\"sources\": [...]}); InlierQ and Fisher weighting need it");
+  std::vector<at::Tensor> parts;
+  for (const auto& src : definition["sources"]) {
+    const std::string name = src.at("output").get<std::string>();
+    auto it = outputs.find(name);
+    if (it == outputs.end()) throw Error("heatmap source '" + name + "' is not an output of the model");
+    at::Tensor t = it->second;
+    const std::string layout = src.value("layout", "positions_channels");
+    if (layout == "channels_positions") {
+      if (t.dim() < 3) throw Error("heatmap source '" + name + "': layout channels_positions needs [N, C, ...]");
+      t = t.flatten(2);  // [N, C, M]
+    } else if (layout == "positions_channels") {
+      if (t.dim() != 3) throw Error("heatmap source '" + name + "': layout positions_channels needs [N, M, C]");
+      t = t.transpose(1, 2);  // [N, C, M]
+    } else {
+      throw Error("heatmap source '" + name + "': unknown layout '" + layout + "'");
+    }
+    const auto ch = src.at("channels").get<std::vector<int64_t>>();
+    if (ch.size() != 2 || ch[0] < 0 || ch[1] > t.size(1) || ch[0] >= ch[1])
+      throw Error("heatmap source '" + name + "': channels range out of bounds for " + std::to_string(t.size(1)) + " channels");
+    at::Tensor cls = t.narrow(1, ch[0], ch[1] - ch[0]);
+    const bool probs = src.value("values", "probabilities") == "probabilities";
+    if (src.contains("objectness_channel")) {
+      const int64_t oc = src["objectness_channel"].get<int64_t>();
+      at::Tensor obj = t.narrow(1, oc, 1);
+      if (!probs) obj = at::sigmoid(obj), cls = at::sigmoid(cls);
+      const at::Tensor p = (obj * cls).clamp(1e-7, 1 - 1e-7);
+      parts.push_back(at::log(p) - at::log1p(-p));
+    } else if (probs) {
+      const at::Tensor p = cls.clamp(1e-7, 1 - 1e-7);
+      parts.push_back(at::log(p) - at::log1p(-p));
+    } else {
+      parts.push_back(cls);
+    }
+  }
+  return at::cat(parts, 2);
+}
+
+at::Tensor topk_aux_loss(const at::Tensor& h, const AuxLossOptions& o) {
+  if (h.dim() != 3) throw Error("heatmap must be [N, C, M]");
+  at::Tensor sel;  // selected logits, [N, ...]
+  if (o.selection == "per_class") {
+    sel = std::get<0>(at::topk(h, std::min<int64_t>(o.k, h.size(2)), 2));  // top by logit = top by σ
+  } else if (o.selection == "global") {
+    sel = std::get<0>(at::topk(h.flatten(1), std::min<int64_t>(o.k, h.size(1) * h.size(2)), 1));
+  } else if (o.selection == "max_class") {
+    sel = std::get<0>(at::topk(std::get<0>(h.max(1)), std::min<int64_t>(o.k, h.size(2)), 1));
+  } else {
+    throw Error("unknown top-K selection '" + o.selection + "' (expected per_class, global or max_class)");
+  }
+  at::Tensor l;
+  if (o.form == "bce") {
+    l = at::softplus(-sel);  // −log σ(h)
+  } else if (o.form == "focal") {
+    l = at::pow(1 - at::sigmoid(sel), o.focal_gamma) * at::softplus(-sel);
+  } else if (o.form == "neglogit") {
+    l = -sel;
+  } else {
+    throw Error("unknown auxiliary loss '" + o.form + "' (expected bce, focal or neglogit)");
+  }
+  return l.flatten(1).mean(1).sum();
+}
+
+void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
+                        const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
+                        const std::function<void(const std::string&, const at::Tensor&)>& sink) {
+  const std::unordered_set<std::string> wanted(values.begin(), values.end());
+  std::map<std::string, std::vector<at::Tensor>> parts;
+  const std::string input = ex.graph().inputs.at(0).name;
+  const size_t b = static_cast<size_t>(std::max(1, batch));
+  for (size_t i = 0; i < images.size(); i += b) {
+    std::vector<at::Tensor> xs(images.begin() + static_cast<long>(i), images.begin() + static_cast<long>(std::min(images.size(), i + b)));
+    std::map<std::string, at::Tensor> captured;
+    rt::RunOptions ro;
+    ro.track_grad = true;
+    ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {
+      if (wanted.count(name)) captured[name] = t;
+      return t;
+    };
+    const auto outs = ex.run({{input, at::cat(xs, 0).to(ex.options().device)}}, ro);
+    const at::Tensor loss = topk_aux_loss(heatmap_logits(heatmap, outs), opts);
+    std::vector<at::Tensor> targets;
+    for (const auto& v : values) {
+      auto it = captured.find(v);
+      if (it == captured.end()) throw Error("value '" + v + "' was not computed (fused away?) during the saliency pass");
+      targets.push_back(it->second);
+    }
+    const auto grads = torch::autograd::grad({loss}, targets, {}, false, false, true);
+    for (size_t k = 0; k < values.size(); ++k) {
+      at::Tensor g = grads[k].defined() ? grads[k] : at::zeros_like(targets[k]);
+      parts[values[k]].push_back(g.detach().to(at::kCPU).contiguous());
+    }
+  }
+  for (auto& [v, ps] : parts) sink(v, at::cat(ps, 0));
+}
+
+}  // namespace inlierq::inlier
