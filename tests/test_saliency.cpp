@@ -73,7 +73,7 @@ TEST(Saliency, GradientsMatchFiniteDifferences) {
   o.k = 5;
   at::Tensor grad;
   inlier::aux_loss_gradients(ex, kHeatmap, {x.narrow(0, 0, 1), x.narrow(0, 1, 1)}, {"h"}, o, 2,
-                             [&](const std::string&, const at::Tensor& t) { grad = t; });
+                             [&](const std::string&, const at::Tensor& t, const at::Tensor&) { grad = t; });
   ASSERT_TRUE(grad.defined());
   ASSERT_EQ(grad.sizes(), (at::IntArrayRef{2, 3, 6, 5}));
   // Central differences of the loss in double precision, perturbing one element of 'h' at a time.
@@ -99,4 +99,67 @@ TEST(Saliency, GradientsMatchFiniteDifferences) {
     nonzero += std::fabs(fd) > 1e-6;
   }
   EXPECT_GT(nonzero, 5);  // top-5 of 30 positions per class: a fair share of elements carry gradient
+}
+
+// Labels are never used for calibration; here they check that the label-free inlier posterior points at
+// objects: over 16 coco128 images, the mean posterior of volumes inside ground-truth boxes exceeds the
+// mean outside at the unit outputs nearest the head.
+#include "inlier/inlier_weights.h"
+#include "inlierq/dataset.h"
+#include "inlierq/detect.h"
+#include "inlierq/image.h"
+#include "inlierq/onnx_io.h"
+#include "inlierq/preprocess.h"
+#include "inlierq/quant.h"
+#include "inlierq/recon.h"
+#include "inlierq/transforms.h"
+#include "test_helpers.h"
+
+TEST(Saliency, InlierPosteriorIsHigherInsideGroundTruthBoxes) {
+  for (const auto& [file, profile_name] : std::vector<std::pair<std::string, std::string>>{
+           {"fastestdet_352.onnx", "fastestdet"}, {"yolox_nano.onnx", "yolox"}}) {
+    const ModelProfile profile = load_profile(profile_name);
+    const Graph g = prepare_for_quantization(load_onnx(model_path(file)), file);
+    quant::PlacementOptions po;
+    po.weight_bits = po.act_bits = 4;
+    const auto units = recon::derive_units(g, quant::derive_plan(g, po));
+    std::vector<std::string> values;  // the outputs of the last three units (neck, next to the head)
+    for (size_t i = units.size() - 3; i < units.size(); ++i) values.push_back(units[i].outputs.front());
+    const auto folder = scan_image_folder(assets_dir() + "/coco128/images/train2017", 16);
+    std::vector<at::Tensor> xs;
+    std::vector<std::vector<std::array<float, 4>>> boxes;  // input-frame xyxy
+    for (const auto& path : folder.paths) {
+      const Image img = load_image(path);
+      const Preprocessed p = preprocess(img, profile.preprocess);
+      xs.push_back(rt::to_aten(p.tensor));
+      std::vector<std::array<float, 4>> bs;
+      for (const auto& b : load_yolo_labels(yolo_label_path(path), img.width, img.height))
+        bs.push_back(p.transform.to_input({b.x, b.y, b.x + b.w, b.y + b.h}));
+      boxes.push_back(bs);
+    }
+    rt::ExecutorOptions eo;
+    eo.fuse_silu = false;
+    rt::Executor ex(g, eo);
+    const int64_t in_h = xs[0].size(2), in_w = xs[0].size(3);
+    int higher = 0;
+    inlier::aux_loss_gradients(ex, profile.heatmap, xs, values, {}, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor&) {
+      const auto vw = inlier::volume_weights(grad, at::Tensor());
+      ASSERT_EQ(vw.weights.dim(), 3) << v;
+      EXPECT_GE(vw.weights.min().item<float>(), 0.0f);
+      EXPECT_LE(vw.weights.max().item<float>(), 1.0f);
+      const int64_t h = vw.weights.size(1), w = vw.weights.size(2);
+      at::Tensor inside = at::zeros({static_cast<int64_t>(xs.size()), h, w}, at::kBool);
+      for (size_t n = 0; n < boxes.size(); ++n)
+        for (const auto& b : boxes[n]) {
+          const int64_t x0 = std::max<int64_t>(0, static_cast<int64_t>(b[0] / in_w * w)), x1 = std::min<int64_t>(w, static_cast<int64_t>(std::ceil(b[2] / in_w * w)));
+          const int64_t y0 = std::max<int64_t>(0, static_cast<int64_t>(b[1] / in_h * h)), y1 = std::min<int64_t>(h, static_cast<int64_t>(std::ceil(b[3] / in_h * h)));
+          if (x1 > x0 && y1 > y0) inside[static_cast<int64_t>(n)].narrow(0, y0, y1 - y0).narrow(1, x0, x1 - x0).fill_(true);
+        }
+      const double in_mean = vw.weights.masked_select(inside).mean().item<double>();
+      const double out_mean = vw.weights.masked_select(inside.logical_not()).mean().item<double>();
+      std::printf("  %-10s %-16s posterior inside boxes %.3f, outside %.3f\n", profile_name.c_str(), v.c_str(), in_mean, out_mean);
+      higher += in_mean > out_mean;
+    }, false);
+    EXPECT_GE(higher, 2) << file << ": the posterior is not higher inside boxes at most neck outputs";
+  }
 }

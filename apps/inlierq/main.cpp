@@ -241,11 +241,24 @@ struct QuantizeArgs {
   recon::ReconOptions recon;
   std::string checkpoint_dir;
   bool resume = false;
+  std::string base = "qdrop";
 };
 
 bool is_reconstruction(const std::string& method) {
   const auto m = recon::reconstruction_methods();
-  return std::find(m.begin(), m.end(), method) != m.end();
+  return method == "inlierq" || std::find(m.begin(), m.end(), method) != m.end();
+}
+
+// --method inlierq is InlierQ on top of --base (qdrop or brecq).
+recon::ReconOptions recon_options(const QuantizeArgs& a) {
+  recon::ReconOptions ro = a.recon;
+  ro.method = a.method;
+  if (a.method == "inlierq") {
+    if (a.base != "qdrop" && a.base != "brecq") throw Error("--base must be qdrop or brecq, got '" + a.base + "'");
+    ro.method = a.base;
+    ro.inlier = true;
+  }
+  return ro;
 }
 
 // Bit widths from --preset wNaM or --wbits/--abits.
@@ -301,7 +314,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (std::find(methods.begin(), methods.end(), act_method) == methods.end())
     throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected minmax, percentile, entropy or mse)"
                              : "unknown method '" + a.method + "' (expected a calibration method: minmax, percentile, entropy, mse; "
-                               "or a reconstruction method: adaround, brecq, qdrop)");
+                               "or a reconstruction method: adaround, brecq, qdrop, inlierq)");
   if (a.weight_method != "mse" && a.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + a.weight_method + "' (expected mse or minmax)");
   if (a.num_calib == 0) throw Error("--num-calib must be at least 1");
@@ -320,12 +333,8 @@ int cmd_quantize(const QuantizeArgs& a) {
                   "'; pass --resume to continue it or --force to start over");
     fs::remove_all(checkpoint_dir);
   }
-  if (recon_method) {
-    recon::ReconOptions ro = a.recon;
-    ro.method = a.method;
-    recon::validate_options(ro);
-  }
-  if (a.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq or qdrop");
+  if (recon_method) recon::validate_options(recon_options(a));
+  if (a.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq, qdrop or inlierq");
   if (a.resume && !fs::exists(fs::path(checkpoint_dir) / "state.json"))
     throw Error("--resume: no checkpoint in '" + checkpoint_dir + "'");
   const auto out_dir = fs::path(out_onnx).parent_path();
@@ -402,8 +411,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   Graph quantized_weights = g;  // reconstruction writes hardened weights here
   double t_reconstructed = t_calibrated;
   if (recon_method) {
-    recon::ReconOptions ro = a.recon;
-    ro.method = a.method;
+    recon::ReconOptions ro = recon_options(a);
     ro.heatmap = profile.heatmap;
     ro.seed = a.seed;
     ro.device = a.device;
@@ -629,7 +637,7 @@ int main(int argc, char** argv) {
   quantize->add_option("--preset", qa.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");
   quantize->add_option("--wbits", qa.wbits, "weight bits (2..8)");
   quantize->add_option("--abits", qa.abits, "activation bits (2..8)");
-  quantize->add_option("--method", qa.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop (reconstruction)")->default_val("minmax");
+  quantize->add_option("--method", qa.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop | inlierq (reconstruction)")->default_val("minmax");
   quantize->add_option("--init-method", qa.init_method, "with adaround/brecq/qdrop: activation range initialisation (a calibrator)")->default_val("mse");
   auto& rc = qa.recon;
   quantize->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
@@ -646,6 +654,11 @@ int main(int argc, char** argv) {
   quantize->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
   quantize->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   quantize->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
+  quantize->add_option("--base", qa.base, "with --method inlierq: the reconstruction it builds on (qdrop | brecq)")->default_val("qdrop");
+  quantize->add_option("--saliency", rc.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.saliency);
+  quantize->add_option("--inlier-weighting", rc.inlier_weighting, "InlierQ weights: soft (posterior) | hard (posterior > 0.5)")->default_val(rc.inlier_weighting);
+  quantize->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
+  quantize->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
   quantize->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
   quantize->add_option("--topk", rc.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.topk);
   quantize->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);

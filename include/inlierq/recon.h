@@ -63,6 +63,13 @@ struct ReconOptions {
   int64_t topk = 100;           // K of the auxiliary loss
   std::string aux_loss = "bce"; // bce | focal | neglogit
   std::string topk_selection = "per_class";  // per_class | global | max_class
+  // InlierQ (ALGORITHMS §6) on top of the method: per-volume saliency from the same gradients, a
+  // two-component EM per unit output, inlier-weighted reconstruction loss and inlier-aware ranges.
+  bool inlier = false;
+  std::string saliency = "sq";            // sq | norm | grad_act
+  std::string inlier_weighting = "soft";  // soft | hard
+  std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
+  bool inlier_fisher = true;              // F = (|g| + 1)² in the weighted loss; false: F = 1
   // units
   int max_block_compute = 12;
   // caches: FP inputs/outputs and quantized-prefix inputs of the live units
@@ -104,6 +111,7 @@ struct ReconResult {
   double seconds = 0;
   size_t peak_cache_bytes = 0;
   size_t spilled_bytes = 0;
+  nlohmann::json inlier;  // per unit output: EM fit, inlier mass; per activation group: full vs inlier range
   nlohmann::json to_json() const;
 };
 

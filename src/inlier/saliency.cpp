@@ -75,9 +75,10 @@ at::Tensor topk_aux_loss(const at::Tensor& h, const AuxLossOptions& o) {
 
 void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
                         const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
-                        const std::function<void(const std::string&, const at::Tensor&)>& sink) {
+                        const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
+                        bool with_values) {
   const std::unordered_set<std::string> wanted(values.begin(), values.end());
-  std::map<std::string, std::vector<at::Tensor>> parts;
+  std::map<std::string, std::vector<at::Tensor>> parts, vparts;
   const std::string input = ex.graph().inputs.at(0).name;
   const size_t b = static_cast<size_t>(std::max(1, batch));
   for (size_t i = 0; i < images.size(); i += b) {
@@ -101,9 +102,10 @@ void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, c
     for (size_t k = 0; k < values.size(); ++k) {
       at::Tensor g = grads[k].defined() ? grads[k] : at::zeros_like(targets[k]);
       parts[values[k]].push_back(g.detach().to(at::kCPU).contiguous());
+      if (with_values) vparts[values[k]].push_back(targets[k].detach().to(at::kCPU).contiguous());
     }
   }
-  for (auto& [v, ps] : parts) sink(v, at::cat(ps, 0));
+  for (auto& [v, ps] : parts) sink(v, at::cat(ps, 0), with_values ? at::cat(vparts[v], 0) : at::Tensor());
 }
 
 }  // namespace inlierq::inlier

@@ -32,9 +32,11 @@ struct AuxLossOptions {
 at::Tensor topk_aux_loss(const at::Tensor& heatmap, const AuxLossOptions& opts = {});
 
 // ∂L_aux/∂z for every value in `values`, over `images` (each [1, C, H, W]) in batches, FP model, float32
-// CPU tensors [N, ...]. `sink` receives each value's gradient once all images are done.
+// CPU tensors [N, ...]. `sink` receives each value's gradient (and, with with_values, the value itself;
+// otherwise an undefined tensor) once all images are done.
 void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
                         const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
-                        const std::function<void(const std::string&, const at::Tensor&)>& sink);
+                        const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
+                        bool with_values = false);
 
 }  // namespace inlierq::inlier

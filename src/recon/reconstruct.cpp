@@ -24,7 +24,9 @@
 #include "inlierq/error.h"
 #include "inlierq/recon.h"
 #include "quant/fake_quant.h"
+#include "inlier/inlier_weights.h"
 #include "inlier/saliency.h"
+#include "quant/range_search.h"
 #include "recon/activation_store.h"
 #include "recon/adaround.h"
 #include "runtime/executor.h"
@@ -51,6 +53,12 @@ void validate_options(const ReconOptions& o) {
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
   if (o.topk < 1) throw Error("--topk must be ≥ 1");
+  if (o.saliency != "sq" && o.saliency != "norm" && o.saliency != "grad_act")
+    throw Error("unknown --saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
+  if (o.inlier_weighting != "soft" && o.inlier_weighting != "hard")
+    throw Error("unknown --inlier-weighting '" + o.inlier_weighting + "' (expected soft or hard)");
+  if (o.inlier_init != "minmax_inlier" && o.inlier_init != "mse_inlier" && o.inlier_init != "none")
+    throw Error("unknown --inlier-init '" + o.inlier_init + "' (expected minmax_inlier, mse_inlier or none)");
   if (o.aux_loss != "bce" && o.aux_loss != "focal" && o.aux_loss != "neglogit")
     throw Error("unknown --aux-loss '" + o.aux_loss + "' (expected bce, focal or neglogit)");
   if (o.topk_selection != "per_class" && o.topk_selection != "global" && o.topk_selection != "max_class")
@@ -63,8 +71,10 @@ nlohmann::json ReconResult::to_json() const {
     reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
                     {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
                     {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds}});
-  return {{"units", units.size()}, {"reports", reps}, {"completed", completed}, {"seconds", seconds},
-          {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
+  nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"completed", completed}, {"seconds", seconds},
+                   {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
+  if (!inlier.is_null()) j["inlier"] = inlier;
+  return j;
 }
 
 namespace {
@@ -127,10 +137,17 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p, const at::Tensor& weight = {}) {
+// Σ over channels, mean over batch and positions; with volume weights w [N, positions...] the positions are
+// averaged with w: Σ w·Σ_c F·|d|^p / Σ w (ALGORITHMS §6.6).
+at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p, const at::Tensor& weight = {},
+                   const at::Tensor& volume = {}) {
   at::Tensor d = (pred - target).abs();
   d = p == 2.0 ? d * d : d.pow(p);
   if (weight.defined()) d = d * weight;
+  if (volume.defined() && d.dim() >= 2) {
+    const at::Tensor per_volume = d.sum(1);
+    return (per_volume * volume).sum() / volume.sum().clamp_min(1e-12);
+  }
   // Σ over channels, mean over batch and positions.
   return d.dim() >= 2 ? d.sum(1).mean() : d.mean();
 }
@@ -241,7 +258,8 @@ class Reconstructor {
     total_iters_ = 0;
     for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
 
-    if (opts_.fisher) compute_fisher_weights();
+    if (opts_.fisher || opts_.inlier) compute_gradient_weights(res);
+    if (opts_.inlier && opts_.inlier_init != "none") init_inlier_ranges(res);
     int resume_pass = 0;
     size_t resume_units = 0;
     if (opts_.resume) std::tie(resume_pass, resume_units) = load_checkpoint(res);
@@ -275,7 +293,10 @@ class Reconstructor {
       if (!p.hard.defined()) p.hard = harden_nearest(p);
       g_.initializers[p.tensor] = rt::from_aten(p.hard.to(at::kCPU).contiguous());
     }
-    for (const auto& a : plan_.activations) enc_.activations[a.value].scale = groups_.at(a.group).scale.item<float>();
+    for (const auto& a : plan_.activations) {
+      enc_.activations[a.value].scale = groups_.at(a.group).scale.item<float>();
+      enc_.activations[a.value].zero_point = std::lround(groups_.at(a.group).zero.item<double>());
+    }
     res.completed = true;
     res.seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     res.peak_cache_bytes = store_.peak_bytes_in_memory();
@@ -284,7 +305,9 @@ class Reconstructor {
   }
 
  private:
-  void compute_fisher_weights() {
+  // One FP forward + backward of the top-K heatmap loss over the calibration set; per unit output the
+  // Fisher factors (|g| + 1)² and, for InlierQ, the per-volume inlier weights.
+  void compute_gradient_weights(ReconResult& res) {
     rt::ExecutorOptions eo;
     eo.device = device_;
     eo.fuse_silu = false;  // every unit output must exist as a tensor
@@ -298,10 +321,96 @@ class Reconstructor {
     for (int64_t i = 0; i < num_; ++i) xs.push_back(images_.narrow(0, i, 1));
     inlier::AuxLossOptions ao;
     ao.k = opts_.topk, ao.form = opts_.aux_loss, ao.selection = opts_.topk_selection;
-    if (opts_.log) opts_.log(fmt::format("[fisher] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
-    inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g) {
-      fisher_store_.put("f:" + v, (g.abs() + 1).pow(2));
-    });
+    if (opts_.log) opts_.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
+    inlier::InlierOptions io;
+    io.saliency = opts_.saliency, io.weighting = opts_.inlier_weighting;
+    nlohmann::json fits = nlohmann::json::object();
+    inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g, const at::Tensor& z) {
+      if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2));
+      if (opts_.inlier) {
+        auto vw = inlier::volume_weights(g, z, io);
+        fisher_store_.put("w:" + v, vw.weights);
+        fits[v] = vw.to_json();
+        if (opts_.log)
+          opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, inlier mass {:.2f}{}", v,
+                                vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.inlier_mass,
+                                vw.fit.fallback ? " (fallback: " + vw.fit.fallback_reason + ")" : std::string()));
+      }
+    }, opts_.inlier && opts_.saliency == "grad_act");
+    if (opts_.inlier) res.inlier["units"] = fits;
+  }
+
+  // Activation ranges from inlier volumes only: every activation site takes the weight map of its unit's
+  // first output, resampled (nearest) to its own spatial size. minmax_inlier: min/max over volumes with
+  // w > 0.5; mse_inlier: the mse search on a w-weighted histogram.
+  void init_inlier_ranges(ReconResult& res) {
+    std::map<std::string, size_t> unit_of_node, unit_of_value;
+    for (size_t i = 0; i < units_.size(); ++i)
+      for (const auto& n : units_[i].nodes) unit_of_node[n] = i;
+    for (const auto& a : plan_.activations)
+      if (auto it = unit_of_node.find(a.producer); it != unit_of_node.end()) unit_of_value[a.value] = it->second;
+    std::map<size_t, at::Tensor> unit_weights;
+    for (size_t i = 0; i < units_.size(); ++i)
+      if (fisher_store_.has("w:" + units_[i].outputs.front())) unit_weights[i] = fisher_store_.get("w:" + units_[i].outputs.front());
+    struct Stats { double lo = INFINITY, hi = -INFINITY, flo = INFINITY, fhi = -INFINITY; std::unique_ptr<quant::Histogram> hist; };
+    std::map<int, Stats> stats;
+    rt::ExecutorOptions eo;
+    eo.device = device_;
+    rt::Executor ex(g_, eo);
+    const bool mse = opts_.inlier_init == "mse_inlier";
+    const int64_t eb = 8;
+    for (int pass = 1; pass <= (mse ? 2 : 1); ++pass) {
+      for (int64_t b = 0; b < num_; b += eb) {
+        const int64_t nb = std::min(eb, num_ - b);
+        rt::RunOptions ro;
+        ro.value_hook = [&](const std::string& name, const at::Tensor& x) -> at::Tensor {
+          auto uv = unit_of_value.find(name);
+          if (uv == unit_of_value.end()) return x;
+          auto& st = stats[act_group_.at(name)];
+          const at::Tensor xc = x.to(at::kCPU).to(at::kFloat).contiguous();
+          at::Tensor w;
+          if (auto uw = unit_weights.find(uv->second); uw != unit_weights.end() && xc.dim() == 4 && uw->second.dim() == 3) {
+            w = at::upsample_nearest2d(uw->second.narrow(0, b, nb).unsqueeze(1), {xc.size(2), xc.size(3)}).expand_as(xc).contiguous();
+          } else {
+            w = at::ones_like(xc);
+          }
+          if (pass == 1) {
+            auto [fmn, fmx] = at::aminmax(xc);
+            st.flo = std::min(st.flo, fmn.item<double>()), st.fhi = std::max(st.fhi, fmx.item<double>());
+            const at::Tensor in = xc.masked_select(w > 0.5);
+            if (in.numel() > 0) {
+              auto [mn, mx] = at::aminmax(in);
+              st.lo = std::min(st.lo, mn.item<double>()), st.hi = std::max(st.hi, mx.item<double>());
+            }
+          } else {
+            if (!st.hist) st.hist = std::make_unique<quant::Histogram>(st.flo, st.fhi, 2048);
+            st.hist->add(xc.data_ptr<float>(), static_cast<size_t>(xc.numel()), w.data_ptr<float>());
+          }
+          return x;
+        };
+        ex.run({{network_input_, images_.narrow(0, b, nb).to(device_)}}, ro);
+      }
+    }
+    nlohmann::json ranges = nlohmann::json::object();
+    for (auto& [gid, st] : stats) {
+      auto& grp = groups_.at(gid);
+      quant::QuantGrid grid{static_cast<int>(std::lround(std::log2(static_cast<double>(grp.qp - grp.qn + 1)))), grp.qn < 0};
+      double lo = st.lo, hi = st.hi;
+      if (!std::isfinite(lo)) lo = st.flo, hi = st.fhi;  // no inlier volume seen: keep the full range
+      if (mse && st.hist && st.hist->total() > 0) {
+        auto r = quant::mse_range(*st.hist, grid);
+        lo = r.first, hi = r.second;
+      }
+      if (grid.symmetric) lo = -std::max(std::fabs(lo), std::fabs(hi)), hi = -lo;
+      const auto prm = quant::range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+      const float old_scale = grp.scale.item<float>();
+      grp.scale = at::full({1}, static_cast<double>(prm.scale), grp.scale.options());
+      grp.zero = at::full({1}, static_cast<double>(prm.zero_point), grp.zero.options());
+      ranges[std::to_string(gid)] = {{"full", {st.flo, st.fhi}}, {"inlier", {lo, hi}}, {"scale_before", old_scale},
+                                     {"scale", prm.scale}, {"zero_point", prm.zero_point}};
+    }
+    res.inlier["ranges"] = ranges;
+    if (opts_.log) opts_.log(fmt::format("[inlierq] {} activation ranges re-initialised from inlier volumes ({})", stats.size(), opts_.inlier_init));
   }
 
   at::Tensor harden_nearest(const WeightParam& p) const {
@@ -433,9 +542,13 @@ class Reconstructor {
       if (pass.input_mix > 0) fp_in.push_back(store_.get("fp:" + v));
     }
     for (const auto& v : u.outputs) targets.push_back(fp_out.at(v));
-    std::vector<at::Tensor> fisher;
-    if (opts_.fisher)
-      for (const auto& v : u.outputs) fisher.push_back(fisher_store_.get("f:" + v));
+    std::vector<at::Tensor> fisher, volume;
+    for (const auto& v : u.outputs) {
+      if (fisher_store_.has("f:" + v)) fisher.push_back(fisher_store_.get("f:" + v));
+      if (opts_.inlier && fisher_store_.has("w:" + v)) volume.push_back(fisher_store_.get("w:" + v));
+    }
+    if (!fisher.empty() && fisher.size() != u.outputs.size()) fisher.clear();
+    if (!volume.empty() && volume.size() != u.outputs.size()) volume.clear();
 
     AdaRoundConfig cfg;
     cfg.lambda = opts_.round_lambda, cfg.beta_start = opts_.beta_start, cfg.beta_end = opts_.beta_end, cfg.warmup = opts_.warmup;
@@ -497,7 +610,8 @@ class Reconstructor {
       at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
       for (size_t k = 0; k < u.outputs.size(); ++k)
         rec = rec + lp_loss(out.at(u.outputs[k]), targets[k].index_select(0, index).to(device_), pass.p,
-                            fisher.empty() ? at::Tensor() : fisher[k].index_select(0, index).to(device_));
+                            fisher.empty() ? at::Tensor() : fisher[k].index_select(0, index).to(device_),
+                            volume.empty() ? at::Tensor() : volume[k].index_select(0, index).to(device_));
       at::Tensor loss = rec;
       if (!roundings.empty() && regularizer_active(it, pass.iters, cfg)) {
         const double beta = beta_at(it, pass.iters, cfg);
@@ -551,7 +665,9 @@ class Reconstructor {
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
                      {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute},
                      {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
-                     {"topk_selection", opts_.topk_selection},
+                     {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
+                     {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
+                     {"inlier_fisher", opts_.inlier_fisher},
                      {"images", num_}};
     return j.dump();
   }

@@ -1,0 +1,71 @@
+#include "inlier/inlier_weights.h"
+
+#include <cmath>
+
+#include "inlierq/error.h"
+
+namespace inlierq::inlier {
+
+nlohmann::json VolumeWeights::to_json() const {
+  return {{"means", {fit.mean[0], fit.mean[1]}}, {"variances", {fit.variance[0], fit.variance[1]}},
+          {"priors", {fit.prior[0], fit.prior[1]}}, {"iterations", fit.iterations}, {"converged", fit.converged},
+          {"fallback", fit.fallback}, {"fallback_reason", fit.fallback_reason},
+          {"log_saliency_mean", score_mean}, {"log_saliency_std", score_std}, {"inlier_mass", inlier_mass},
+          {"zero_gradient_fraction", zero_gradient.defined() ? zero_gradient.to(at::kDouble).mean().item<double>() : 0.0}};
+}
+
+VolumeWeights volume_weights(const at::Tensor& grad_in, const at::Tensor& act, const InlierOptions& o) {
+  if (grad_in.dim() < 2) throw Error("saliency needs a gradient of shape [N, C, ...]");
+  const at::Tensor g = grad_in.to(at::kCPU).to(at::kDouble);
+  at::Tensor r;
+  if (o.saliency == "sq") {
+    r = (g * g).sum(1);
+  } else if (o.saliency == "norm") {
+    r = (g * g).sum(1).sqrt();
+  } else if (o.saliency == "grad_act") {
+    if (!act.defined() || act.sizes() != grad_in.sizes()) throw Error("grad_act saliency needs the activation of the same shape");
+    r = (g * act.to(at::kCPU).to(at::kDouble)).abs().sum(1);
+  } else {
+    throw Error("unknown saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
+  }
+  if (o.weighting != "soft" && o.weighting != "hard") throw Error("unknown inlier weighting '" + o.weighting + "' (expected soft or hard)");
+  VolumeWeights out;
+  out.zero_gradient = r == 0;
+  const at::Tensor logr = at::log(r + o.epsilon);
+  const at::Tensor nz = logr.masked_select(out.zero_gradient.logical_not()).contiguous();
+  const int64_t n = nz.numel();
+  if (n < 2) {
+    out.fit.fallback = true;
+    out.fit.fallback_reason = "fewer than 2 volumes with a non-zero gradient";
+    out.scores = at::zeros_like(r, at::kFloat);
+    out.weights = out.zero_gradient.logical_not().to(at::kFloat);
+    out.inlier_mass = out.weights.mean().item<double>();
+    return out;
+  }
+  out.score_mean = nz.mean().item<double>();
+  out.score_std = std::max(nz.std().item<double>(), 1e-12);
+  const at::Tensor s = (logr - out.score_mean) / out.score_std;
+  const at::Tensor snz = (nz - out.score_mean) / out.score_std;
+  std::vector<double> sample;
+  const int64_t stride = std::max<int64_t>(1, (n + static_cast<int64_t>(o.max_fit_samples) - 1) / static_cast<int64_t>(o.max_fit_samples));
+  const double* sd = snz.data_ptr<double>();
+  for (int64_t i = 0; i < n; i += stride) sample.push_back(sd[i]);
+  out.fit = fit_two_gaussians(sample, o.em);
+  // Posterior per volume, vectorised: log-odds of two Gaussians.
+  at::Tensor post;
+  if (out.fit.fallback) {
+    post = at::ones_like(s);
+  } else {
+    const auto& f = out.fit;
+    auto logn = [&](int k) { return -0.5 * (std::log(2 * M_PI * f.variance[k])) - (s - f.mean[k]).pow(2) / (2 * f.variance[k]) + std::log(f.prior[k]); };
+    post = at::sigmoid(logn(1) - logn(0));
+  }
+  post = at::where(out.zero_gradient, at::zeros_like(post), post);
+  out.scores = at::where(out.zero_gradient, at::zeros_like(s), s).to(at::kFloat);
+  out.weights = (o.weighting == "hard" && !out.fit.fallback ? (post > 0.5).to(at::kDouble) : post).to(at::kFloat);
+  if (out.fit.fallback) out.weights = out.zero_gradient.logical_not().to(at::kFloat);
+  out.inlier_mass = out.weights.mean().item<double>();
+  return out;
+}
+
+}  // namespace inlierq::inlier

@@ -1,0 +1,36 @@
+#pragma once
+// Per-volume saliency, its two-component mixture and the inlier weights (ALGORITHMS.md §6.3–6.4).
+// Internal header (exposes ATen).
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "inlier/em.h"
+
+namespace inlierq::inlier {
+
+struct InlierOptions {
+  std::string saliency = "sq";   // sq: Σ_c g² | norm: ‖g‖₂ | grad_act: Σ_c |g·z|
+  std::string weighting = "soft"; // soft: w = π | hard: w = 1[π > 0.5]
+  double epsilon = 1e-30;        // inside log(r + ε)
+  size_t max_fit_samples = 200000;  // EM runs on an evenly strided subset of the volumes beyond this
+  MixtureOptions em;
+};
+
+struct VolumeWeights {
+  at::Tensor weights;        // [N, positions...] float: the inlier weight of every volume
+  at::Tensor scores;         // [N, positions...] standardised log saliency (0 where the gradient is 0)
+  at::Tensor zero_gradient;  // [N, positions...] bool
+  MixtureFit fit;
+  double score_mean = 0, score_std = 1;  // of log(r + ε) over the non-zero volumes
+  double inlier_mass = 0;    // mean weight
+  nlohmann::json to_json() const;  // fit, fractions (no tensors)
+};
+
+// grad, act: [N, C, positions...] (act only for grad_act). Volumes are the positions of one sample.
+VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, const InlierOptions& opts = {});
+
+}  // namespace inlierq::inlier
