@@ -24,6 +24,8 @@
 #include "inlierq/preprocess.h"
 #include "inlierq/quant.h"
 #include "inlierq/recon.h"
+#include "inlierq/inlier.h"
+#include "inlierq/report.h"
 #include "inlierq/transforms.h"
 #include "util/atomic_file.h"
 
@@ -304,6 +306,51 @@ std::string strip_onnx_suffix(const std::string& path) {
              : path;
 }
 
+// Nearest-neighbour downscale so that the longer side is at most max_side (report thumbnails).
+Image thumbnail(const Image& img, int max_side) {
+  const int side = std::max(img.width, img.height);
+  if (side <= max_side) return img;
+  const double f = static_cast<double>(max_side) / side;
+  Image out(std::max(1, static_cast<int>(img.width * f)), std::max(1, static_cast<int>(img.height * f)), img.channels);
+  for (int y = 0; y < out.height; ++y)
+    for (int x = 0; x < out.width; ++x) {
+      const uint8_t* s = img.at(std::min(img.width - 1, static_cast<int>(x / f)), std::min(img.height - 1, static_cast<int>(y / f)));
+      std::copy(s, s + img.channels, out.at(x, y));
+    }
+  return out;
+}
+
+// Saliency | posterior panels of `maps` over each image (thumbnails of at most max_side pixels).
+std::vector<std::pair<std::string, Image>> saliency_figures(const std::vector<inlier::SaliencyMaps>& maps,
+                                                            const std::vector<std::string>& paths,
+                                                            const std::vector<InputTransform>& transforms, int max_side) {
+  std::vector<std::pair<std::string, Image>> out;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const Image full = load_image(paths[i]);
+    const Image img = thumbnail(full, max_side);
+    const float sx = static_cast<float>(full.width) / img.width, sy = static_cast<float>(full.height) / img.height;
+    const InputTransform& t = transforms[i];
+    for (const auto& m : maps) {
+      auto to_cell = [&](float x, float y) {
+        const float ix = x * sx * t.scale_x + t.offset_x, iy = y * sy * t.scale_y + t.offset_y;
+        return std::pair<float, float>{ix / t.input_width * m.cols, iy / t.input_height * m.rows};
+      };
+      out.push_back({fmt::format("{} at {} ({}×{}): saliency | inlier posterior", fs::path(paths[i]).filename().string(), m.value,
+                                 m.rows, m.cols),
+                     report::side_by_side({report::overlay(img, m.saliency[i], m.rows, m.cols, to_cell),
+                                           report::overlay(img, m.posterior[i], m.rows, m.cols, to_cell)})});
+    }
+  }
+  return out;
+}
+
+// Outputs of the last `count` units: the feature maps next to the head, where the posterior is most telling.
+std::vector<std::string> last_unit_outputs(const std::vector<recon::Unit>& units, size_t count) {
+  std::vector<std::string> v;
+  for (size_t i = units.size() > count ? units.size() - count : 0; i < units.size(); ++i) v.push_back(units[i].outputs.front());
+  return v;
+}
+
 int cmd_quantize(const QuantizeArgs& a) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -322,10 +369,11 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (!a.eval_images.empty() != !a.eval_annotations.empty())
     throw Error("--eval-images and --eval-annotations go together");
   const std::string base = strip_onnx_suffix(a.out);
-  const std::string out_onnx = base + ".onnx", out_enc = base + ".encodings.json", out_trt = base + ".trt.cache";
+  const std::string out_onnx = base + ".onnx", out_enc = base + ".encodings.json", out_trt = base + ".trt.cache",
+                    out_report = base + ".report.html";
   if (fs::absolute(out_onnx).lexically_normal() == fs::absolute(a.model).lexically_normal())
     throw Error("-o would overwrite the input model '" + a.model + "'");
-  for (const auto& p : {out_onnx, out_enc, out_trt}) ensure_writable(p, a.force);
+  for (const auto& p : {out_onnx, out_enc, out_trt, out_report}) ensure_writable(p, a.force);
   const std::string checkpoint_dir = a.checkpoint_dir.empty() ? base + ".ckpt" : a.checkpoint_dir;
   if (recon_method && !a.resume && fs::exists(fs::path(checkpoint_dir) / "state.json")) {
     if (!a.force)
@@ -360,10 +408,13 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (folder.paths.size() < a.num_calib)
     fmt::print(stderr, "warning: {} has only {} readable images (asked for {})\n", a.calib_dir, folder.paths.size(), a.num_calib);
   std::vector<TensorData> inputs;
+  std::vector<InputTransform> transforms_of_inputs;
   {
     Progress progress("load calibration images", folder.paths.size());
     for (size_t i = 0; i < folder.paths.size(); ++i) {
-      inputs.push_back(preprocess(load_image(folder.paths[i]), profile.preprocess).tensor);
+      Preprocessed pp = preprocess(load_image(folder.paths[i]), profile.preprocess);
+      inputs.push_back(std::move(pp.tensor));
+      transforms_of_inputs.push_back(pp.transform);
       progress.update(i + 1);
     }
   }
@@ -512,6 +563,35 @@ int cmd_quantize(const QuantizeArgs& a) {
     j["map50"] = e_q.result.stats[1];
     j["eval_images"] = e_q.images;
   }
+  // The report: saliency pictures of a few calibration images at the units next to the head.
+  std::vector<report::Figure> figures;
+  if (profile.heatmap.contains("sources")) {
+    try {
+      const auto units = recon::derive_units(g, final_plan);
+      const size_t shown = std::min<size_t>(3, inputs.size());
+      recon::ReconOptions so = recon_method ? recon_options(a) : a.recon;
+      so.heatmap = profile.heatmap;
+      so.device = a.device;
+      const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
+      const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, so);
+      std::vector<InputTransform> transforms;
+      for (size_t i = 0; i < shown; ++i) transforms.push_back(transforms_of_inputs[i]);
+      const std::vector<std::string> paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
+      for (auto& [caption, img] : saliency_figures(maps, paths, transforms, 320)) figures.push_back({caption, encode_png(img)});
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "warning: no saliency figures in the report: {}\n", e.what());
+    }
+  }
+  enc.meta["stage_seconds"] = {{"load + prepare", t_prepare}, {"images", t_images - t_prepare},
+                               {"calibration", t_calibrated - t_images}, {"reconstruction", t_reconstructed - t_calibrated},
+                               {"export", seconds - t_reconstructed}};
+  enc.meta["method"] = a.method;
+  nlohmann::json evaluation;
+  if (j.contains("map")) evaluation = {{"fp32_map", j["fp32_map"]}, {"fp32_map50", j["fp32_map50"]}, {"map", j["map"]},
+                                       {"map50", j["map50"]}, {"eval_images", j["eval_images"]}, {"annotations", a.eval_annotations}};
+  write_file_atomically(out_report, report::quantize_report_html(enc.meta, figures, evaluation));
+  fmt::print("report: {}\n", out_report);
+  j["report"] = out_report;
   if (a.as_json) std::cout << j.dump() << std::endl;
   return 0;
 }
@@ -543,6 +623,74 @@ int cmd_units(const std::string& model, const std::string& profile_name, const s
   const auto units = recon::derive_units(g, plan, uo);
   if (as_json) std::cout << recon::units_json(units).dump(2) << "\n";
   else fmt::print("{}", recon::format_units(units));
+  return 0;
+}
+
+struct SaliencyArgs {
+  std::string model, profile, out_dir, preset = "w4a4", device = "cpu";
+  std::vector<std::string> images, units;
+  recon::ReconOptions opts;
+  bool force = false;
+};
+
+// Per chosen unit output: IMAGE_STEM.VALUE.png (saliency | inlier posterior over the image) and
+// VALUE.histogram.svg (standardised log-saliency histogram with the fitted mixture), plus saliency.json.
+int cmd_saliency(const SaliencyArgs& a) {
+  const ModelProfile profile = load_profile(a.profile);
+  const Graph g = prepare_for_quantization(load_onnx(a.model), a.model);
+  QuantizeArgs qa;
+  qa.preset = a.preset;
+  const auto plan = quant::derive_plan(g, placement_options(qa));
+  const auto units = recon::derive_units(g, plan);
+  std::vector<std::string> values;
+  for (const auto& want : a.units) {
+    if (want == "all") {
+      for (const auto& u : units) values.insert(values.end(), u.outputs.begin(), u.outputs.end());
+      continue;
+    }
+    bool found = false;
+    for (const auto& u : units) {
+      if (u.name == want) values.insert(values.end(), u.outputs.begin(), u.outputs.end()), found = true;
+      else if (std::find(u.outputs.begin(), u.outputs.end(), want) != u.outputs.end()) values.push_back(want), found = true;
+    }
+    if (!found) throw Error("--unit '" + want + "' names no reconstruction unit or unit output (see inspect --units)");
+  }
+  if (values.empty()) values = last_unit_outputs(units, 3);
+  std::vector<TensorData> inputs;
+  std::vector<InputTransform> transforms;
+  for (const auto& f : a.images) {
+    Preprocessed p = preprocess(load_image(f), profile.preprocess);
+    inputs.push_back(std::move(p.tensor));
+    transforms.push_back(p.transform);
+  }
+  make_output_dir(a.out_dir);
+  recon::ReconOptions so = a.opts;
+  so.heatmap = profile.heatmap;
+  so.device = a.device;
+  recon::validate_options(so);
+  const auto maps = inlier::saliency_maps(g, values, inputs, so);
+  std::vector<std::string> written;
+  auto out = [&](const std::string& name) {
+    const std::string path = (fs::path(a.out_dir) / name).string();
+    ensure_writable(path, a.force);
+    written.push_back(path);
+    return path;
+  };
+  nlohmann::json summary = nlohmann::json::object();
+  for (const auto& m : maps) {
+    std::string safe = m.value;
+    for (char& c : safe) if (c == '/' || c == ':' || c == ' ') c = '_';
+    write_file_atomically(out(safe + ".histogram.svg"), report::mixture_svg(m.fit, m.value + fmt::format(" ({}×{}, {} images)", m.rows, m.cols, inputs.size())));
+    summary[m.value] = m.fit;
+    const auto figs = saliency_figures({m}, a.images, transforms, 100000);
+    for (size_t i = 0; i < figs.size(); ++i)
+      save_png(out(fs::path(a.images[i]).stem().string() + "." + safe + ".png"), figs[i].second);
+    fmt::print("{} ({}×{}): EM means {:.2f} / {:.2f}, inlier prior {:.2f}{}\n", m.value, m.rows, m.cols,
+               m.fit["means"][0].get<double>(), m.fit["means"][1].get<double>(), m.fit["priors"][1].get<double>(),
+               m.fit["fallback"].get<bool>() ? " (fallback to uniform weights)" : "");
+  }
+  write_file_atomically(out("saliency.json"), summary.dump(1) + "\n");
+  fmt::print("wrote {} files to {}\n", written.size(), a.out_dir);
   return 0;
 }
 
@@ -628,6 +776,21 @@ int main(int argc, char** argv) {
   detect->add_flag("--force", force, "overwrite drawn PNGs");
   detect->add_option("--device", device, "cpu or cuda[:N]");
 
+  SaliencyArgs sa;
+  auto* saliency = app.add_subcommand("saliency", "InlierQ's per-volume saliency and inlier posterior: PNG overlays and EM histograms");
+  saliency->add_option("model", sa.model, "FP32 ONNX model")->required();
+  saliency->add_option("--profile", sa.profile, "built-in profile or JSON path (its heatmap definition is used)")->required();
+  saliency->add_option("images", sa.images, "image files")->required();
+  saliency->add_option("-o,--output-dir", sa.out_dir, "directory for the PNGs, SVGs and saliency.json")->required();
+  saliency->add_option("--unit", sa.units, "unit name or unit output value (repeatable; 'all'); default: the last 3 units");
+  saliency->add_option("--preset", sa.preset, "bit widths used to derive the units (placement)")->default_val("w4a4");
+  saliency->add_option("--topk", sa.opts.topk, "K of the top-K heatmap loss")->default_val(sa.opts.topk);
+  saliency->add_option("--aux-loss", sa.opts.aux_loss, "bce | focal | neglogit")->default_val(sa.opts.aux_loss);
+  saliency->add_option("--topk-selection", sa.opts.topk_selection, "per_class | global | max_class")->default_val(sa.opts.topk_selection);
+  saliency->add_option("--saliency", sa.opts.saliency, "sq | norm | grad_act")->default_val(sa.opts.saliency);
+  saliency->add_option("--device", sa.device, "cpu or cuda[:N]");
+  saliency->add_flag("--force", sa.force, "overwrite existing files");
+
   QuantizeArgs qa;
   auto* quantize = app.add_subcommand("quantize", "calibrate and write a QDQ ONNX model, its encodings and a TensorRT cache");
   quantize->add_option("model", qa.model, "FP32 ONNX model")->required();
@@ -707,6 +870,7 @@ int main(int argc, char** argv) {
     if (*quantize) return cmd_quantize(qa);
     if (*infer) return cmd_infer(model, input_specs, out_dir, device, force);
     if (*eval) return cmd_eval(model, profile_name, images_dir, annotations, limit, results, as_json, force, device);
+    if (*saliency) return cmd_saliency(sa);
     if (*detect) return cmd_detect(model, profile_name, image_files, draw_dir, force, device);
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());

@@ -37,5 +37,7 @@ std::string probe_image(const std::string& path, int* width = nullptr, int* heig
 
 // Writes 1-, 3- or 4-channel images; atomic (see util/atomic_file.h).
 void save_png(const std::string& path, const Image& img);
+// The PNG file bytes (for embedding in HTML).
+std::string encode_png(const Image& img);
 
 }  // namespace inlierq

@@ -83,17 +83,27 @@ std::string probe_image(const std::string& path, int* width, int* height) {
   return "";
 }
 
-void save_png(const std::string& path, const Image& img) {
+std::string encode_png(const Image& img) {
   if (img.channels != 1 && img.channels != 3 && img.channels != 4)
-    throw Error("cannot write '" + path + "': PNG needs 1, 3 or 4 channels, got " + std::to_string(img.channels));
+    throw Error("PNG needs 1, 3 or 4 channels, got " + std::to_string(img.channels));
   if (img.width <= 0 || img.height <= 0 ||
       img.pixels.size() != static_cast<size_t>(img.width) * img.height * img.channels)
-    throw Error("cannot write '" + path + "': image buffer does not match its size");
+    throw Error("image buffer does not match its size");
   std::string out;
   auto sink = [](void* ctx, void* data, int n) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), n); };
   if (!stbi_write_png_to_func(sink, &out, img.width, img.height, img.channels, img.pixels.data(),
                               img.width * img.channels))
-    throw Error("cannot encode PNG for '" + path + "'");
+    throw Error("cannot encode PNG");
+  return out;
+}
+
+void save_png(const std::string& path, const Image& img) {
+  std::string out;
+  try {
+    out = encode_png(img);
+  } catch (const Error& e) {
+    throw Error("cannot write '" + path + "': " + e.what());
+  }
   write_file_atomically(path, out);
 }
 

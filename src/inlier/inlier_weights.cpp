@@ -11,7 +11,8 @@ nlohmann::json VolumeWeights::to_json() const {
           {"priors", {fit.prior[0], fit.prior[1]}}, {"iterations", fit.iterations}, {"converged", fit.converged},
           {"fallback", fit.fallback}, {"fallback_reason", fit.fallback_reason},
           {"log_saliency_mean", score_mean}, {"log_saliency_std", score_std}, {"inlier_mass", inlier_mass},
-          {"zero_gradient_fraction", zero_gradient.defined() ? zero_gradient.to(at::kDouble).mean().item<double>() : 0.0}};
+          {"zero_gradient_fraction", zero_gradient.defined() ? zero_gradient.to(at::kDouble).mean().item<double>() : 0.0},
+          {"histogram", {{"lo", histogram_lo}, {"hi", histogram_hi}, {"counts", histogram}}}};
 }
 
 VolumeWeights volume_weights(const at::Tensor& grad_in, const at::Tensor& act, const InlierOptions& o) {
@@ -46,6 +47,11 @@ VolumeWeights volume_weights(const at::Tensor& grad_in, const at::Tensor& act, c
   out.score_std = std::max(nz.std().item<double>(), 1e-12);
   const at::Tensor s = (logr - out.score_mean) / out.score_std;
   const at::Tensor snz = (nz - out.score_mean) / out.score_std;
+  {
+    const at::Tensor h = at::histc(snz.clamp(out.histogram_lo, out.histogram_hi), 80, out.histogram_lo, out.histogram_hi);
+    out.histogram.resize(80);
+    for (int64_t i = 0; i < 80; ++i) out.histogram[static_cast<size_t>(i)] = h[i].item<double>();
+  }
   std::vector<double> sample;
   const int64_t stride = std::max<int64_t>(1, (n + static_cast<int64_t>(o.max_fit_samples) - 1) / static_cast<int64_t>(o.max_fit_samples));
   const double* sd = snz.data_ptr<double>();

@@ -27,6 +27,9 @@ struct VolumeWeights {
   MixtureFit fit;
   double score_mean = 0, score_std = 1;  // of log(r + ε) over the non-zero volumes
   double inlier_mass = 0;    // mean weight
+  // Histogram of the standardised scores of the non-zero volumes (80 bins over [lo, hi]), for the plots.
+  double histogram_lo = -5, histogram_hi = 5;
+  std::vector<double> histogram;
   nlohmann::json to_json() const;  // fit, fractions (no tensors)
 };
 

@@ -1,0 +1,37 @@
+#pragma once
+// Pictures and the self-contained HTML report of a quantize run. Torch-free.
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "inlierq/image.h"
+
+namespace inlierq::report {
+
+std::string base64(const std::string& bytes);
+std::string html_escape(const std::string& s);
+
+// A [rows × cols] map of values in [0, 1] alpha-blended over `img` in a heat colour ramp. `to_cell` maps
+// an image pixel centre (x, y) to continuous map coordinates (col, row); pixels mapping outside are left.
+Image overlay(const Image& img, const std::vector<float>& map, int rows, int cols,
+              const std::function<std::pair<float, float>(float, float)>& to_cell, float alpha = 0.55f);
+// Images side by side (same height), with a 4-pixel white gap.
+Image side_by_side(const std::vector<Image>& images);
+
+// SVG of the standardised-score histogram with the fitted two-Gaussian mixture (inlierq's EM JSON:
+// means, variances, priors, histogram{lo, hi, counts}, fallback).
+std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width = 420, int height = 220);
+
+struct Figure {
+  std::string caption;
+  std::string png;  // PNG bytes
+};
+// The report: configuration, timings, plan summary, per-unit SQNR before / after reconstruction, full vs
+// inlier activation ranges, EM fits, figures, and the mAP table (`evaluation`, may be null).
+std::string quantize_report_html(const nlohmann::json& encodings_meta, const std::vector<Figure>& figures,
+                                 const nlohmann::json& evaluation);
+
+}  // namespace inlierq::report

@@ -1,0 +1,48 @@
+#include <ATen/ATen.h>
+
+#include "inlier/inlier_weights.h"
+#include "inlier/saliency.h"
+#include "inlierq/error.h"
+#include "inlierq/inlier.h"
+#include "runtime/tensor_convert.h"
+
+namespace inlierq::inlier {
+
+std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
+                                        const std::vector<TensorData>& inputs, const recon::ReconOptions& opts) {
+  if (inputs.empty()) throw Error("saliency needs at least one image");
+  rt::ExecutorOptions eo;
+  eo.device = at::Device(opts.device);
+  eo.fuse_silu = false;
+  rt::Executor ex(g, eo);
+  std::vector<at::Tensor> xs;
+  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
+  AuxLossOptions ao;
+  ao.k = opts.topk, ao.form = opts.aux_loss, ao.selection = opts.topk_selection;
+  InlierOptions io;
+  io.saliency = opts.saliency;
+  io.weighting = "soft";
+  std::map<std::string, SaliencyMaps> by_value;
+  aux_loss_gradients(ex, opts.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
+    if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");
+    const VolumeWeights vw = volume_weights(grad, z, io);
+    SaliencyMaps m;
+    m.value = v;
+    m.rows = static_cast<int>(vw.weights.size(1));
+    m.cols = static_cast<int>(vw.weights.size(2));
+    m.fit = vw.to_json();
+    const at::Tensor shown = (vw.scores / 6.0 + 0.5).clamp(0, 1).contiguous();
+    const at::Tensor post = vw.weights.contiguous();  // soft weights = posterior (0 for zero gradients)
+    for (int64_t n = 0; n < shown.size(0); ++n) {
+      const at::Tensor a = shown[n].contiguous(), b = post[n].contiguous();
+      m.saliency.emplace_back(a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
+      m.posterior.emplace_back(b.data_ptr<float>(), b.data_ptr<float>() + b.numel());
+    }
+    by_value[v] = std::move(m);
+  }, opts.saliency == "grad_act");
+  std::vector<SaliencyMaps> out;
+  for (const auto& v : values) out.push_back(std::move(by_value.at(v)));
+  return out;
+}
+
+}  // namespace inlierq::inlier

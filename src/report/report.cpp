@@ -1,0 +1,224 @@
+#include "inlierq/report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace inlierq::report {
+
+std::string base64(const std::string& in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += t[v >> 18], out += t[(v >> 12) & 63], out += t[(v >> 6) & 63], out += t[v & 63];
+  }
+  if (i + 1 == in.size()) {
+    const uint32_t v = uint8_t(in[i]) << 16;
+    out += t[v >> 18], out += t[(v >> 12) & 63], out += "==";
+  } else if (i + 2 == in.size()) {
+    const uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += t[v >> 18], out += t[(v >> 12) & 63], out += t[(v >> 6) & 63], out += '=';
+  }
+  return out;
+}
+
+std::string html_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '&': o += "&amp;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
+namespace {
+// Dark blue → cyan → yellow → red.
+void heat(float v, uint8_t rgb[3]) {
+  v = std::clamp(v, 0.0f, 1.0f);
+  const float stops[4][3] = {{20, 30, 140}, {0, 200, 220}, {250, 230, 40}, {220, 30, 20}};
+  const float x = v * 3;
+  const int k = std::min(2, static_cast<int>(x));
+  const float f = x - k;
+  for (int c = 0; c < 3; ++c) rgb[c] = static_cast<uint8_t>(stops[k][c] * (1 - f) + stops[k + 1][c] * f);
+}
+}  // namespace
+
+Image overlay(const Image& img, const std::vector<float>& map, int rows, int cols,
+              const std::function<std::pair<float, float>(float, float)>& to_cell, float alpha) {
+  Image out = img;
+  if (out.channels != 3) return out;
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x) {
+      const auto [cx, cy] = to_cell(x + 0.5f, y + 0.5f);
+      const int c = static_cast<int>(std::floor(cx)), r = static_cast<int>(std::floor(cy));
+      if (c < 0 || r < 0 || c >= cols || r >= rows) continue;
+      uint8_t rgb[3];
+      heat(map[static_cast<size_t>(r) * cols + c], rgb);
+      uint8_t* p = out.at(x, y);
+      for (int k = 0; k < 3; ++k) p[k] = static_cast<uint8_t>(p[k] * (1 - alpha) + rgb[k] * alpha);
+    }
+  return out;
+}
+
+Image side_by_side(const std::vector<Image>& images) {
+  int w = 0, h = 0;
+  for (const auto& im : images) w += im.width + 4, h = std::max(h, im.height);
+  Image out(std::max(1, w - 4), std::max(1, h), 3, 255);
+  int x0 = 0;
+  for (const auto& im : images) {
+    for (int y = 0; y < im.height; ++y)
+      for (int x = 0; x < im.width; ++x) {
+        const uint8_t* s = im.at(x, y);
+        uint8_t* d = out.at(x0 + x, y);
+        for (int k = 0; k < 3; ++k) d[k] = s[std::min(k, im.channels - 1)];
+      }
+    x0 += im.width + 4;
+  }
+  return out;
+}
+
+std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width, int height) {
+  const auto& hist = fit.at("histogram");
+  const double lo = hist.value("lo", -5.0), hi = hist.value("hi", 5.0);
+  const auto counts = hist.at("counts").get<std::vector<double>>();
+  double total = 0;
+  for (double c : counts) total += c;
+  const int bins = static_cast<int>(counts.size());
+  const double bw = bins ? (hi - lo) / bins : 1;
+  const double ml = 36, mr = 10, mt = 24, mb = 26;
+  const double pw = width - ml - mr, ph = height - mt - mb;
+  auto dens_of = [&](double s) {
+    double d[2];
+    for (int k = 0; k < 2; ++k) {
+      const double m = fit.at("means")[k], v = fit.at("variances")[k], p = fit.at("priors")[k];
+      d[k] = p * std::exp(-(s - m) * (s - m) / (2 * v)) / std::sqrt(2 * M_PI * v);
+    }
+    return std::array<double, 2>{d[0], d[1]};
+  };
+  double ymax = 1e-12;
+  for (double c : counts) ymax = std::max(ymax, total > 0 ? c / (total * bw) : 0);
+  for (int i = 0; i <= 200; ++i) {
+    const auto d = dens_of(lo + (hi - lo) * i / 200);
+    ymax = std::max(ymax, d[0] + d[1]);
+  }
+  auto X = [&](double s) { return ml + (s - lo) / (hi - lo) * pw; };
+  auto Y = [&](double d) { return mt + ph - d / ymax * ph; };
+  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
+  svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">{}</text>)", width, height, ml, html_escape(title));
+  for (int i = 0; i < bins; ++i) {
+    const double d = total > 0 ? counts[i] / (total * bw) : 0;
+    svg += fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="#b9c6d8"/>)", X(lo + i * bw), Y(d),
+                       std::max(0.5, X(lo + (i + 1) * bw) - X(lo + i * bw) - 0.5), mt + ph - Y(d));
+  }
+  const bool fallback = fit.value("fallback", false);
+  const char* colors[3] = {"#d62728", "#2ca02c", "#333333"};
+  for (int k = 0; k < 3; ++k) {
+    std::string path;
+    for (int i = 0; i <= 200; ++i) {
+      const double s = lo + (hi - lo) * i / 200;
+      const auto d = dens_of(s);
+      const double v = k == 2 ? d[0] + d[1] : d[k];
+      path += fmt::format("{}{:.1f},{:.1f} ", i ? "L" : "M", X(s), Y(v));
+    }
+    svg += fmt::format(R"(<path d="{}" fill="none" stroke="{}" stroke-width="{}"{}/>)", path, colors[k], k == 2 ? 1.2 : 1.8,
+                       k == 2 ? R"( stroke-dasharray="4,3")" : "");
+  }
+  svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/>)", ml, mt + ph, ml + pw);
+  for (int t = static_cast<int>(std::ceil(lo)); t <= static_cast<int>(std::floor(hi)); ++t)
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)", X(t), mt + ph + 14, t);
+  svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" fill="#d62728">anomaly μ={:.2f} π={:.2f}</text>)", ml + 4, mt + 12,
+                     fit.at("means")[0].get<double>(), fit.at("priors")[0].get<double>());
+  svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" fill="#2ca02c">inlier μ={:.2f} π={:.2f}{}</text>)", ml + 4, mt + 26,
+                     fit.at("means")[1].get<double>(), fit.at("priors")[1].get<double>(), fallback ? " (fallback: uniform)" : "");
+  svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">standardised log saliency</text></svg>)", ml + pw, height - 1);
+  return svg;
+}
+
+std::string quantize_report_html(const nlohmann::json& meta, const std::vector<Figure>& figures, const nlohmann::json& evaluation) {
+  std::string h = R"(<!DOCTYPE html><html><head><meta charset="utf-8"><title>inlierq report</title><style>
+body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}table{border-collapse:collapse;margin:8px 0 16px}
+td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eef}td.l,th.l{text-align:left}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}figure{display:inline-block;margin:6px}figcaption{font-size:12px}
+pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head><body>)";
+  h += "<h1>inlierq quantization report</h1>";
+  const std::string model = meta.value("model", std::string("?"));
+  h += fmt::format("<p>Model <code>{}</code>, profile <code>{}</code>, preset <b>{}</b>, method <b>{}</b>, {} calibration images.</p>",
+                   html_escape(model), html_escape(meta.value("profile", std::string("?"))), html_escape(meta.value("preset", std::string("?"))),
+                   html_escape(meta.value("method", std::string("?"))), meta.value("calibration_images", 0));
+  if (!evaluation.is_null() && evaluation.contains("fp32_map")) {
+    h += "<h2>Accuracy</h2><table><tr><th class=l>model</th><th>mAP</th><th>AP50</th><th>Δ mAP</th></tr>";
+    h += fmt::format("<tr><td class=l>FP32</td><td>{:.4f}</td><td>{:.4f}</td><td></td></tr>", evaluation["fp32_map"].get<double>(),
+                     evaluation.value("fp32_map50", 0.0));
+    h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.4f}</td><td>{:+.4f}</td></tr></table>",
+                     html_escape(meta.value("preset", std::string("quantized"))), evaluation["map"].get<double>(),
+                     evaluation.value("map50", 0.0), evaluation["map"].get<double>() - evaluation["fp32_map"].get<double>());
+    h += fmt::format("<p>{} images of {}.</p>", evaluation.value("eval_images", 0), html_escape(evaluation.value("annotations", std::string())));
+  }
+  if (meta.contains("stage_seconds")) {
+    h += "<h2>Timings</h2><table><tr>";
+    for (const auto& [k, v] : meta["stage_seconds"].items()) h += "<th>" + html_escape(k) + "</th>";
+    h += "</tr><tr>";
+    for (const auto& [k, v] : meta["stage_seconds"].items()) h += fmt::format("<td>{:.2f} s</td>", v.get<double>());
+    h += "</tr></table>";
+  }
+  if (meta.contains("reconstruction")) {
+    const auto& r = meta["reconstruction"];
+    h += fmt::format("<h2>Reconstruction: per-unit SQNR</h2><p>{} iterations per unit, batch {}, seed {}; {:.1f} s; peak activation cache {:.0f} MB. "
+                     "SQNR of the unit output against FP on the quantized-prefix inputs, before (round-to-nearest, initial ranges) and after.</p>",
+                     r.value("iters", 0), r.value("batch", 0), r.value("seed", 0), r.value("seconds", 0.0), r.value("peak_cache_mb", 0.0));
+    h += "<table><tr><th>pass</th><th class=l>unit</th><th class=l>kind</th><th>iterations</th><th>loss first</th><th>loss last</th>"
+         "<th>SQNR before (dB)</th><th>SQNR after (dB)</th><th>seconds</th></tr>";
+    for (const auto& u : r.value("reports", nlohmann::json::array()))
+      h += fmt::format("<tr><td>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.1f}</td><td>{:.1f}</td><td>{:.1f}</td></tr>",
+                       u.value("pass", 1), html_escape(u.value("unit", std::string())), u.value("kind", std::string()), u.value("iters", 0),
+                       u.value("loss_first", 0.0), u.value("loss_last", 0.0), u.value("sqnr_before_db", 0.0), u.value("sqnr_after_db", 0.0),
+                       u.value("seconds", 0.0));
+    h += "</table>";
+    if (r.contains("inlier")) {
+      const auto& in = r["inlier"];
+      if (in.contains("ranges")) {
+        h += "<h2>Activation ranges: full vs inlier volumes</h2><table><tr><th>group</th><th>full min</th><th>full max</th>"
+             "<th>inlier-init min</th><th>inlier-init max</th><th>scale before</th><th>scale</th></tr>";
+        for (const auto& [gid, v] : in["ranges"].items())
+          h += fmt::format("<tr><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td></tr>", gid,
+                           v["full"][0].get<double>(), v["full"][1].get<double>(), v["inlier"][0].get<double>(), v["inlier"][1].get<double>(),
+                           v["scale_before"].get<double>(), v["scale"].get<double>());
+        h += "</table>";
+      }
+      if (in.contains("units")) {
+        h += "<h2>EM fits per unit output</h2><div>";
+        for (const auto& [v, fit] : in["units"].items())
+          if (fit.contains("histogram")) h += "<figure>" + mixture_svg(fit, v) + "</figure>";
+        h += "</div>";
+      }
+    }
+  }
+  if (!figures.empty()) {
+    h += "<h2>Saliency and inlier posterior on calibration images</h2><div>";
+    for (const auto& f : figures)
+      h += "<figure><img src=\"data:image/png;base64," + base64(f.png) + "\" style=\"max-width:560px\"><figcaption>" +
+           html_escape(f.caption) + "</figcaption></figure>";
+    h += "</div>";
+  }
+  if (meta.contains("plan")) {
+    const auto& p = meta["plan"];
+    h += fmt::format("<h2>Placement</h2><p>{} weight quantizers, {} activation quantizers, {} compute nodes in floating point.</p>",
+                     p.value("weights", nlohmann::json::array()).size(), p.value("activations", nlohmann::json::array()).size(),
+                     p.value("float_nodes", nlohmann::json::array()).size());
+  }
+  nlohmann::json config = meta;
+  for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity"}) config.erase(k);
+  h += "<h2>Configuration</h2><pre>" + html_escape(config.dump(1)) + "</pre></body></html>\n";
+  return h;
+}
+
+}  // namespace inlierq::report
