@@ -822,6 +822,11 @@ int main(int argc, char** argv) {
   quantize->add_option("--inlier-weighting", rc.inlier_weighting, "InlierQ weights: soft (posterior) | hard (posterior > 0.5)")->default_val(rc.inlier_weighting);
   quantize->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
   quantize->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
+  quantize->add_option("--em-iters", rc.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.em_max_iters);
+  quantize->add_option("--em-tol", rc.em_tolerance, "InlierQ EM: relative log-likelihood change to stop")->default_val(rc.em_tolerance);
+  quantize->add_option("--em-var-floor", rc.em_variance_floor, "InlierQ EM: variance floor (× score variance)")->default_val(rc.em_variance_floor);
+  quantize->add_option("--em-min-prior", rc.em_min_prior, "InlierQ EM: uniform weights when the inlier prior is below p or above 1−p")->default_val(rc.em_min_prior);
+  quantize->add_option("--em-min-separation", rc.em_min_separation, "InlierQ EM: uniform weights when the means are closer (pooled sds)")->default_val(rc.em_min_separation);
   quantize->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
   quantize->add_option("--topk", rc.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.topk);
   quantize->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);

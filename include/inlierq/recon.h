@@ -70,6 +70,11 @@ struct ReconOptions {
   std::string inlier_weighting = "soft";  // soft | hard
   std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
   bool inlier_fisher = true;              // F = (|g| + 1)² in the weighted loss; false: F = 1
+  int em_max_iters = 200;
+  double em_tolerance = 1e-6;             // relative log-likelihood change
+  double em_variance_floor = 1e-6;        // × the scores' variance
+  double em_min_prior = 0.01;             // uniform weights when the inlier prior leaves [p, 1 − p]
+  double em_min_separation = 0.5;         // uniform weights when the means are closer (pooled sds)
   // units
   int max_block_compute = 12;
   // caches: FP inputs/outputs and quantized-prefix inputs of the live units

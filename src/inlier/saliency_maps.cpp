@@ -22,6 +22,8 @@ std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::s
   InlierOptions io;
   io.saliency = opts.saliency;
   io.weighting = "soft";
+  io.em.max_iters = opts.em_max_iters, io.em.tolerance = opts.em_tolerance, io.em.variance_floor = opts.em_variance_floor;
+  io.em.min_prior = opts.em_min_prior, io.em.min_separation = opts.em_min_separation;
   std::map<std::string, SaliencyMaps> by_value;
   aux_loss_gradients(ex, opts.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
     if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");

@@ -53,6 +53,9 @@ void validate_options(const ReconOptions& o) {
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
   if (o.topk < 1) throw Error("--topk must be ≥ 1");
+  if (o.em_max_iters < 1 || !(o.em_tolerance > 0) || !(o.em_variance_floor > 0) || !(o.em_min_prior >= 0 && o.em_min_prior < 0.5) ||
+      !(o.em_min_separation >= 0))
+    throw Error("EM options out of range (--em-iters ≥ 1, --em-tol > 0, --em-var-floor > 0, --em-min-prior in [0, 0.5), --em-min-separation ≥ 0)");
   if (o.saliency != "sq" && o.saliency != "norm" && o.saliency != "grad_act")
     throw Error("unknown --saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
   if (o.inlier_weighting != "soft" && o.inlier_weighting != "hard")
@@ -324,6 +327,8 @@ class Reconstructor {
     if (opts_.log) opts_.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
     inlier::InlierOptions io;
     io.saliency = opts_.saliency, io.weighting = opts_.inlier_weighting;
+    io.em.max_iters = opts_.em_max_iters, io.em.tolerance = opts_.em_tolerance, io.em.variance_floor = opts_.em_variance_floor;
+    io.em.min_prior = opts_.em_min_prior, io.em.min_separation = opts_.em_min_separation;
     nlohmann::json fits = nlohmann::json::object();
     inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g, const at::Tensor& z) {
       if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2));
@@ -668,6 +673,7 @@ class Reconstructor {
                      {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
                      {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
                      {"inlier_fisher", opts_.inlier_fisher},
+                     {"em", {opts_.em_max_iters, opts_.em_tolerance, opts_.em_variance_floor, opts_.em_min_prior, opts_.em_min_separation}},
                      {"images", num_}};
     return j.dump();
   }

@@ -188,7 +188,10 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
       if (in.contains("ranges")) {
         h += "<h2>Activation ranges: full vs inlier volumes</h2><table><tr><th>group</th><th>full min</th><th>full max</th>"
              "<th>inlier-init min</th><th>inlier-init max</th><th>scale before</th><th>scale</th></tr>";
-        for (const auto& [gid, v] : in["ranges"].items())
+        std::vector<std::pair<int, nlohmann::json>> rows;
+        for (const auto& [gid, v] : in["ranges"].items()) rows.emplace_back(std::stoi(gid), v);
+        std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+        for (const auto& [gid, v] : rows)
           h += fmt::format("<tr><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td></tr>", gid,
                            v["full"][0].get<double>(), v["full"][1].get<double>(), v["inlier"][0].get<double>(), v["inlier"][1].get<double>(),
                            v["scale_before"].get<double>(), v["scale"].get<double>());

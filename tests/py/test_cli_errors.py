@@ -180,8 +180,8 @@ def main():
         expect_error("quantize corrupt model", ["quantize", write("bad.onnx", b"garbage" * 100), "--profile", "fastestdet",
                                                 "--calib", calib_dir, "-o", qout, "--preset", "w8a8"], ["bad.onnx"], rc=1)
         okq = run_cli(*qbase, "--preset", "w8a8", "--num-calib", "1", check=False)
-        checks.check(okq.returncode == 0 and all(os.path.exists(path(f)) for f in ("q.onnx", "q.encodings.json", "q.trt.cache")),
-                     f"quantize on one calibration image writes the three files (rc={okq.returncode} {okq.stderr.strip()[-300:]})")
+        checks.check(okq.returncode == 0 and all(os.path.exists(path(f)) for f in ("q.onnx", "q.encodings.json", "q.trt.cache", "q.report.html")),
+                     f"quantize on one calibration image writes the model, encodings, TensorRT cache and report (rc={okq.returncode} {okq.stderr.strip()[-300:]})")
         stamp = os.stat(qout).st_mtime_ns if okq.returncode == 0 else None
         expect_error("quantize refuses to overwrite", qbase + ["--preset", "w8a8"], ["q.onnx", "already exists", "--force"], rc=1)
         checks.check(stamp == (os.stat(qout).st_mtime_ns if okq.returncode == 0 else None), "the refused quantize left q.onnx untouched")
@@ -192,6 +192,20 @@ def main():
         units = run_cli("inspect", fd, "--units", "--preset", "w4a4", check=False)
         checks.check(units.returncode == 0 and "reconstruction units" in units.stdout and "block" in units.stdout,
                      f"inspect --units prints the units (rc={units.returncode})")
+
+        # saliency pictures
+        one_jpg = os.path.join(calib_dir, "one.jpg")
+        sal = run_cli("saliency", fd, "--profile", "fastestdet", one_jpg, "-o", path("sal"), check=False)
+        made = sorted(os.listdir(path("sal"))) if os.path.isdir(path("sal")) else []
+        checks.check(sal.returncode == 0 and "saliency.json" in made and sum(f.endswith(".png") for f in made) == 3
+                     and sum(f.endswith(".svg") for f in made) == 3,
+                     f"saliency writes 3 overlays, 3 histograms and saliency.json (rc={sal.returncode} {made})")
+        expect_error("saliency unknown unit", ["saliency", fd, "--profile", "fastestdet", one_jpg, "-o", path("sal2"), "--unit", "Conv_999"],
+                     ["Conv_999", "--unit"], rc=1)
+        expect_error("saliency refuses to overwrite", ["saliency", fd, "--profile", "fastestdet", one_jpg, "-o", path("sal")],
+                     ["already exists", "--force"], rc=1)
+        expect_error("inlierq unknown base", ["quantize", fd, "--profile", "fastestdet", "--calib", calib_dir, "-o", path("i.onnx"),
+                                             "--preset", "w4a4", "--method", "inlierq", "--base", "adaround"], ["--base"], rc=1)
 
         # reconstruction: option errors, interruption, refusal to restart over a checkpoint, resume
         rout = path("r.onnx")
