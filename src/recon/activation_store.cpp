@@ -22,13 +22,13 @@ ActivationStore::~ActivationStore() {
   }
 }
 
-void ActivationStore::put(const std::string& key, const at::Tensor& t_in) {
+void ActivationStore::put(const std::string& key, const at::Tensor& t_in, bool prefer_half) {
   erase(key);
   at::Tensor t = t_in.detach().to(at::kCPU).to(at::kFloat).contiguous();
   Entry e;
   e.shape = t.sizes().vec();
   const size_t full = static_cast<size_t>(t.numel()) * 4, half = full / 2;
-  if (bytes_ + full <= budget_) {
+  if (!prefer_half && bytes_ + full <= budget_) {
     e.t = t.clone();  // own storage: t may alias a larger batch tensor
     e.bytes = full;
   } else if (bytes_ + half <= budget_) {

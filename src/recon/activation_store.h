@@ -17,7 +17,8 @@ class ActivationStore {
   ActivationStore(const ActivationStore&) = delete;
   ActivationStore& operator=(const ActivationStore&) = delete;
 
-  void put(const std::string& key, const at::Tensor& t);
+  // half: store float16 even when float32 would fit (weights that tolerate 3 significant digits).
+  void put(const std::string& key, const at::Tensor& t, bool half = false);
   at::Tensor get(const std::string& key) const;
   bool has(const std::string& key) const { return entries_.count(key) != 0; }
   void erase(const std::string& key);

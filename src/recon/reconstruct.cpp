@@ -331,10 +331,10 @@ class Reconstructor {
     io.em.min_prior = opts_.em_min_prior, io.em.min_separation = opts_.em_min_separation;
     nlohmann::json fits = nlohmann::json::object();
     inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g, const at::Tensor& z) {
-      if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2));
+      if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2), true);
       if (opts_.inlier) {
         auto vw = inlier::volume_weights(g, z, io);
-        fisher_store_.put("w:" + v, vw.weights);
+        fisher_store_.put("w:" + v, vw.weights, true);
         fits[v] = vw.to_json();
         if (opts_.log)
           opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, inlier mass {:.2f}{}", v,
