@@ -188,7 +188,8 @@ def markdown(rows, args, best, fp32):
                 rss = max(r["rss_mb"] for r in ok)
                 per = statistics.mean(r["ms_per_1k_it_unit"] for r in ok)
                 seeds = ", ".join(f"{r['seed']}: {r['map']:.4f}" for r in sorted(ok, key=lambda r: r["seed"]))
-                lines.append(f"| {model} | {config.upper()} | {method} | {m:.4f} ± {s:.4f} | {seeds} | {m50:.4f} | "
+                spread = f"{m:.4f} ± {s:.4f}" if len(ok) > 1 else f"{m:.4f} (1 seed)"
+                lines.append(f"| {model} | {config.upper()} | {method} | {spread} | {seeds} | {m50:.4f} | "
                              f"{delta:+.4f} | {rec * 100:.0f} % | {wall:.0f} | {rss:.0f} | {per:.0f} |")
                 if config == "w4a4" and method == "qdrop":
                     met = rec >= 0.5
@@ -198,6 +199,8 @@ def markdown(rows, args, best, fp32):
               ", ".join(f"{m} {fp32[m]:.4f}" for m in args.models if m in fp32) + ". \"recovered\" = (method − best calibrator) / "
               "(FP32 − best calibrator).", "", "**Target** (QDrop at W4A4 recovers ≥ half of the best calibrator's loss, every model):", ""]
     lines += [f"- {v}" for v in verdicts] or ["- no QDrop W4A4 rows yet"]
+    if args.note:
+        lines += ["", args.note]
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +223,7 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a paragraph appended to the section (how the runs were made)")
     args = ap.parse_args()
     args.models = args.models.split(",")
     args.configs = args.configs.split(",")
