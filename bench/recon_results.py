@@ -89,7 +89,7 @@ def quantize_cmd(args, model, config, method, seed, out):
     cmd = [CLI, "quantize", f"{a}/models/{MODELS[model][0]}", "--profile", MODELS[model][1],
            "--calib", f"{a}/coco128/images/train2017", "--num-calib", str(args.num_calib), "--preset", config,
            "--method", method, "-o", out, "--force", "--json"]
-    if method in ("adaround", "brecq", "qdrop"):
+    if method in ("adaround", "brecq", "qdrop", "inlierq"):
         cmd += ["--seed", str(seed), "--iters", str(args.iters), "--recon-batch", str(args.recon_batch),
                 "--brecq-act-iters", str(args.brecq_act_iters)]
         for flag, lr in REFERENCE_LR.items():
@@ -264,7 +264,7 @@ def main():
                     meta = json.load(f)["meta"]
                 rec = meta.get("reconstruction", {})
                 units = rec.get("units", 0)
-                iters = args.iters + (args.brecq_act_iters if method == "brecq" else 0)
+                iters = args.iters + (args.brecq_act_iters if method == "brecq" else 0)  # inlierq: base qdrop
                 row["recon_s"] = q.get("reconstruction_seconds", 0.0)
                 row["units"] = units
                 row["ms_per_1k_it_unit"] = 1e6 * row["recon_s"] / max(1, units * iters) if units else 0.0
