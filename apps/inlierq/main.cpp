@@ -383,8 +383,17 @@ int cmd_quantize(const QuantizeArgs& a) {
   }
   if (recon_method) recon::validate_options(recon_options(a));
   if (a.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq, qdrop or inlierq");
-  if (a.resume && !fs::exists(fs::path(checkpoint_dir) / "state.json"))
-    throw Error("--resume: no checkpoint in '" + checkpoint_dir + "'");
+  if (a.resume) {
+    const auto state = fs::path(checkpoint_dir) / "state.json";
+    std::ifstream f(state);
+    if (!f) throw Error("--resume: no checkpoint in '" + checkpoint_dir + "'");
+    // Unreadable state fails now, not after calibration (reconstruct() checks the contents against the run).
+    try {
+      (void)nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(state.string() + ": corrupt checkpoint: " + e.what());
+    }
+  }
   const auto out_dir = fs::path(out_onnx).parent_path();
   if (!out_dir.empty()) make_output_dir(out_dir.string());
 
@@ -596,16 +605,26 @@ int cmd_quantize(const QuantizeArgs& a) {
   return 0;
 }
 
+// The prepared graph and its quantization plan for inspect --plan / --units and saliency. The profile name
+// is only validated: placement is derived from the graph.
+std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const std::string& profile_name, const std::string& preset,
+                                                 bool quantize_head = false, const std::vector<std::string>& exclude = {}) {
+  QuantizeArgs a;
+  a.preset = preset;
+  a.quantize_head = quantize_head;
+  a.exclude = exclude;
+  if (!profile_name.empty()) load_profile(profile_name);
+  Graph g = prepare_for_quantization(load_onnx(model), model);
+  quant::QuantPlan plan = quant::derive_plan(g, placement_options(a));
+  return {std::move(g), std::move(plan)};
+}
+
 int cmd_plan(const std::string& model, const std::string& profile_name, const std::string& preset, bool quantize_head,
              const std::vector<std::string>& exclude, bool as_json) {
   QuantizeArgs a;
   a.preset = preset;
   const auto [wbits, abits] = resolve_bits(a);
-  if (!profile_name.empty()) load_profile(profile_name);  // validates the name; placement itself is graph-derived
-  const Graph g = prepare_for_quantization(load_onnx(model), model);
-  a.quantize_head = quantize_head;
-  a.exclude = exclude;
-  const auto plan = quant::derive_plan(g, placement_options(a));
+  const auto [g, plan] = prepared_plan(model, profile_name, preset, quantize_head, exclude);
   if (as_json) std::cout << plan.to_json().dump(2) << "\n";
   else fmt::print("quantization plan for {} (W{}A{})\n{}", model, wbits, abits, plan.format());
   return 0;
@@ -613,13 +632,7 @@ int cmd_plan(const std::string& model, const std::string& profile_name, const st
 
 int cmd_units(const std::string& model, const std::string& profile_name, const std::string& preset, bool quantize_head,
               const std::vector<std::string>& exclude, const recon::UnitOptions& uo, bool as_json) {
-  QuantizeArgs a;
-  a.preset = preset;
-  if (!profile_name.empty()) load_profile(profile_name);
-  const Graph g = prepare_for_quantization(load_onnx(model), model);
-  a.quantize_head = quantize_head;
-  a.exclude = exclude;
-  const auto plan = quant::derive_plan(g, placement_options(a));
+  const auto [g, plan] = prepared_plan(model, profile_name, preset, quantize_head, exclude);
   const auto units = recon::derive_units(g, plan, uo);
   if (as_json) std::cout << recon::units_json(units).dump(2) << "\n";
   else fmt::print("{}", recon::format_units(units));
@@ -637,10 +650,7 @@ struct SaliencyArgs {
 // VALUE.histogram.svg (standardised log-saliency histogram with the fitted mixture), plus saliency.json.
 int cmd_saliency(const SaliencyArgs& a) {
   const ModelProfile profile = load_profile(a.profile);
-  const Graph g = prepare_for_quantization(load_onnx(a.model), a.model);
-  QuantizeArgs qa;
-  qa.preset = a.preset;
-  const auto plan = quant::derive_plan(g, placement_options(qa));
+  const auto [g, plan] = prepared_plan(a.model, "", a.preset);
   const auto units = recon::derive_units(g, plan);
   std::vector<std::string> values;
   for (const auto& want : a.units) {

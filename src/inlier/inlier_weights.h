@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "inlier/em.h"
+#include "inlier/saliency.h"
+#include "inlierq/recon.h"
 
 namespace inlierq::inlier {
 
@@ -32,6 +34,10 @@ struct VolumeWeights {
   std::vector<double> histogram;
   nlohmann::json to_json() const;  // fit, fractions (no tensors)
 };
+
+// From the reconstruction options (the CLI flags): the auxiliary-loss and inlier settings.
+AuxLossOptions aux_options(const recon::ReconOptions& o);
+InlierOptions inlier_options(const recon::ReconOptions& o);
 
 // grad, act: [N, C, positions...] (act only for grad_act). Volumes are the positions of one sample.
 VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, const InlierOptions& opts = {});

@@ -8,6 +8,13 @@
 
 namespace inlierq::inlier {
 
+namespace {
+at::Tensor logit_of_probability(const at::Tensor& p) {
+  const at::Tensor c = p.clamp(1e-7, 1 - 1e-7);
+  return at::log(c) - at::log1p(-c);
+}
+}  // namespace
+
 at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap& outputs) {
   if (!definition.contains("sources") || !definition["sources"].is_array() || definition["sources"].empty())
     throw Error("the model profile declares no heatmap (\"heatmap\": {\"sources\": [...]}); InlierQ and Fisher weighting need it");
@@ -36,11 +43,9 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
       const int64_t oc = src["objectness_channel"].get<int64_t>();
       at::Tensor obj = t.narrow(1, oc, 1);
       if (!probs) obj = at::sigmoid(obj), cls = at::sigmoid(cls);
-      const at::Tensor p = (obj * cls).clamp(1e-7, 1 - 1e-7);
-      parts.push_back(at::log(p) - at::log1p(-p));
+      parts.push_back(logit_of_probability(obj * cls));
     } else if (probs) {
-      const at::Tensor p = cls.clamp(1e-7, 1 - 1e-7);
-      parts.push_back(at::log(p) - at::log1p(-p));
+      parts.push_back(logit_of_probability(cls));
     } else {
       parts.push_back(cls);
     }

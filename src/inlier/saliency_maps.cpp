@@ -8,6 +8,20 @@
 
 namespace inlierq::inlier {
 
+AuxLossOptions aux_options(const recon::ReconOptions& o) {
+  AuxLossOptions a;
+  a.k = o.topk, a.form = o.aux_loss, a.selection = o.topk_selection;
+  return a;
+}
+
+InlierOptions inlier_options(const recon::ReconOptions& o) {
+  InlierOptions i;
+  i.saliency = o.saliency, i.weighting = o.inlier_weighting;
+  i.em.max_iters = o.em_max_iters, i.em.tolerance = o.em_tolerance, i.em.variance_floor = o.em_variance_floor;
+  i.em.min_prior = o.em_min_prior, i.em.min_separation = o.em_min_separation;
+  return i;
+}
+
 std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
                                         const std::vector<TensorData>& inputs, const recon::ReconOptions& opts) {
   if (inputs.empty()) throw Error("saliency needs at least one image");
@@ -17,13 +31,9 @@ std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::s
   rt::Executor ex(g, eo);
   std::vector<at::Tensor> xs;
   for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
-  AuxLossOptions ao;
-  ao.k = opts.topk, ao.form = opts.aux_loss, ao.selection = opts.topk_selection;
-  InlierOptions io;
-  io.saliency = opts.saliency;
-  io.weighting = "soft";
-  io.em.max_iters = opts.em_max_iters, io.em.tolerance = opts.em_tolerance, io.em.variance_floor = opts.em_variance_floor;
-  io.em.min_prior = opts.em_min_prior, io.em.min_separation = opts.em_min_separation;
+  const AuxLossOptions ao = aux_options(opts);
+  InlierOptions io = inlier_options(opts);
+  io.weighting = "soft";  // the pictures show the posterior itself
   std::map<std::string, SaliencyMaps> by_value;
   aux_loss_gradients(ex, opts.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
     if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");

@@ -52,12 +52,6 @@ at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scale, const at
 namespace inlierq::quant {
 namespace {
 
-inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 inline bool mask_at(uint64_t seed, int64_t i, uint64_t threshold) {
   return splitmix64(seed ^ (static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ULL)) < threshold;
 }

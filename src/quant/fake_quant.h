@@ -2,6 +2,8 @@
 // Differentiable fake quantization on at::Tensor (internal: exposes ATen).
 #include <ATen/ATen.h>
 
+#include <cstdint>
+
 namespace inlierq::quant {
 
 // x̂ = (clamp(round(x/s) + z, qn, qp) − z)·s, rounding half to even as ONNX QuantizeLinear does.
@@ -25,6 +27,14 @@ at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scale, const at
 }  // namespace inlierq::quant
 
 namespace inlierq::quant {
+
+// SplitMix64's finaliser: the counter hash behind the masks (and reconstruction's per-unit seeds).
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
 
 // QDrop's stochastic fake quantization, fused: x̂ where a Bernoulli(p) mask selects, x elsewhere. The
 // mask element at memory index i is splitmix64(seed ^ i·K) < p·2⁶⁴, so it is recomputed in backward

@@ -29,7 +29,8 @@ void ActivationStore::put(const std::string& key, const at::Tensor& t_in, bool p
   e.shape = t.sizes().vec();
   const size_t full = static_cast<size_t>(t.numel()) * 4, half = full / 2;
   if (!prefer_half && bytes_ + full <= budget_) {
-    e.t = t.clone();  // own storage: t may alias a larger batch tensor
+    // Own storage when t is a view into a larger tensor (which would otherwise stay alive).
+    e.t = t.storage().nbytes() > full ? t.clone() : t;
     e.bytes = full;
   } else if (bytes_ + half <= budget_) {
     e.t = t.to(at::kHalf);

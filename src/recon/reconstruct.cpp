@@ -109,6 +109,7 @@ struct ActGroup {
   at::Tensor scale;  // [1], a leaf that may require grad
   at::Tensor zero;
   int64_t qn = 0, qp = 0;
+  quant::QuantGrid grid;
   int owner = -1;    // the first unit producing a member learns the shared step
 };
 
@@ -131,13 +132,6 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
   uint64_t x = seed ^ (0x9E3779B97F4A7C15ULL * (a + 1)) ^ (0xC2B2AE3D27D4EB4FULL * (b + 7));
   x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ULL, x ^= x >> 27, x *= 0x94D049BB133111EBULL, x ^= x >> 31;
   return x;
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
 }
 
 // Σ over channels, mean over batch and positions; with volume weights w [N, positions...] the positions are
@@ -170,18 +164,12 @@ Graph unit_graph(const Graph& g, const Unit& u) {
       for (const auto& v : n.outputs)
         if (auto it = g.value_info.find(v); it != g.value_info.end()) s.value_info[v] = it->second;
     }
-  for (const auto& v : u.inputs) {
+  auto info = [&](const std::string& v) {
     const ValueInfo* vi = g.find_value(v);
-    ValueInfo info = vi ? *vi : ValueInfo{v, DType::Float, false, {}};
-    info.name = v;
-    s.inputs.push_back(info);
-  }
-  for (const auto& v : u.outputs) {
-    const ValueInfo* vi = g.find_value(v);
-    ValueInfo info = vi ? *vi : ValueInfo{v, DType::Float, false, {}};
-    info.name = v;
-    s.outputs.push_back(info);
-  }
+    return vi ? *vi : ValueInfo{v, DType::Float, false, {}};
+  };
+  for (const auto& v : u.inputs) s.inputs.push_back(info(v));
+  for (const auto& v : u.outputs) s.outputs.push_back(info(v));
   return s;
 }
 
@@ -223,6 +211,7 @@ class Reconstructor {
         grp.scale = at::full({1}, static_cast<double>(ae.scale), at::TensorOptions().dtype(at::kFloat).device(device_));
         grp.zero = at::full({1}, static_cast<double>(ae.zero_point), at::TensorOptions().dtype(at::kFloat).device(device_));
         grp.qn = ae.qn(), grp.qp = ae.qp();
+        grp.grid = quant::QuantGrid{ae.bits, ae.symmetric};
       }
       act_group_[a.value] = a.group;
     }
@@ -322,13 +311,9 @@ class Reconstructor {
         if (seen.insert(v).second) values.push_back(v);
     std::vector<at::Tensor> xs;
     for (int64_t i = 0; i < num_; ++i) xs.push_back(images_.narrow(0, i, 1));
-    inlier::AuxLossOptions ao;
-    ao.k = opts_.topk, ao.form = opts_.aux_loss, ao.selection = opts_.topk_selection;
+    const inlier::AuxLossOptions ao = inlier::aux_options(opts_);
     if (opts_.log) opts_.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
-    inlier::InlierOptions io;
-    io.saliency = opts_.saliency, io.weighting = opts_.inlier_weighting;
-    io.em.max_iters = opts_.em_max_iters, io.em.tolerance = opts_.em_tolerance, io.em.variance_floor = opts_.em_variance_floor;
-    io.em.min_prior = opts_.em_min_prior, io.em.min_separation = opts_.em_min_separation;
+    const inlier::InlierOptions io = inlier::inlier_options(opts_);
     nlohmann::json fits = nlohmann::json::object();
     inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g, const at::Tensor& z) {
       if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2), true);
@@ -399,7 +384,7 @@ class Reconstructor {
     nlohmann::json ranges = nlohmann::json::object();
     for (auto& [gid, st] : stats) {
       auto& grp = groups_.at(gid);
-      quant::QuantGrid grid{static_cast<int>(std::lround(std::log2(static_cast<double>(grp.qp - grp.qn + 1)))), grp.qn < 0};
+      const quant::QuantGrid grid = grp.grid;
       double lo = st.lo, hi = st.hi;
       if (!std::isfinite(lo)) lo = st.flo, hi = st.fhi;  // no inlier volume seen: keep the full range
       if (mse && st.hist && st.hist->total() > 0) {
@@ -419,8 +404,7 @@ class Reconstructor {
   }
 
   at::Tensor harden_nearest(const WeightParam& p) const {
-    const at::Tensor q = at::clamp(at::round(p.w / p.scale) + p.zero, static_cast<double>(p.qn), static_cast<double>(p.qp));
-    return (q - p.zero) * p.scale;
+    return (quant::quantize_codes(p.w, p.scale, p.zero, p.qn, p.qp) - p.zero) * p.scale;
   }
 
   rt::Executor& executor(size_t ui) {
@@ -773,7 +757,7 @@ class Reconstructor {
   std::map<std::string, size_t> last_reader_;
   std::map<size_t, std::unique_ptr<rt::Executor>> executors_;
   uint64_t mask_seed_ = 0;
-  uint64_t next_mask_seed() { return mask_seed_ = splitmix64(mask_seed_); }
+  uint64_t next_mask_seed() { return mask_seed_ = quant::splitmix64(mask_seed_); }
   int64_t total_iters_ = 0, done_iters_ = 0, trained_iters_ = 0;
   clock_type::time_point t_start_ = clock_type::now();
 };

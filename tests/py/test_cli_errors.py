@@ -214,11 +214,27 @@ def main():
         expect_error("recon unknown init method", rbase + ["--init-method", "kl"], ["--init-method", "'kl'"], rc=1)
         expect_error("recon drop probability out of range", rbase + ["--drop-prob", "2"], ["--drop-prob"], rc=1)
         expect_error("recon unknown aux loss", rbase + ["--fisher", "--aux-loss", "l1"], ["--aux-loss", "'l1'"], rc=1)
+        for flags, needle in ((["--recon-batch", "0"], "--recon-batch"), (["--iters", "-1"], "--iters"),
+                              (["--brecq-act-iters", "-1"], "--brecq-act-iters"), (["--warmup", "1"], "--warmup"),
+                              (["--topk", "0"], "--topk"), (["--topk-selection", "any"], "--topk-selection"),
+                              (["--max-unit-convs", "0"], "--max-unit-convs"), (["--em-min-prior", "0.7"], "--em-min-prior")):
+            expect_error(f"recon {' '.join(flags)}", rbase[:rbase.index("--iters")] + flags, [needle], rc=1)
+        ibase = rbase[:rbase.index("--method")] + ["--method", "inlierq", "--iters", "2", "--recon-batch", "1"]
+        for flags, needle in ((["--saliency", "abs"], "--saliency"), (["--inlier-weighting", "x"], "--inlier-weighting"),
+                              (["--inlier-init", "x"], "--inlier-init")):
+            expect_error(f"inlierq {' '.join(flags)}", ibase + flags, [needle, "'"], rc=1)
         expect_error("recon resume without checkpoint", rbase + ["--resume"], ["--resume", "no checkpoint"], rc=1)
         stopped = run_cli(*rbase, "--stop-after-units", "3", check=False)
         checks.check(stopped.returncode == 3 and os.path.exists(path("r.ckpt/state.json")) and not os.path.exists(rout),
                      f"an interrupted reconstruction leaves a checkpoint and no model (rc={stopped.returncode} {stopped.stderr.strip()[-200:]})")
         expect_error("recon refuses to start over a checkpoint", rbase, ["checkpoint", "--resume", "--force"], rc=1)
+        state = path("r.ckpt/state.json")
+        saved = open(state, "rb").read() if os.path.exists(state) else b""
+        with open(state, "wb") as f:
+            f.write(b"{not json")
+        expect_error("recon resume from a corrupt checkpoint", rbase + ["--resume"], ["state.json", "corrupt checkpoint"], rc=1)
+        with open(state, "wb") as f:
+            f.write(saved)
         resumed = run_cli(*rbase, "--resume", check=False)
         enc = {}
         if resumed.returncode == 0:
