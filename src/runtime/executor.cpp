@@ -1,5 +1,6 @@
 #include "runtime/executor.h"
 
+#include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 
