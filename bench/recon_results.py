@@ -227,9 +227,11 @@ def markdown(rows, args, best, fp32):
                                     f"recovers {rec * 100:.0f} % of the loss — **{'MET' if met else 'MISSED'}**")
     lines += ["", "FP32 mAP (same evaluator, 500 images): " +
               ", ".join(f"{m} {fp32[m]:.4f}" for m in args.models if m in fp32) + ". \"recovered\" = (method − best calibrator) / "
-              "(FP32 − best calibrator).", "", "**Target** (QDrop at W4A4 recovers ≥ half of the best calibrator's loss, every model):", ""]
-    lines += [f"- {v}" for v in verdicts] or ["- no QDrop W4A4 rows yet"]
-    if inlier_verdicts:
+              "(FP32 − best calibrator)."]
+    if args.section == SECTION:
+        lines += ["", "**Target** (QDrop at W4A4 recovers ≥ half of the best calibrator's loss, every model):", ""]
+        lines += [f"- {v}" for v in verdicts] or ["- no QDrop W4A4 rows yet"]
+    if inlier_verdicts and args.section == SECTION:
         lines += ["", "**InlierQ target** (issue 6: W4A4 mean ≥ the better of BRECQ/QDrop + 0.004 on two of three models; "
                   "W8A8 no loss, read here as within 0.002 of the better peer):", ""]
         lines += [f"- {v}" for v in inlier_verdicts]
