@@ -122,7 +122,9 @@ int cmd_infer(const std::string& model, const std::vector<std::string>& input_sp
 // Progress on stderr, at most a few times per second: what, how far, rate, ETA.
 class Progress {
  public:
-  Progress(std::string what, size_t total) : what_(std::move(what)), total_(total), start_(clock::now()) {}
+  using clock = std::chrono::steady_clock;
+  Progress(std::string what, size_t total, clock::time_point start = clock::now())
+      : what_(std::move(what)), total_(total), start_(start) {}
   void update(size_t done) {
     auto now = clock::now();
     // On a terminal, redraw one line a few times per second; in a log, one line per ~10 %.
@@ -141,7 +143,6 @@ class Progress {
   double seconds() const { return std::chrono::duration<double>(clock::now() - start_).count(); }
 
  private:
-  using clock = std::chrono::steady_clock;
   std::string what_;
   size_t total_;
   clock::time_point start_, last_{};
@@ -436,12 +437,15 @@ int cmd_quantize(const QuantizeArgs& a) {
   co.device = a.device;
   std::unique_ptr<Progress> progress;
   int current_pass = 0;
+  // The first report of a pass comes after its first batch: the pass began at the previous report.
+  auto pass_start = Progress::clock::now();
   co.progress = [&](int pass, int passes, size_t done, size_t total) {
     if (pass != current_pass) {
       current_pass = pass;
-      progress = std::make_unique<Progress>(fmt::format("calibrate {} pass {}/{}", act_method, pass, passes), total);
+      progress = std::make_unique<Progress>(fmt::format("calibrate {} pass {}/{}", act_method, pass, passes), total, pass_start);
     }
     progress->update(done);
+    pass_start = Progress::clock::now();
   };
   quant::Encodings enc = quant::calibrate(g, plan, inputs, co);
   progress.reset();
