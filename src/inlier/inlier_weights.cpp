@@ -15,20 +15,33 @@ nlohmann::json VolumeWeights::to_json() const {
           {"histogram", {{"lo", histogram_lo}, {"hi", histogram_hi}, {"counts", histogram}}}};
 }
 
-VolumeWeights volume_weights(const at::Tensor& grad_in, const at::Tensor& act, const InlierOptions& o) {
-  if (grad_in.dim() < 2) throw Error("saliency needs a gradient of shape [N, C, ...]");
-  const at::Tensor g = grad_in.to(at::kCPU).to(at::kDouble);
-  at::Tensor r;
-  if (o.saliency == "sq") {
-    r = (g * g).sum(1);
-  } else if (o.saliency == "norm") {
-    r = (g * g).sum(1).sqrt();
-  } else if (o.saliency == "grad_act") {
-    if (!act.defined() || act.sizes() != grad_in.sizes()) throw Error("grad_act saliency needs the activation of the same shape");
-    r = (g * act.to(at::kCPU).to(at::kDouble)).abs().sum(1);
-  } else {
-    throw Error("unknown saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
+at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, const std::string& saliency) {
+  if (grad.dim() < 2) throw Error("saliency needs a gradient of shape [N, C, ...]");
+  if (saliency != "sq" && saliency != "norm" && saliency != "grad_act")
+    throw Error("unknown saliency '" + saliency + "' (expected sq, norm or grad_act)");
+  if (saliency == "grad_act" && (!act.defined() || act.sizes() != grad.sizes()))
+    throw Error("grad_act saliency needs the activation of the same shape");
+  // One sample at a time in double: a whole calibration set's gradient in double would be the peak of
+  // the InlierQ pass (YOLOX-Nano's stem output: 44 M values).
+  std::vector<at::Tensor> rs;
+  for (int64_t n = 0; n < grad.size(0); ++n) {
+    const at::Tensor g = grad[n].to(at::kCPU).to(at::kDouble);
+    if (saliency == "grad_act") {
+      rs.push_back((g * act[n].to(at::kCPU).to(at::kDouble)).abs().sum(0));
+    } else {
+      at::Tensor r = (g * g).sum(0);
+      rs.push_back(saliency == "norm" ? r.sqrt() : r);
+    }
   }
+  return at::stack(rs, 0);
+}
+
+VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, const InlierOptions& o) {
+  return volume_weights_from_raw(raw_saliency(grad, act, o.saliency), o);
+}
+
+VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions& o) {
+  const at::Tensor r = raw.to(at::kCPU).to(at::kDouble);
   if (o.weighting != "soft" && o.weighting != "hard") throw Error("unknown inlier weighting '" + o.weighting + "' (expected soft or hard)");
   VolumeWeights out;
   out.zero_gradient = r == 0;

@@ -42,4 +42,9 @@ InlierOptions inlier_options(const recon::ReconOptions& o);
 // grad, act: [N, C, positions...] (act only for grad_act). Volumes are the positions of one sample.
 VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, const InlierOptions& opts = {});
 
+// The two halves of volume_weights, so the raw score can be reduced batch by batch: the raw saliency
+// r [N, positions...] (double; `saliency` as in InlierOptions), and the weights from the r of all images.
+at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, const std::string& saliency);
+VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions& opts = {});
+
 }  // namespace inlierq::inlier

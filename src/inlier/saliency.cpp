@@ -78,12 +78,13 @@ at::Tensor topk_aux_loss(const at::Tensor& h, const AuxLossOptions& o) {
   return l.flatten(1).mean(1).sum();
 }
 
-void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
-                        const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
-                        const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
-                        bool with_values) {
+void aux_loss_reduce(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
+                     const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
+                     const GradientReducer& reduce,
+                     const std::function<void(const std::string&, const std::vector<at::Tensor>&)>& sink,
+                     bool with_values) {
   const std::unordered_set<std::string> wanted(values.begin(), values.end());
-  std::map<std::string, std::vector<at::Tensor>> parts, vparts;
+  std::map<std::string, std::vector<std::vector<at::Tensor>>> parts;
   const std::string input = ex.graph().inputs.at(0).name;
   const size_t b = static_cast<size_t>(std::max(1, batch));
   for (size_t i = 0; i < images.size(); i += b) {
@@ -105,18 +106,40 @@ void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, c
     }
     const auto grads = torch::autograd::grad({loss}, targets, {}, false, false, true);
     for (size_t k = 0; k < values.size(); ++k) {
-      at::Tensor g = grads[k].defined() ? grads[k] : at::zeros_like(targets[k]);
-      // bfloat16 while all images are collected: halves the peak of this pass; float32's exponent range
-      // keeps gradients of 1e-12 (float16 would flush them to 0 and fake "zero-gradient" volumes).
-      parts[values[k]].push_back(g.detach().to(at::kCPU).to(at::kBFloat16).contiguous());
-      if (with_values) vparts[values[k]].push_back(targets[k].detach().to(at::kCPU).contiguous());
+      const at::Tensor g = (grads[k].defined() ? grads[k] : at::zeros_like(targets[k])).detach().to(at::kCPU).to(at::kFloat);
+      auto kept = reduce(values[k], g, with_values ? targets[k].detach().to(at::kCPU).to(at::kFloat) : at::Tensor());
+      auto& slots = parts[values[k]];
+      slots.resize(kept.size());
+      for (size_t j = 0; j < kept.size(); ++j) slots[j].push_back(kept[j].defined() ? kept[j].contiguous() : at::Tensor());
     }
   }
-  for (auto& [v, ps] : parts) {
-    const at::Tensor g = at::cat(ps, 0).to(at::kFloat);
-    ps.clear();
-    sink(v, g, with_values ? at::cat(vparts[v], 0) : at::Tensor());
+  for (auto& [v, slots] : parts) {
+    std::vector<at::Tensor> joined;
+    for (auto& ps : slots) {
+      joined.push_back(!ps.empty() && ps.front().defined() ? at::cat(ps, 0) : at::Tensor());
+      ps.clear();
+    }
+    sink(v, joined);
   }
+}
+
+void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
+                        const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
+                        const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
+                        bool with_values) {
+  aux_loss_reduce(
+      ex, heatmap, images, values, opts, batch,
+      [&](const std::string&, const at::Tensor& g, const at::Tensor& z) {
+        // bfloat16 while all images are collected: halves the peak of this pass; float32's exponent range
+        // keeps gradients of 1e-12 (float16 would flush them to 0 and fake "zero-gradient" volumes).
+        std::vector<at::Tensor> kept{g.to(at::kBFloat16)};
+        if (with_values) kept.push_back(z);
+        return kept;
+      },
+      [&](const std::string& v, const std::vector<at::Tensor>& kept) {
+        sink(v, kept[0].to(at::kFloat), with_values ? kept[1] : at::Tensor());
+      },
+      with_values);
 }
 
 }  // namespace inlierq::inlier

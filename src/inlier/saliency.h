@@ -39,4 +39,15 @@ void aux_loss_gradients(const rt::Executor& ex, const nlohmann::json& heatmap, c
                         const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
                         bool with_values = false);
 
+// The same pass, reduced per batch so that the full-resolution gradient of the whole calibration set
+// never has to exist: `reduce(value, g, z)` maps one batch's gradient (and value, with with_values) to
+// the tensors to keep (undefined ones stay undefined); `sink(value, kept)` receives those concatenated
+// along dim 0 once all images are done.
+using GradientReducer = std::function<std::vector<at::Tensor>(const std::string&, const at::Tensor&, const at::Tensor&)>;
+void aux_loss_reduce(const rt::Executor& ex, const nlohmann::json& heatmap, const std::vector<at::Tensor>& images,
+                     const std::vector<std::string>& values, const AuxLossOptions& opts, int batch,
+                     const GradientReducer& reduce,
+                     const std::function<void(const std::string&, const std::vector<at::Tensor>&)>& sink,
+                     bool with_values = false);
+
 }  // namespace inlierq::inlier

@@ -315,18 +315,29 @@ class Reconstructor {
     if (opts_.log) opts_.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
     const inlier::InlierOptions io = inlier::inlier_options(opts_);
     nlohmann::json fits = nlohmann::json::object();
-    inlier::aux_loss_gradients(ex, opts_.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& g, const at::Tensor& z) {
-      if (opts_.fisher || (opts_.inlier && opts_.inlier_fisher)) fisher_store_.put("f:" + v, (g.abs() + 1).pow(2), true);
-      if (opts_.inlier) {
-        auto vw = inlier::volume_weights(g, z, io);
-        fisher_store_.put("w:" + v, vw.weights, true);
-        fits[v] = vw.to_json();
-        if (opts_.log)
-          opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, inlier mass {:.2f}{}", v,
-                                vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.inlier_mass,
-                                vw.fit.fallback ? " (fallback: " + vw.fit.fallback_reason + ")" : std::string()));
-      }
-    }, opts_.inlier && opts_.saliency == "grad_act");
+    const bool want_fisher = opts_.fisher || (opts_.inlier && opts_.inlier_fisher);
+    // Reduced per batch: F in float16 and the per-volume raw saliency; the full gradient is never kept.
+    inlier::aux_loss_reduce(
+        ex, opts_.heatmap, xs, values, ao, 4,
+        [&](const std::string&, const at::Tensor& g, const at::Tensor& z) {
+          std::vector<at::Tensor> kept;
+          kept.push_back(want_fisher ? (g.abs() + 1).pow(2).to(at::kHalf) : at::Tensor());
+          kept.push_back(opts_.inlier ? inlier::raw_saliency(g, z, io.saliency) : at::Tensor());
+          return kept;
+        },
+        [&](const std::string& v, const std::vector<at::Tensor>& kept) {
+          if (want_fisher) fisher_store_.put("f:" + v, kept[0], true);
+          if (opts_.inlier) {
+            auto vw = inlier::volume_weights_from_raw(kept[1], io);
+            fisher_store_.put("w:" + v, vw.weights, true);
+            fits[v] = vw.to_json();
+            if (opts_.log)
+              opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, inlier mass {:.2f}{}", v,
+                                    vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.inlier_mass,
+                                    vw.fit.fallback ? " (fallback: " + vw.fit.fallback_reason + ")" : std::string()));
+          }
+        },
+        opts_.inlier && opts_.saliency == "grad_act");
     if (opts_.inlier) res.inlier["units"] = fits;
   }
 
