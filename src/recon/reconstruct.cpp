@@ -10,6 +10,9 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -252,6 +255,7 @@ class Reconstructor {
 
     if (opts_.fisher || opts_.inlier) compute_gradient_weights(res);
     if (opts_.inlier && opts_.inlier_init != "none") init_inlier_ranges(res);
+    release_free_heap();
     int resume_pass = 0;
     size_t resume_units = 0;
     if (opts_.resume) std::tie(resume_pass, resume_units) = load_checkpoint(res);
@@ -266,6 +270,7 @@ class Reconstructor {
         const bool done = ui < skip;
         if (done) done_iters_ += pass.iters;
         process_unit(ui, pass, static_cast<int>(passes.size()), done, res);
+        release_free_heap();
         if (!done) {
           ++finished_units;
           if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
@@ -297,6 +302,15 @@ class Reconstructor {
   }
 
  private:
+  // The gradient pass and every unit free hundreds of megabytes in pieces that glibc keeps (the start-up
+  // mallopt makes large blocks heap blocks, so they are not unmapped); hand them back before the next
+  // allocations grow the heap around them.
+  static void release_free_heap() {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+  }
+
   // One FP forward + backward of the top-K heatmap loss over the calibration set; per unit output the
   // Fisher factors (|g| + 1)² and, for InlierQ, the per-volume inlier weights.
   void compute_gradient_weights(ReconResult& res) {
