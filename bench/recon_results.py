@@ -261,10 +261,14 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--section", default=SECTION, help="heading of the section of --out to write (ablation tables)")
     ap.add_argument("--note", default="", help="a paragraph appended to the section (how the runs were made)")
+    ap.add_argument("--note-file", default="", help="the same, read from a file (Markdown)")
     args = ap.parse_args()
     args.models = args.models.split(",")
     args.configs = args.configs.split(",")
     args.methods = args.methods.split(",")
+    if args.note_file:
+        with open(args.note_file) as f:
+            args.note = (args.note + "\n\n" if args.note else "") + f.read().strip()
     for label in args.methods:
         split_method(label)
     args.extra_by_model = {}
