@@ -26,6 +26,13 @@ Graph sigmoid_head(std::mt19937& rng) {
   return finish(g);
 }
 
+// Every intermediate value must exist as a tensor for the gradient capture.
+rt::ExecutorOptions unfused() {
+  rt::ExecutorOptions eo;
+  eo.fuse_silu = false;
+  return eo;
+}
+
 const nlohmann::json kHeatmap = {{"sources", {{{"output", "p"}, {"layout", "channels_positions"}, {"channels", {0, 3}},
                                                 {"values", "probabilities"}}}}};
 
@@ -66,9 +73,7 @@ TEST(Saliency, TopKLossClosedForm) {
 TEST(Saliency, GradientsMatchFiniteDifferences) {
   std::mt19937 rng(2);
   const Graph g = sigmoid_head(rng);
-  rt::ExecutorOptions eo;
-  eo.fuse_silu = false;
-  rt::Executor ex(g, eo);
+  rt::Executor ex(g, unfused());
   const at::Tensor x = at::randn({2, 4, 6, 5});
   inlier::AuxLossOptions o;
   o.k = 5;
@@ -111,9 +116,7 @@ TEST(Saliency, GradientsMatchFiniteDifferences) {
 TEST(Saliency, BatchReductionMatchesWholeGradient) {
   std::mt19937 rng(4);
   const Graph g = sigmoid_head(rng);
-  rt::ExecutorOptions eo;
-  eo.fuse_silu = false;
-  rt::Executor ex(g, eo);
+  rt::Executor ex(g, unfused());
   const at::Tensor x = at::randn({5, 4, 6, 5});
   std::vector<at::Tensor> xs;
   for (int64_t i = 0; i < 5; ++i) xs.push_back(x.narrow(0, i, 1));
