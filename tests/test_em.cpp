@@ -46,6 +46,19 @@ TEST(EM, RecoversSyntheticBimodalMixtures) {
     }
     EXPECT_LT(f.inlier_posterior(c.m0), 0.5);
     EXPECT_GT(f.inlier_posterior(c.m1), 0.5);
+    // Closed form of Ashman's D with the true parameters; all four cases are clearly bimodal (D > 2).
+    const double d_true = std::sqrt(2.0) * (c.m1 - c.m0) / std::sqrt(c.s0 * c.s0 + c.s1 * c.s1);
+    EXPECT_NEAR(f.ashman_d(), d_true, 0.03 * d_true);
+    EXPECT_GT(f.ashman_d(), 2.0);
+  }
+}
+
+// What the real score distributions look like: one Gaussian split in two by EM. Either the fallback
+// fires or the fit reports D < 2 (not clearly bimodal).
+TEST(EM, UnimodalDataIsNotReportedAsBimodal) {
+  for (uint32_t seed = 1; seed <= 3; ++seed) {
+    const auto f = inlier::fit_two_gaussians(mixture(50000, 0.0, 0.0, 1.0, 0.0, 1.0, seed));
+    EXPECT_TRUE(f.fallback || f.ashman_d() < 2.0) << "seed " << seed << ": D " << f.ashman_d();
   }
 }
 

@@ -699,8 +699,9 @@ int cmd_saliency(const SaliencyArgs& a) {
     const auto figs = saliency_figures({m}, a.images, transforms, 100000);
     for (size_t i = 0; i < figs.size(); ++i)
       save_png(out(fs::path(a.images[i]).stem().string() + "." + safe + ".png"), figs[i].second);
-    fmt::print("{} ({}×{}): EM means {:.2f} / {:.2f}, inlier prior {:.2f}{}\n", m.value, m.rows, m.cols,
+    fmt::print("{} ({}×{}): EM means {:.2f} / {:.2f}, inlier prior {:.2f}, Ashman D {:.2f}{}\n", m.value, m.rows, m.cols,
                m.fit["means"][0].get<double>(), m.fit["means"][1].get<double>(), m.fit["priors"][1].get<double>(),
+               m.fit["ashman_d"].get<double>(),
                m.fit["fallback"].get<bool>() ? " (fallback to uniform weights)" : "");
   }
   write_file_atomically(out("saliency.json"), summary.dump(1) + "\n");

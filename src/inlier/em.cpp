@@ -19,6 +19,10 @@ double log_sum_exp(double a, double b) {
 }
 }  // namespace
 
+double MixtureFit::ashman_d() const {
+  return std::sqrt(2.0) * std::fabs(mean[1] - mean[0]) / std::sqrt(std::max(variance[0] + variance[1], 1e-300));
+}
+
 double MixtureFit::inlier_posterior(double s) const {
   if (fallback) return 1.0;
   const double a = std::log(prior[0]) + log_normal(s, mean[0], variance[0]);

@@ -25,6 +25,9 @@ struct MixtureFit {
   std::string fallback_reason;
   // P(inlier | s); 1 for every s when the fit fell back.
   double inlier_posterior(double s) const;
+  // Ashman's D = √2 |μ₁ − μ₀| / √(σ₀² + σ₁²): above 2 the two components are clearly separated; a fit of a
+  // unimodal distribution split in two halves stays below (about 1.4 for a Gaussian). A diagnostic only.
+  double ashman_d() const;
 };
 
 // Means initialised at the 25th / 75th percentiles, both variances at the data's variance, priors 0.5.

@@ -9,7 +9,7 @@ namespace inlierq::inlier {
 nlohmann::json VolumeWeights::to_json() const {
   return {{"means", {fit.mean[0], fit.mean[1]}}, {"variances", {fit.variance[0], fit.variance[1]}},
           {"priors", {fit.prior[0], fit.prior[1]}}, {"iterations", fit.iterations}, {"converged", fit.converged},
-          {"fallback", fit.fallback}, {"fallback_reason", fit.fallback_reason},
+          {"fallback", fit.fallback}, {"fallback_reason", fit.fallback_reason}, {"ashman_d", fit.ashman_d()},
           {"log_saliency_mean", score_mean}, {"log_saliency_std", score_std}, {"inlier_mass", inlier_mass},
           {"zero_gradient_fraction", zero_gradient.defined() ? zero_gradient.to(at::kDouble).mean().item<double>() : 0.0},
           {"histogram", {{"lo", histogram_lo}, {"hi", histogram_hi}, {"counts", histogram}}}};

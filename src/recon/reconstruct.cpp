@@ -350,8 +350,8 @@ class Reconstructor {
             fisher_store_.put("w:" + v, vw.weights, true);
             fits[v] = vw.to_json();
             if (opts_.log)
-              opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, inlier mass {:.2f}{}", v,
-                                    vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.inlier_mass,
+              opts_.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, Ashman D {:.2f}, inlier mass {:.2f}{}", v,
+                                    vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.fit.ashman_d(), vw.inlier_mass,
                                     vw.fit.fallback ? " (fallback: " + vw.fit.fallback_reason + ")" : std::string()));
           }
         },

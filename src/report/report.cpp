@@ -139,6 +139,9 @@ std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int
                      fit.at("means")[0].get<double>(), fit.at("priors")[0].get<double>());
   svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" fill="#2ca02c">inlier μ={:.2f} π={:.2f}{}</text>)", ml + 4, mt + 26,
                      fit.at("means")[1].get<double>(), fit.at("priors")[1].get<double>(), fallback ? " (fallback: uniform)" : "");
+  if (fit.contains("ashman_d"))
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" fill="#555">Ashman D={:.2f}{}</text>)", ml + 4, mt + 40,
+                       fit.at("ashman_d").get<double>(), fit.at("ashman_d").get<double>() < 2 ? " (< 2: not clearly bimodal)" : "");
   svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">standardised log saliency</text></svg>)", ml + pw, height - 1);
   return svg;
 }
