@@ -210,17 +210,18 @@ def markdown(rows, args, best, fp32):
                 spread = f"{m:.4f} ± {s:.4f}" if len(ok) > 1 else f"{m:.4f} (1 seed)"
                 lines.append(f"| {model} | {config.upper()} | {method} | {spread} | {seeds} | {m50:.4f} | "
                              f"{delta:+.4f} | {rec * 100:.0f} % | {wall:.0f} | {rss:.0f} | {per:.0f} |")
-                if method == "inlierq" and config in ("w4a4", "w8a8"):
+                if method.startswith("inlierq"):
                     peers = {p: mean_std([r["map"] for r in rows if r["model"] == model and r["config"] == config and
                                           r["method"] == p and r.get("map") is not None])[0] for p in ("brecq", "qdrop")}
                     peers = {p: v for p, v in peers.items() if v is not None}
                     if peers:
                         p, v = max(peers.items(), key=lambda kv: kv[1])
                         d = m - v
-                        ok_text = (("MET" if d >= 0.004 else "missed") if config == "w4a4" else
-                                   ("no loss" if d >= -0.002 else "LOSS"))
-                        inlier_verdicts.append(f"{model} {config.upper()}: InlierQ {m:.4f} ({len(ok)} seeds) vs {p} {v:.4f}: "
-                                               f"{d:+.4f} — **{ok_text}**")
+                        ok_text = {"w4a4": "MET" if d >= 0.004 else "missed",
+                                   "w8a8": "no loss" if d >= -0.002 else "LOSS"}.get(config, "")
+                        label = "InlierQ" + (f" ({method.partition(':')[2]})" if ":" in method else "")
+                        inlier_verdicts.append(f"{model} {config.upper()}: {label} {m:.4f} ({len(ok)} seed{'s' if len(ok) > 1 else ''}) "
+                                               f"vs {p} {v:.4f}: {d:+.4f}" + (f" — **{ok_text}**" if ok_text else ""))
                 if config == "w4a4" and method == "qdrop":
                     met = rec >= 0.5
                     verdicts.append(f"{model}: QDrop W4A4 {m:.4f} vs best calibrator {base:.4f} (FP32 {fp:.4f}): "
