@@ -10,9 +10,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +20,10 @@
 #include <random>
 #include <set>
 #include <sstream>
+
+#ifdef __GLIBC__
+#include <malloc.h>  // malloc_trim
+#endif
 
 #include "inlierq/error.h"
 #include "inlierq/recon.h"
