@@ -227,6 +227,7 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
 
 struct QuantizeArgs {
   std::string model, profile, calib_dir, out, preset, method = "minmax", weight_method = "mse", device = "cpu";
+  std::string layout = "ort";
   size_t num_calib = 64;
   int wbits = 0, abits = 0, batch = 8;
   uint64_t seed = 0;
@@ -287,6 +288,7 @@ quant::PlacementOptions placement_options(const QuantizeArgs& a) {
   po.act_symmetric = a.act_symmetric;
   po.quantize_head = a.quantize_head;
   po.share_concat_scales = !a.separate_concat_scales;
+  po.layout = quant::parse_layout(a.layout);
   po.exclude = a.exclude;
   if (!a.config.empty()) {
     std::ifstream f(a.config);
@@ -526,6 +528,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
   enc.meta["plan"] = final_plan.to_json();
 
+  const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
+  enc.meta["requantizers"] = requantizers;
+  enc.meta["plan"] = final_plan.to_json();
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc);
   save_onnx(qdq, out_onnx);
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
@@ -612,9 +617,11 @@ int cmd_quantize(const QuantizeArgs& a) {
 // The prepared graph and its quantization plan for inspect --plan / --units and saliency. The profile name
 // is only validated: placement is derived from the graph.
 std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const std::string& profile_name, const std::string& preset,
-                                                 bool quantize_head = false, const std::vector<std::string>& exclude = {}) {
+                                                 bool quantize_head = false, const std::vector<std::string>& exclude = {},
+                                                 const std::string& layout = "ort") {
   QuantizeArgs a;
   a.preset = preset;
+  a.layout = layout;
   a.quantize_head = quantize_head;
   a.exclude = exclude;
   if (!profile_name.empty()) load_profile(profile_name);
@@ -624,11 +631,11 @@ std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const
 }
 
 int cmd_plan(const std::string& model, const std::string& profile_name, const std::string& preset, bool quantize_head,
-             const std::vector<std::string>& exclude, bool as_json) {
+             const std::vector<std::string>& exclude, const std::string& layout, bool as_json) {
   QuantizeArgs a;
   a.preset = preset;
   const auto [wbits, abits] = resolve_bits(a);
-  const auto [g, plan] = prepared_plan(model, profile_name, preset, quantize_head, exclude);
+  const auto [g, plan] = prepared_plan(model, profile_name, preset, quantize_head, exclude, layout);
   if (as_json) std::cout << plan.to_json().dump(2) << "\n";
   else fmt::print("quantization plan for {} (W{}A{})\n{}", model, wbits, abits, plan.format());
   return 0;
@@ -756,6 +763,8 @@ int main(int argc, char** argv) {
   inspect->add_option("--profile", profile_name, "model profile (with --plan)");
   inspect->add_option("--preset", plan_preset, "bit widths for --plan (wNaM)");
   inspect->add_flag("--quantize-head", quantize_head, "with --plan: quantize the detection head too");
+  std::string plan_layout = "ort";
+  inspect->add_option("--layout", plan_layout, "with --plan: Q/DQ layout, ort or block");
   inspect->add_option("--exclude", exclude, "with --plan: nodes kept in floating point");
 
   std::vector<std::string> input_specs;
@@ -861,6 +870,9 @@ int main(int argc, char** argv) {
   quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
   quantize->add_flag("--separate-concat-scales", qa.separate_concat_scales, "give each Concat input its own scale");
+  quantize->add_option("--layout", qa.layout,
+                       "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
+                       "layout ONNX Runtime fuses; default) or block (block outputs only, after the activation and residual Add)");
   quantize->add_option("--batch", qa.batch, "calibration batch size")->default_val(8);
   quantize->add_option("--fallback", qa.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
   quantize->add_flag("--sensitivity", qa.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
@@ -885,7 +897,7 @@ int main(int argc, char** argv) {
       uo.max_block_compute = max_unit_convs;
       return cmd_units(model, profile_name, plan_preset, quantize_head, exclude, uo, as_json);
     }
-    if (*inspect && show_plan) return cmd_plan(model, profile_name, plan_preset, quantize_head, exclude, as_json);
+    if (*inspect && show_plan) return cmd_plan(model, profile_name, plan_preset, quantize_head, exclude, plan_layout, as_json);
     if (*inspect) return cmd_inspect(model, as_json);
     if (*quantize) return cmd_quantize(qa);
     if (*infer) return cmd_infer(model, input_specs, out_dir, device, force);

@@ -13,7 +13,22 @@ namespace inlierq::quant {
 
 // ---- placement (ALGORITHMS.md §3) -------------------------------------------------------------------
 
+// Where activation quantizers go, for the backend that will run the file (docs/QUANTIZATION.md, "Layouts").
+enum class QdqLayout {
+  // Every op an integer kernel can run reads and writes quantized tensors: compute outputs (after a
+  // Relu/Clip, which ONNX Runtime folds into the QuantizeLinear), the outputs of Sigmoid, LeakyRelu,
+  // Mul, Add and pooling ops whose inputs are quantized. ONNX Runtime's QDQ optimizer then turns every
+  // quantized Conv, Add, Mul, Sigmoid, Concat and pooling op into its QLinear kernel.
+  Ort,
+  // Block outputs only: after the activation that follows a compute op (including x·sigmoid(x)) and
+  // after a residual Add, the points where TensorRT's explicit quantization fuses.
+  Block,
+};
+const char* layout_name(QdqLayout l);
+QdqLayout parse_layout(const std::string& name);  // "ort" | "block"; Error listing both otherwise
+
 struct PlacementOptions {
+  QdqLayout layout = QdqLayout::Ort;
   int weight_bits = 8;
   int act_bits = 8;
   bool weight_symmetric = true;   // TensorRT accepts only symmetric weights
@@ -47,6 +62,7 @@ struct ActSite {
 };
 
 struct QuantPlan {
+  QdqLayout layout = QdqLayout::Ort;
   std::vector<WeightSite> weights;
   std::vector<ActSite> activations;
   int num_groups = 0;
@@ -120,6 +136,14 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
                     const CalibrationOptions& opts);
 
 // ---- export -----------------------------------------------------------------------------------------
+
+// Outputs of grid-preserving ops (Concat, MaxPool, Resize nearest, Reshape, Slice, Split, ...) whose data
+// inputs all carry one encoding get a QuantizeLinear/DequantizeLinear pair with that same encoding: an exact
+// identity (the values are already on that grid) that lets the backend run the op and its consumers on
+// integers (ONNX Runtime needs DQ → op → Q around such ops, and a DequantizeLinear in front of every
+// Conv). Appended to the plan (reason "requantized ...", same group) and to the encodings; call after
+// calibration and reconstruction, before make_qdq_graph. Returns how many were added.
+size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc);
 
 // The QDQ graph: int8 weights with per-axis DequantizeLinear, Quantize/DequantizeLinear pairs on the
 // activations, a Clip to the b-bit range before sub-8-bit activation quantizers. Opset ≥ 13.

@@ -137,6 +137,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   }
   rt::ExecutorOptions eo;
   eo.device = at::Device(opts.device);
+  for (const auto& a : plan.activations) eo.hooked.insert(a.value);
   rt::Executor ex(g, eo);
   const std::string input_name = g.inputs[0].name;
   const int passes = opts.method == "minmax" ? 1 : 2;

@@ -48,6 +48,43 @@ std::string unique_name(std::set<std::string>& used, const std::string& base) {
 
 }  // namespace
 
+size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc) {
+  GraphIndex index(g);
+  std::map<std::string, const ActEncoding*> grid_of;  // quantized value -> its encoding
+  for (const auto& a : plan.activations) grid_of[a.value] = &enc.activations.at(a.value);
+  std::vector<ActSite> added;
+  for (const auto& n : g.nodes) {
+    if (!is_passthrough(n, g)) continue;
+    const ActEncoding* e = nullptr;
+    bool same = true;
+    for (const auto& in : passthrough_data_inputs(n)) {
+      auto it = grid_of.find(in);
+      if (it == grid_of.end()) { same = false; break; }
+      const ActEncoding* x = it->second;
+      if (e && (x->scale != e->scale || x->zero_point != e->zero_point || x->bits != e->bits)) { same = false; break; }
+      e = x;
+    }
+    if (!same || !e) continue;
+    for (const auto& o : n.outputs) {
+      if (o.empty() || grid_of.count(o) || index.is_graph_output(o) || index.consumers(o).empty()) continue;
+      ActEncoding r = *e;
+      r.value = o;
+      enc.activations[o] = r;
+      grid_of[o] = &enc.activations.at(o);
+      ActSite a;
+      a.value = o;
+      a.producer = n.name;
+      a.bits = r.bits;
+      a.symmetric = r.symmetric;
+      a.group = r.group;
+      a.reason = "requantized " + n.op_type + " output (same grid as its input)";
+      added.push_back(std::move(a));
+    }
+  }
+  plan.activations.insert(plan.activations.end(), added.begin(), added.end());
+  return added.size();
+}
+
 Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc) {
   if (g.opset < 13) throw Error("QDQ export needs opset ≥ 13 (per-axis DequantizeLinear); the graph is opset " + std::to_string(g.opset));
   Graph out = g;

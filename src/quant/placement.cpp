@@ -116,6 +116,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     if (b < 2 || b > 8) throw Error("bit width " + std::to_string(b) + " is outside 2..8");
   GraphIndex index(g);
   QuantPlan plan;
+  plan.layout = opts.layout;
   std::set<std::string> node_names, value_names;
   for (const auto& n : g.nodes) {
     node_names.insert(n.name);
@@ -227,9 +228,23 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     quantized_compute.insert(n.name);
     if (in_head && head_leaves.count(n.name)) continue;  // prediction outputs stay in floating point
 
-    // Block end: follow the fused activation (unary or x·sigmoid(x)), then a residual Add.
     std::string v = n.outputs[0];
     std::string why = n.op_type + " output";
+    if (opts.layout == QdqLayout::Ort) {
+      // The compute output itself, so that the backend's QLinearConv writes it. A Relu or Clip right after
+      // is folded into that QuantizeLinear by ONNX Runtime (ReluQuantFusion, ClipQuantFusion) when the
+      // quantized range starts at zero, which an asymmetric range over a Relu's output does.
+      const auto& cons = index.consumers(v);
+      if (!opts.act_symmetric && !index.is_graph_output(v) && cons.size() == 1 &&
+          (cons[0]->op_type == "Relu" || cons[0]->op_type == "Clip") &&
+          cons[0]->domain.empty() && cons[0]->inputs[0] == v) {
+        v = cons[0]->outputs[0];
+        why += "+" + cons[0]->op_type;
+      }
+      if (!index.is_graph_output(v)) add_site(v, why, n.name);
+      continue;
+    }
+    // Block end: follow the fused activation (unary or x·sigmoid(x)), then a residual Add.
     auto follow_activation = [&]() {
       for (;;) {
         const auto& cons = index.consumers(v);
@@ -266,11 +281,43 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     add_site(v, why, n.name);
   }
 
+  // ---- ORT layout: element-wise and pooling ops with an integer kernel, whose data inputs are all
+  // quantized, write quantized outputs too (QLinearSigmoid / LeakyRelu / Mul / Add / AveragePool), so that
+  // x·sigmoid(x) and residual Adds between quantized convs run on integers. Nodes are in topological
+  // order, so one sweep follows chains.
+  if (opts.layout == QdqLayout::Ort) {
+    static const std::set<std::string> integer_ops = {"Sigmoid", "LeakyRelu", "Relu", "Clip", "Mul", "Add",
+                                                      "AveragePool", "GlobalAveragePool"};
+    std::function<bool(const std::string&)> on_grid = [&](const std::string& v) -> bool {
+      if (site_values.count(v)) return true;
+      const Node* p = index.producer(v);
+      if (!p || !is_passthrough(*p, g)) return false;
+      for (const auto& i : passthrough_data_inputs(*p))
+        if (!on_grid(i)) return false;
+      return true;
+    };
+    for (const auto& n : g.nodes) {
+      if (!n.domain.empty() || !integer_ops.count(n.op_type) || n.outputs.empty() || excluded.count(n.name)) continue;
+      const std::string& out = n.outputs[0];
+      if (site_values.count(out) || index.is_graph_output(out) || index.consumers(out).empty()) continue;
+      const size_t data_inputs = (n.op_type == "Add" || n.op_type == "Mul") ? 2 : 1;
+      if (n.inputs.size() < data_inputs) continue;
+      bool ok = true;
+      for (size_t i = 0; i < data_inputs; ++i) ok = ok && !g.is_initializer(n.inputs[i]) && on_grid(n.inputs[i]);
+      if (ok) add_site(out, n.op_type + " output (QLinear" + n.op_type + ")", "");
+    }
+  }
+
   // ---- every quantized compute node reads a value on a grid (or the raw network input)
   std::function<void(const std::string&, const std::string&)> ensure_grid = [&](const std::string& v,
                                                                                 const std::string& user) {
     if (v.empty() || graph_inputs.count(v) || g.is_initializer(v) || site_values.count(v)) return;
     const Node* p = index.producer(v);
+    if (p && p->op_type == "Concat" && opts.layout == QdqLayout::Ort && !opts.share_concat_scales && !index.is_graph_output(v)) {
+      // Inputs on different grids: the Concat's output gets a grid of its own (QLinearConcat requantizes).
+      add_site(v, "Concat output (requantized), input of " + user, "");
+      return;
+    }
     if (p && is_passthrough(*p, g)) {
       for (const auto& i : passthrough_data_inputs(*p)) ensure_grid(i, user);
       return;
@@ -332,8 +379,17 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   return plan;
 }
 
+const char* layout_name(QdqLayout l) { return l == QdqLayout::Ort ? "ort" : "block"; }
+
+QdqLayout parse_layout(const std::string& name) {
+  if (name == "ort") return QdqLayout::Ort;
+  if (name == "block") return QdqLayout::Block;
+  throw Error("unknown Q/DQ layout '" + name + "' (expected ort or block)");
+}
+
 nlohmann::json QuantPlan::to_json() const {
   nlohmann::json j;
+  j["layout"] = layout_name(layout);
   j["weights"] = nlohmann::json::array();
   for (const auto& w : weights)
     j["weights"].push_back({{"node", w.node}, {"tensor", w.tensor}, {"bits", w.bits}, {"symmetric", w.symmetric},
@@ -354,8 +410,8 @@ nlohmann::json QuantPlan::to_json() const {
 }
 
 std::string QuantPlan::format() const {
-  std::string s = fmt::format("weights: {} quantized, {} in floating point; activations: {} quantizers in {} scale groups\n",
-                              weights.size(), float_nodes.size(), activations.size(), num_groups);
+  std::string s = fmt::format("layout {}; weights: {} quantized, {} in floating point; activations: {} quantizers in {} scale groups\n",
+                              layout_name(layout), weights.size(), float_nodes.size(), activations.size(), num_groups);
   s += fmt::format("detection head ({} compute nodes): ", head_nodes.size());
   for (size_t i = 0; i < head_nodes.size(); ++i) s += (i ? ", " : "") + head_nodes[i];
   s += "\n\nweight quantizers\n";

@@ -19,6 +19,7 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
   if (inputs.empty()) throw Error("sensitivity analysis needs at least one input");
   rt::ExecutorOptions eo;
   eo.device = at::Device(device);
+  for (const auto& a : plan.activations) eo.hooked.insert(a.value);
   rt::Executor ex(g, eo);
   std::vector<at::Tensor> xs;
   for (const auto& t : inputs) xs.push_back(rt::to_aten(t));

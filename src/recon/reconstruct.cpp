@@ -376,6 +376,7 @@ class Reconstructor {
     std::map<int, Stats> stats;
     rt::ExecutorOptions eo;
     eo.device = device_;
+    for (const auto& a : plan_.activations) eo.hooked.insert(a.value);
     rt::Executor ex(g_, eo);
     const bool mse = opts_.inlier_init == "mse_inlier";
     const int64_t eb = 8;
@@ -444,6 +445,7 @@ class Reconstructor {
       eo.device = device_;
       for (const auto& n : unit_weights_[ui]) eo.replaceable.insert(weights_.at(n).tensor);  // replaced per run
       eo.check_finite = false;
+      for (const auto& a : plan_.activations) eo.hooked.insert(a.value);
       ex = std::make_unique<rt::Executor>(unit_graph(g_, units_[ui]), eo);
     }
     return *ex;

@@ -139,7 +139,10 @@ Executor::Executor(const Graph& g, ExecutorOptions opts) : graph_(g), opts_(opts
 
   std::unordered_set<int> protected_slots;
   for (const auto& o : graph_.outputs) protected_slots.insert(slot(o.name));
-  if (opts_.fuse_silu) fuse_silu(protected_slots);
+  std::unordered_set<int> unfusable = protected_slots;
+  for (const auto& v : opts_.hooked)
+    if (auto it = slot_of_.find(v); it != slot_of_.end()) unfusable.insert(it->second);
+  if (opts_.fuse_silu) fuse_silu(unfusable);
 
   // Free each intermediate after its last reader; graph outputs are never freed.
   std::vector<int> last_use(slot_names_.size(), -1);

@@ -35,6 +35,8 @@ struct ExecutorOptions {
   // Replace x * Sigmoid(x) by one SiLU kernel. The Sigmoid output then never exists, so turn this
   // off when a value_hook must see it.
   bool fuse_silu = true;
+  // Values a value_hook must see (activation quantizers): never fused away.
+  std::unordered_set<std::string> hooked;
 };
 
 struct RunOptions {
