@@ -141,6 +141,34 @@ TEST(QuantGraph, PlacementOnToyDetector) {
   quant::PlacementOptions po;
   po.weight_bits = 4;
   po.act_bits = 4;
+  {
+    // ORT layout: the network input (at the first layer's 8 bits), every compute output (after its Relu,
+    // which ORT folds into the QuantizeLinear), the Sigmoid and Mul of the SiLU and the residual Add;
+    // the Concat's inputs still share one scale; never the network output.
+    EXPECT_EQ(quant::derive_plan(g, po).layout, quant::QdqLayout::Block);  // auto at 4-bit activations
+    po.layout = quant::QdqLayout::Ort;
+    auto ort = quant::derive_plan(g, po);
+    EXPECT_EQ(ort.layout, quant::QdqLayout::Ort);
+    std::set<std::string> values;
+    for (const auto& a : ort.activations) values.insert(a.value);
+    EXPECT_EQ(values, (std::set<std::string>{"x", "a", "b", "c", "d", "c5_out", "c5_s", "f"}));
+    EXPECT_EQ(find_site(ort, "x")->bits, 8);
+    EXPECT_EQ(find_site(ort, "c5_out")->bits, 4);
+    EXPECT_EQ(find_site(ort, "d")->group, find_site(ort, "f")->group);
+    EXPECT_NE(find_site(ort, "c")->group, find_site(ort, "d")->group);
+    EXPECT_NE(find_site(ort, "c5_out")->group, find_site(ort, "f")->group);
+    // Separate Concat scales: the Concat's output, read by pred, gets a grid of its own only when the head
+    // is quantized (otherwise pred reads floats and nothing needs one).
+    po.share_concat_scales = false;
+    po.quantize_head = true;
+    auto sep = quant::derive_plan(g, po);
+    ASSERT_TRUE(find_site(sep, "h"));
+    EXPECT_NE(find_site(sep, "d")->group, find_site(sep, "f")->group);
+    po.share_concat_scales = true;
+    po.quantize_head = false;
+    EXPECT_THROW(quant::parse_layout("nchw"), Error);
+  }
+  po.layout = quant::QdqLayout::Block;
   auto plan = quant::derive_plan(g, po);
   // Weights: the stem at 8 bit (first layer), c2/c3/c5 at 4 bit, the prediction conv in floating point.
   ASSERT_TRUE(find_weight(plan, "stem"));
@@ -270,11 +298,14 @@ TEST(QuantGraph, MinMaxCalibrationMatchesObservedRanges) {
 // The exported QDQ graph, run by the executor's QuantizeLinear/DequantizeLinear kernels, must equal a
 // simulation built from fake_quant on the FP graph (value hooks + fake-quantized weights).
 TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
+  for (auto layout : {quant::QdqLayout::Ort, quant::QdqLayout::Block})
   for (int bits : {8, 4, 3}) {
     for (const char* method : {"minmax", "percentile", "entropy", "mse"}) {
+      const std::string what = std::string(quant::layout_name(layout)) + " " + method + " bits " + std::to_string(bits);
       std::mt19937 rng(5);
       Graph g = toy_detector(rng);
       quant::PlacementOptions po;
+      po.layout = layout;
       po.weight_bits = bits;
       po.act_bits = bits;
       auto plan = quant::derive_plan(g, po);
@@ -282,10 +313,33 @@ TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
       quant::CalibrationOptions co;
       co.method = method;
       auto enc = quant::calibrate(g, plan, inputs, co);
-      Graph qdq = quant::make_qdq_graph(g, plan, enc);
-      size_t clips = 0;
-      for (const auto& n : qdq.nodes) clips += n.op_type == "Clip";
-      EXPECT_EQ(clips, bits < 8 ? plan.activations.size() : 0u);
+      // The simulation below knows only the calibrated sites: the requantizers must be exact identities.
+      const auto calibrated = enc.activations;
+      const size_t sites = plan.activations.size();
+      EXPECT_EQ(quant::add_requantizers(g, plan, enc), 2u) << what;  // the MaxPool after d, the Concat
+      EXPECT_EQ(plan.activations.size(), sites + 2) << what;
+      for (const char* v : {"e", "h"}) {
+        ASSERT_TRUE(enc.activations.count(v)) << what << " " << v;
+        EXPECT_EQ(enc.activations.at(v).scale, enc.activations.at("d").scale) << what;
+        EXPECT_EQ(enc.activations.at(v).zero_point, enc.activations.at("d").zero_point) << what;
+      }
+      quant::ExportOptions xo;
+      xo.unsigned_weights = bits == 8 && layout == quant::QdqLayout::Ort;
+      Graph qdq = quant::make_qdq_graph(g, plan, enc, xo);
+      size_t clips = 0, u8_weights = 0, s8_weights = 0;
+      for (const auto& n : qdq.nodes) {
+        clips += n.op_type == "Clip";
+        if (n.op_type == "DequantizeLinear" && qdq.initializers.count(n.inputs[0])) {
+          u8_weights += qdq.initializers.at(n.inputs[0]).dtype == DType::UInt8;
+          s8_weights += qdq.initializers.at(n.inputs[0]).dtype == DType::Int8;
+        }
+      }
+      size_t narrow = 0;  // sub-8-bit quantizers (the network input stays at the first layer's 8 bits)
+      for (const auto& a : plan.activations) narrow += a.bits < 8;
+      EXPECT_EQ(clips, narrow) << what;
+      EXPECT_EQ(narrow, bits < 8 ? plan.activations.size() - (layout == quant::QdqLayout::Ort) : 0u) << what;
+      EXPECT_EQ(u8_weights, xo.unsigned_weights ? plan.weights.size() : 0u) << what;
+      EXPECT_EQ(s8_weights, xo.unsigned_weights ? 0u : plan.weights.size()) << what;
 
       rt::ExecutorOptions eo;
       eo.fold_constants = false;
@@ -299,9 +353,10 @@ TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
         overrides[w.tensor] = quant::fake_quant(t, quant::channel_view(s, w.axis, t.dim()), quant::channel_view(z, w.axis, t.dim()),
                                                 we.qn(), we.qp());
       }
-      // Biases of convs reading a quantized value are int32 codes with scale s_in·s_w (the stem reads
-      // the raw input and keeps a float bias; pred is head).
-      const std::map<std::string, std::string> conv_input = {{"c2", "a"}, {"c3", "b"}, {"c5", "a"}};
+      // Biases of convs reading a quantized value are int32 codes with scale s_in·s_w (in the block layout
+      // the stem reads the raw input and keeps a float bias; pred is head).
+      std::map<std::string, std::string> conv_input = {{"c2", "a"}, {"c3", "b"}, {"c5", "a"}};
+      if (layout == quant::QdqLayout::Ort) conv_input["stem"] = "x";
       for (const auto& [conv, in] : conv_input) {
         const auto& we = enc.weights.at(conv + ".w");
         at::Tensor b = rt::to_aten(g.initializers.at(conv + ".b"));
@@ -310,9 +365,10 @@ TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
       }
       rt::RunOptions ro;
       ro.overrides = &overrides;
+      ro.hook_inputs = true;
       ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {
-        auto it = enc.activations.find(name);
-        if (it == enc.activations.end()) return t;
+        auto it = calibrated.find(name);
+        if (it == calibrated.end()) return t;
         const auto& a = it->second;
         return quant::fake_quant(t, at::full({1}, a.scale), at::full({1}, (float)a.zero_point), a.qn(), a.qp());
       };
@@ -320,7 +376,7 @@ TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
       for (const auto& x : inputs) {
         at::Tensor expect = sim.run({{"x", rt::to_aten(x)}}, ro).at("pred");
         at::Tensor got = qex.run({{"x", rt::to_aten(x)}}).at("pred");
-        EXPECT_LT((expect - got).abs().max().item<float>(), 1e-4f) << method << " bits " << bits;
+        EXPECT_LT((expect - got).abs().max().item<float>(), 1e-4f) << what;
       }
       // The QDQ model is valid ONNX at opset 13 and reloads.
       Graph re = load_onnx_bytes(serialize_onnx(qdq), "qdq");

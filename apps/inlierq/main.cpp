@@ -227,7 +227,8 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
 
 struct QuantizeArgs {
   std::string model, profile, calib_dir, out, preset, method = "minmax", weight_method = "mse", device = "cpu";
-  std::string layout = "ort";
+  std::string layout = "auto";
+  std::string weight_type = "auto";
   size_t num_calib = 64;
   int wbits = 0, abits = 0, batch = 8;
   uint64_t seed = 0;
@@ -365,6 +366,9 @@ int cmd_quantize(const QuantizeArgs& a) {
     throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected minmax, percentile, entropy or mse)"
                              : "unknown method '" + a.method + "' (expected a calibration method: minmax, percentile, entropy, mse; "
                                "or a reconstruction method: adaround, brecq, qdrop, inlierq)");
+  if (a.weight_type != "auto" && a.weight_type != "int8" && a.weight_type != "uint8")
+    throw Error("unknown --weight-type '" + a.weight_type + "' (expected auto, int8 or uint8)");
+  quant::parse_layout(a.layout);  // rejects an unknown layout before any work
   if (a.weight_method != "mse" && a.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + a.weight_method + "' (expected mse or minmax)");
   if (a.num_calib == 0) throw Error("--num-calib must be at least 1");
@@ -531,7 +535,10 @@ int cmd_quantize(const QuantizeArgs& a) {
   const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
   enc.meta["requantizers"] = requantizers;
   enc.meta["plan"] = final_plan.to_json();
-  Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc);
+  quant::ExportOptions xo;
+  xo.unsigned_weights = a.weight_type == "uint8" || (a.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
+  enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
   save_onnx(qdq, out_onnx);
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
   bool wrote_trt = false;
@@ -618,7 +625,7 @@ int cmd_quantize(const QuantizeArgs& a) {
 // is only validated: placement is derived from the graph.
 std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const std::string& profile_name, const std::string& preset,
                                                  bool quantize_head = false, const std::vector<std::string>& exclude = {},
-                                                 const std::string& layout = "ort") {
+                                                 const std::string& layout = "auto") {
   QuantizeArgs a;
   a.preset = preset;
   a.layout = layout;
@@ -763,8 +770,8 @@ int main(int argc, char** argv) {
   inspect->add_option("--profile", profile_name, "model profile (with --plan)");
   inspect->add_option("--preset", plan_preset, "bit widths for --plan (wNaM)");
   inspect->add_flag("--quantize-head", quantize_head, "with --plan: quantize the detection head too");
-  std::string plan_layout = "ort";
-  inspect->add_option("--layout", plan_layout, "with --plan: Q/DQ layout, ort or block");
+  std::string plan_layout = "auto";
+  inspect->add_option("--layout", plan_layout, "with --plan: Q/DQ layout, auto, ort or block");
   inspect->add_option("--exclude", exclude, "with --plan: nodes kept in floating point");
 
   std::vector<std::string> input_specs;
@@ -870,9 +877,13 @@ int main(int argc, char** argv) {
   quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
   quantize->add_flag("--separate-concat-scales", qa.separate_concat_scales, "give each Concat input its own scale");
+  quantize->add_option("--weight-type", qa.weight_type,
+                       "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, which do not "
+                       "saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with block, for TensorRT)");
   quantize->add_option("--layout", qa.layout,
                        "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
-                       "layout ONNX Runtime fuses; default) or block (block outputs only, after the activation and residual Add)");
+                       "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual Add) or "
+                       "auto (default: ort with 8-bit activations, block below)");
   quantize->add_option("--batch", qa.batch, "calibration batch size")->default_val(8);
   quantize->add_option("--fallback", qa.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
   quantize->add_flag("--sensitivity", qa.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");

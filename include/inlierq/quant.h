@@ -23,12 +23,15 @@ enum class QdqLayout {
   // Block outputs only: after the activation that follows a compute op (including x·sigmoid(x)) and
   // after a residual Add, the points where TensorRT's explicit quantization fuses.
   Block,
+  // Ort when activations are 8-bit, Block below: sub-8-bit grids need a Clip before the QuantizeLinear,
+  // which stops ORT's fusion anyway, and every extra quantizer costs accuracy at 4 bit.
+  Auto,
 };
 const char* layout_name(QdqLayout l);
-QdqLayout parse_layout(const std::string& name);  // "ort" | "block"; Error listing both otherwise
+QdqLayout parse_layout(const std::string& name);  // "ort" | "block" | "auto"; Error listing them otherwise
 
 struct PlacementOptions {
-  QdqLayout layout = QdqLayout::Ort;
+  QdqLayout layout = QdqLayout::Auto;
   int weight_bits = 8;
   int act_bits = 8;
   bool weight_symmetric = true;   // TensorRT accepts only symmetric weights
@@ -147,7 +150,14 @@ size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc);
 
 // The QDQ graph: int8 weights with per-axis DequantizeLinear, Quantize/DequantizeLinear pairs on the
 // activations, a Clip to the b-bit range before sub-8-bit activation quantizers. Opset ≥ 13.
-Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc);
+struct ExportOptions {
+  // Symmetric weight codes stored as uint8 with zero point 128 instead of int8 with zero point 0: the same
+  // values, but ONNX Runtime then runs U8U8 integer kernels, which do not saturate. Its U8S8 kernels on x86
+  // CPUs without VNNI add pairs of u8·s8 products in int16 and saturate (FastestDet W8A8 on such a CPU:
+  // mAP 0.030 with int8 weights, 0.133 with uint8; docs/QUANTIZATION.md). TensorRT needs int8 weights.
+  bool unsigned_weights = false;
+};
+Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc, const ExportOptions& opts = {});
 nlohmann::json encodings_json(const Encodings& enc);
 // TensorRT's text calibration cache (scale = amax/127 per 8-bit activation tensor, hex float32).
 std::string tensorrt_cache(const Encodings& enc);

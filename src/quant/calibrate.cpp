@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -150,6 +151,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       if (it != group_of.end()) observe(groups[it->second], name, t);
       return t;
     };
+    ro.hook_inputs = true;
     for (size_t i = 0; i < inputs.size(); i += batch) {
       std::vector<at::Tensor> xs;
       for (size_t k = i; k < std::min(inputs.size(), i + batch); ++k) xs.push_back(rt::to_aten(inputs[k]));
@@ -194,7 +196,11 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     auto& gs = groups[gi];
     const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
     double lo = gs.min, hi = gs.max;
-    if (opts.method == "percentile") {
+    // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
+    // search over its histogram would clip pixel values.
+    const bool network_input = std::find(gs.members.begin(), gs.members.end(), input_name) != gs.members.end();
+    if (network_input) {
+    } else if (opts.method == "percentile") {
       auto r = percentile_range(*gs.hist, opts.percentile);
       lo = r.first, hi = r.second;
     } else if (opts.method == "entropy") {

@@ -85,7 +85,7 @@ size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc) {
   return added.size();
 }
 
-Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc) {
+Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc, const ExportOptions& opts) {
   if (g.opset < 13) throw Error("QDQ export needs opset ≥ 13 (per-axis DequantizeLinear); the graph is opset " + std::to_string(g.opset));
   Graph out = g;
   std::set<std::string> used;
@@ -170,7 +170,9 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     int64_t inner = 1, outer = 1;
     for (int64_t d = we.axis + 1; d < rank; ++d) inner *= t.shape[d];
     for (int64_t d = 0; d < we.axis; ++d) outer *= t.shape[d];
-    const bool unsigned_codes = we.qn() >= 0;
+    const bool shifted = opts.unsigned_weights && we.qn() < 0 && we.qn() >= -128 && we.qp() <= 127;  // stored as code + 128
+    const bool unsigned_codes = we.qn() >= 0 || shifted;
+    const int64_t shift = shifted ? 128 : 0;
     TensorData q = scalar_or_vector(unsigned_codes ? DType::UInt8 : DType::Int8, t.shape, t.numel());
     const float* src = t.as<float>();
     for (int64_t o = 0; o < outer; ++o)
@@ -179,7 +181,7 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
           const int64_t idx = (o * channels + c) * inner + i;
           const double code = std::nearbyint(static_cast<double>(src[idx] / we.scale[c])) + static_cast<double>(we.zero_point[c]);
           const int64_t qc = static_cast<int64_t>(std::min<double>(std::max<double>(code, we.qn()), we.qp()));
-          if (unsigned_codes) q.as<uint8_t>()[idx] = static_cast<uint8_t>(qc);
+          if (unsigned_codes) q.as<uint8_t>()[idx] = static_cast<uint8_t>(qc + shift);
           else q.as<int8_t>()[idx] = static_cast<int8_t>(qc);
         }
     const std::string qn = unique_name(used, w.tensor + "_quantized"), sn = unique_name(used, w.tensor + "_scale"),
@@ -187,7 +189,13 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     out.initializers.erase(w.tensor);
     out.initializers[qn] = std::move(q);
     out.initializers[sn] = float_tensor(we.scale, false);
-    out.initializers[zn] = zero_point_tensor(we.zero_point, we.qn(), false);
+    if (shifted) {
+      std::vector<int64_t> z(we.zero_point.size());
+      for (size_t c = 0; c < z.size(); ++c) z[c] = we.zero_point[c] + shift;
+      out.initializers[zn] = zero_point_tensor(z, 0, false);
+    } else {
+      out.initializers[zn] = zero_point_tensor(we.zero_point, we.qn(), false);
+    }
     Node dq;
     dq.name = unique_name(used, w.tensor + "_DequantizeLinear");
     dq.op_type = "DequantizeLinear";

@@ -116,7 +116,9 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     if (b < 2 || b > 8) throw Error("bit width " + std::to_string(b) + " is outside 2..8");
   GraphIndex index(g);
   QuantPlan plan;
-  plan.layout = opts.layout;
+  const QdqLayout layout =
+      opts.layout != QdqLayout::Auto ? opts.layout : opts.act_bits >= 8 ? QdqLayout::Ort : QdqLayout::Block;
+  plan.layout = layout;
   std::set<std::string> node_names, value_names;
   for (const auto& n : g.nodes) {
     node_names.insert(n.name);
@@ -230,7 +232,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
 
     std::string v = n.outputs[0];
     std::string why = n.op_type + " output";
-    if (opts.layout == QdqLayout::Ort) {
+    if (layout == QdqLayout::Ort) {
       // The compute output itself, so that the backend's QLinearConv writes it. A Relu or Clip right after
       // is folded into that QuantizeLinear by ONNX Runtime (ReluQuantFusion, ClipQuantFusion) when the
       // quantized range starts at zero, which an asymmetric range over a Relu's output does.
@@ -285,7 +287,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   // quantized, write quantized outputs too (QLinearSigmoid / LeakyRelu / Mul / Add / AveragePool), so that
   // x·sigmoid(x) and residual Adds between quantized convs run on integers. Nodes are in topological
   // order, so one sweep follows chains.
-  if (opts.layout == QdqLayout::Ort) {
+  if (layout == QdqLayout::Ort) {
     static const std::set<std::string> integer_ops = {"Sigmoid", "LeakyRelu", "Relu", "Clip", "Mul", "Add",
                                                       "AveragePool", "GlobalAveragePool"};
     std::function<bool(const std::string&)> on_grid = [&](const std::string& v) -> bool {
@@ -311,9 +313,14 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   // ---- every quantized compute node reads a value on a grid (or the raw network input)
   std::function<void(const std::string&, const std::string&)> ensure_grid = [&](const std::string& v,
                                                                                 const std::string& user) {
-    if (v.empty() || graph_inputs.count(v) || g.is_initializer(v) || site_values.count(v)) return;
+    if (v.empty() || g.is_initializer(v) || site_values.count(v)) return;
+    if (graph_inputs.count(v)) {
+      // A float network input would leave the first layer (and the pooling after it) in float in ORT.
+      if (layout == QdqLayout::Ort) add_site(v, "network input, read by " + user, "");
+      return;
+    }
     const Node* p = index.producer(v);
-    if (p && p->op_type == "Concat" && opts.layout == QdqLayout::Ort && !opts.share_concat_scales && !index.is_graph_output(v)) {
+    if (p && p->op_type == "Concat" && layout == QdqLayout::Ort && !opts.share_concat_scales && !index.is_graph_output(v)) {
       // Inputs on different grids: the Concat's output gets a grid of its own (QLinearConcat requantizes).
       add_site(v, "Concat output (requantized), input of " + user, "");
       return;
@@ -339,6 +346,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     a.symmetric = opts.act_symmetric;
     a.bits = opts.act_bits;
     a.reason = why;
+    if (graph_inputs.count(v)) a.bits = opts.first_layer_bits;  // the image, read by the first layer
     if (act_bits_override.count(v)) a.bits = act_bits_override[v], a.reason += ", config override";
     else if (p && act_bits_override.count(p->name)) a.bits = act_bits_override[p->name], a.reason += ", config override";
     else if (!block.empty() && act_bits_override.count(block)) a.bits = act_bits_override[block], a.reason += ", config override";
@@ -379,12 +387,13 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   return plan;
 }
 
-const char* layout_name(QdqLayout l) { return l == QdqLayout::Ort ? "ort" : "block"; }
+const char* layout_name(QdqLayout l) { return l == QdqLayout::Ort ? "ort" : l == QdqLayout::Block ? "block" : "auto"; }
 
 QdqLayout parse_layout(const std::string& name) {
   if (name == "ort") return QdqLayout::Ort;
   if (name == "block") return QdqLayout::Block;
-  throw Error("unknown Q/DQ layout '" + name + "' (expected ort or block)");
+  if (name == "auto") return QdqLayout::Auto;
+  throw Error("unknown Q/DQ layout '" + name + "' (expected auto, ort or block)");
 }
 
 nlohmann::json QuantPlan::to_json() const {

@@ -38,6 +38,7 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
       const ActEncoding& e = enc.activations.at(name);
       return fake_quant(t, at::full({1}, e.scale, t.options()), at::full({1}, (double)e.zero_point, t.options()), e.qn(), e.qp());
     };
+    ro.hook_inputs = true;
     const auto got = ex.run({{in, x}}, ro);
     double signal = 0, noise = 0;
     for (const auto& o : g.outputs) {

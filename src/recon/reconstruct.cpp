@@ -265,7 +265,7 @@ class Reconstructor {
       if (pass.index < resume_pass) { done_iters_ += pass.iters * static_cast<int64_t>(units_.size()); continue; }
       const size_t skip = pass.index == resume_pass ? resume_units : 0;
       store_.clear();
-      store_.put("q:" + network_input_, images_);
+      store_.put("q:" + network_input_, quantized_network_input());
       store_.put("fp:" + network_input_, images_);
       for (size_t ui = 0; ui < units_.size(); ++ui) {
         const bool done = ui < skip;
@@ -449,6 +449,16 @@ class Reconstructor {
       ex = std::make_unique<rt::Executor>(unit_graph(g_, units_[ui]), eo);
     }
     return *ex;
+  }
+
+  // The images as the first units see them on the quantized path: on the input quantizer's grid when
+  // the plan quantizes the network input (its scale is calibrated, never learned: no unit produces it).
+  at::Tensor quantized_network_input() {
+    auto it = act_group_.find(network_input_);
+    if (it == act_group_.end()) return images_;
+    const ActGroup& grp = groups_.at(it->second);
+    at::NoGradGuard no_grad;
+    return quant::fake_quant(images_, grp.scale.detach().to(images_.device()), grp.zero.to(images_.device()), grp.qn, grp.qp);
   }
 
   // A value hook quantizing the unit's activation sites (none when act_on is false).

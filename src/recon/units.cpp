@@ -87,7 +87,8 @@ std::vector<Unit> derive_units(const Graph& g, const quant::QuantPlan& plan, con
     stack.push_back(it->second);
   };
   for (const auto& w : plan.weights) seed(w.node);
-  for (const auto& a : plan.activations) seed(a.producer);
+  for (const auto& a : plan.activations)
+    if (!a.producer.empty()) seed(a.producer);  // a quantized network input has no producer
   while (!stack.empty()) {
     const int i = stack.back();
     stack.pop_back();

@@ -249,6 +249,7 @@ TensorMap Executor::run(const TensorMap& inputs, const RunOptions& ro) const {
     if (opts_.channels_last && t.dim() == 4 && t.scalar_type() == at::kFloat)
       t = t.contiguous(at::MemoryFormat::ChannelsLast);
     if (ro.track_grad && is_float(t.scalar_type())) t = t.detach().requires_grad_(true);
+    if (ro.hook_inputs && ro.value_hook) t = ro.value_hook(in.name, t);
     slots[slot_of_.at(in.name)] = t;
   }
   std::unordered_set<int> keep;

@@ -48,6 +48,8 @@ struct RunOptions {
   bool record_autograd = false;
   // Called on every value a node produces, before any consumer sees it (e.g. fake quantization).
   std::function<at::Tensor(const std::string& value, const at::Tensor&)> value_hook;
+  // Also call value_hook on the graph inputs (a quantized network input).
+  bool hook_inputs = false;
   // Replaces initializers for this run (e.g. fake-quantized weights, or weights requiring grad).
   const TensorMap* overrides = nullptr;
   // When set, accumulates wall time per op type in milliseconds.

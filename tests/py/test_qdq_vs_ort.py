@@ -43,6 +43,36 @@ def with_code_outputs(model):
     return m, codes
 
 
+def check_integer_kernels(checks, q, enc, tmp):
+    """The ORT layout: every quantized Conv reads a DequantizeLinear on its activation input and its weight,
+    and ORT's optimiser turns exactly those Convs into QLinearConv; the Convs left in float are the plan's
+    float_nodes, each with its reason."""
+    import onnxruntime as ort
+
+    producer = {o: n for n in q.graph.node for o in n.output}
+    plan = enc["meta"]["plan"]
+    float_nodes = {f["node"] for f in plan["float_nodes"]}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    quantized = [n for n in convs if n.name not in float_nodes]
+    bad = [n.name for n in quantized
+           if not all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2])]
+    checks.check(plan["layout"] == "ort" and quantized and not bad,
+                 f"w8a8: layout {plan['layout']}, {len(quantized)} quantized Convs read DequantizeLinear on input and "
+                 f"weight (missing: {bad[:5]})")
+    checks.check(all(f["reason"] for f in plan["float_nodes"]), f"w8a8: {len(float_nodes)} float Convs, each with a reason")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+    path = os.path.join(tmp, "w8a8_for_ort.onnx")
+    onnx.save(q, path)
+    ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(so.optimized_model_filepath)
+    qlinear = {n.name for n in opt.graph.node if n.op_type == "QLinearConv"}
+    checks.check(qlinear == {n.name for n in quantized},
+                 f"w8a8: ORT fuses every quantized Conv into QLinearConv ({len(qlinear)} of {len(quantized)}; "
+                 f"not fused: {sorted({n.name for n in quantized} - qlinear)[:5]})")
+
+
 def main():
     checks = Checks()
     model_path = os.path.join(ASSETS, "models", rp.MODELS[MODEL][0])
@@ -61,9 +91,12 @@ def main():
             b_dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                     and inits[n.input[0]].data_type == onnx.TensorProto.INT32]
             checks.check(0 < len(b_dq) <= len(w_dq), f"{preset}: {len(b_dq)} int32 bias DequantizeLinear nodes")
-            checks.check(w_dq and all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in w_dq)
+            # 8-bit activations: the ORT layout, weights stored as uint8 with zero point 128 (U8U8 kernels);
+            # 4-bit: the block layout, int8 weights.
+            w_type = onnx.TensorProto.UINT8 if preset == "w8a8" else onnx.TensorProto.INT8
+            checks.check(w_dq and all(inits[n.input[0]].data_type == w_type for n in w_dq)
                          and all(any(a.name == "axis" for a in n.attribute) for n in w_dq),
-                         f"{preset}: {len(w_dq)} int8 per-axis weight DequantizeLinear nodes")
+                         f"{preset}: {len(w_dq)} {onnx.TensorProto.DataType.Name(w_type)} per-axis weight DequantizeLinear nodes")
             a_q = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
             clips = [n for n in q.graph.node if n.op_type == "Clip"]
             checks.check(len(clips) == (len(a_q) if preset == "w4a4" else 0),
@@ -74,6 +107,8 @@ def main():
                          f"{len(enc['param_encodings'])} weights")
             trt = out.replace(".onnx", ".trt.cache")
             checks.check(os.path.exists(trt) == (preset == "w8a8"), f"{preset}: TensorRT cache written only at 8 bit")
+            if preset == "w8a8":
+                check_integer_kernels(checks, q, enc, tmp)
 
             # Integer codes and outputs: inlierq's executor vs ONNX Runtime running the file's Q/DQ semantics
             # (graph optimisations off: on CPUs without VNNI, ORT's fused u8s8 kernels may saturate, which is
