@@ -12,6 +12,7 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <set>
 
 #include "inlierq/coco_eval.h"
 #include "inlierq/detect.h"
@@ -538,8 +539,28 @@ int cmd_quantize(const QuantizeArgs& a) {
   quant::ExportOptions xo;
   xo.unsigned_weights = a.weight_type == "uint8" || (a.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
   enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  // Share of the compute MACs with quantized weights and, in the ort layout, integer inputs and outputs
+  // (the pattern ORT fuses into QLinearConv; tests/py/test_qdq_vs_ort.py checks that it does).
+  int64_t all_macs = 0, quantized_macs = 0;
+  {
+    std::set<std::string> quantized_nodes;
+    for (const auto& w : final_plan.weights) quantized_nodes.insert(w.node);
+    for (const auto& n : g.nodes) {
+      const int64_t m = node_macs(g, n);
+      all_macs += m;
+      if (quantized_nodes.count(n.name)) quantized_macs += m;
+    }
+  }
+  const double quantized_fraction = all_macs ? static_cast<double>(quantized_macs) / all_macs : 0.0;
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
   save_onnx(qdq, out_onnx);
+  const auto out_bytes = fs::file_size(out_onnx), in_bytes = fs::file_size(a.model);
+  enc.meta["export"] = {{"layout", quant::layout_name(final_plan.layout)}, {"weight_storage", enc.meta["weight_storage"]},
+                        {"bytes", out_bytes}, {"fp32_bytes", in_bytes}, {"quantized_mac_fraction", quantized_fraction},
+                        {"float_nodes", final_plan.float_nodes.size()}};
+  fmt::print("export: layout {}, {:.2f} MB ({:.2f} MB FP32), {:.0f} % of compute MACs quantized ({} compute nodes in floating point: {})\n",
+             quant::layout_name(final_plan.layout), out_bytes / 1e6, in_bytes / 1e6, 100 * quantized_fraction,
+             final_plan.float_nodes.size(), final_plan.float_nodes.empty() ? std::string("none") : final_plan.float_reasons.front() + ", ...");
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
   bool wrote_trt = false;
   for (const auto& [n, ae] : enc.activations) wrote_trt |= ae.bits == 8;
@@ -560,7 +581,8 @@ int cmd_quantize(const QuantizeArgs& a) {
   nlohmann::json j{{"output", out_onnx}, {"encodings", out_enc}, {"trt_cache", wrote_trt ? nlohmann::json(out_trt) : nlohmann::json()},
                    {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
                    {"weight_quantizers", final_plan.weights.size()}, {"activation_quantizers", final_plan.activations.size()},
-                   {"fallback", a.fallback},
+                   {"fallback", a.fallback}, {"layout", quant::layout_name(final_plan.layout)},
+                   {"bytes", out_bytes}, {"quantized_mac_fraction", quantized_fraction},
                    {"seconds", seconds}};
   if (recon_method) {
     j["reconstruction_seconds"] = t_reconstructed - t_calibrated;

@@ -43,5 +43,7 @@ struct ModelSummary {
   std::vector<const Node*> unsupported;
 };
 ModelSummary summarize(const Graph& g);
+// Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul node at batch 1 (0 for other ops or unknown shapes).
+int64_t node_macs(const Graph& g, const Node& n);
 
 }  // namespace inlierq

@@ -217,9 +217,23 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
   }
   if (meta.contains("plan")) {
     const auto& p = meta["plan"];
-    h += fmt::format("<h2>Placement</h2><p>{} weight quantizers, {} activation quantizers, {} compute nodes in floating point.</p>",
-                     p.value("weights", nlohmann::json::array()).size(), p.value("activations", nlohmann::json::array()).size(),
-                     p.value("float_nodes", nlohmann::json::array()).size());
+    h += fmt::format("<h2>Placement</h2><p>Layout <b>{}</b>: {} weight quantizers, {} activation quantizers, {} compute nodes in floating point.</p>",
+                     html_escape(p.value("layout", std::string("?"))), p.value("weights", nlohmann::json::array()).size(),
+                     p.value("activations", nlohmann::json::array()).size(), p.value("float_nodes", nlohmann::json::array()).size());
+    if (meta.contains("export")) {
+      const auto& x = meta["export"];
+      h += fmt::format("<p>Exported file {:.2f} MB (FP32 {:.2f} MB), weights stored as {}; {:.1f} % of the compute MACs quantized.</p>",
+                       x.value("bytes", 0) / 1e6, x.value("fp32_bytes", 0) / 1e6, html_escape(x.value("weight_storage", std::string("?"))),
+                       100 * x.value("quantized_mac_fraction", 0.0));
+    }
+    if (!p.value("float_nodes", nlohmann::json::array()).empty()) {
+      // Whatever stays in floating point is a choice the user should see, with its reason.
+      h += "<table><tr><th class=l>compute node in floating point</th><th class=l>why</th></tr>";
+      for (const auto& f : p["float_nodes"])
+        h += "<tr><td class=l>" + html_escape(f.value("node", std::string())) + "</td><td class=l>" +
+             html_escape(f.value("reason", std::string())) + "</td></tr>";
+      h += "</table>";
+    }
   }
   nlohmann::json config = meta;
   for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity"}) config.erase(k);

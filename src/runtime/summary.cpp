@@ -24,6 +24,9 @@ int64_t known_numel(const Graph& g, const std::string& name, std::vector<int64_t
   return n;
 }
 
+
+}  // namespace
+
 int64_t node_macs(const Graph& g, const Node& n) {
   std::vector<int64_t> w, in;
   // Conv: each output element sums C_in/group × kernel products; ConvTranspose: each input element
@@ -43,8 +46,6 @@ int64_t node_macs(const Graph& g, const Node& n) {
   }
   return 0;
 }
-
-}  // namespace
 
 ModelSummary summarize(const Graph& g) {
   ModelSummary s;
