@@ -154,11 +154,13 @@ def markdown(rows, args, meta):
              "file in the same run. int8 MACs: share of the FP32 model's conv MACs that ONNX Runtime's optimised "
              "graph runs as QLinearConv. mAP: the independent ORT + pycocotools pipeline "
              f"(`bench/reference_pipeline.py --onnx`) on {meta['images']} coco_val500 images, ORT executing the file "
-             "with its integer kernels.", ""]
+             "with its integer kernels. ORT's export stores int8 weights; on a CPU without VNNI its U8S8 kernels "
+             "saturate and lose accuracy, which inlierq's uint8 weight storage avoids (docs/QUANTIZATION.md §2a); "
+             f"this CPU: {cpu_flags()}.", ""]
     ts = [int(t) for t in args.threads.split(",")]
     head = "| model | file | size (MB) | int8 conv MACs | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} (ms, × FP32)" for t in ts)
     head += " | mAP | ΔmAP |"
-    lines += [head, "|" + "---|" * (5 + len(ts))]
+    lines += [head, "|" + "---|" * (6 + len(ts))]
     fp32_map = {r["model"]: r.get("map") for r in rows if r["config"] == "fp32"}
     for r in rows:
         fp = next(x for x in rows if x["model"] == r["model"] and x["config"] == "fp32")
@@ -173,6 +175,21 @@ def markdown(rows, args, meta):
         else:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets of the default W8A8 export (issue 17; 1 thread): latency ≤ 0.8× FP32 (FastestDet: ≤ ORT's export), "
+              "≤ 1.1× ORT `quantize_static`'s export, mAP within 0.003 of FP32:", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["config"]: r for r in rows if r["model"] == model}
+        if not {"fp32", "inlierq", "ort"} <= set(by):
+            continue
+        ours, fp, peer = by["inlierq"], by["fp32"], by["ort"]
+        t = ts[0]
+        vs_fp = ours["latency_ms"][str(t)] / fp["latency_ms"][str(t)]
+        vs_peer = ours["latency_ms"][str(t)] / peer["latency_ms"][str(t)]
+        speed_ok = vs_peer <= 1.0 if model == "fastestdet" else vs_fp <= 0.8
+        acc = "" if ours.get("map") is None else (
+            f"ΔmAP {ours['map'] - fp['map']:+.4f} ({'met' if abs(ours['map'] - fp['map']) <= 0.003 else 'missed'})")
+        lines.append(f"- {model}: {vs_fp:.2f}× FP32 ({'met' if speed_ok else 'missed'}), {vs_peer:.2f}× ORT's export "
+                     f"({'met' if vs_peer <= 1.1 else 'missed'}), {acc}")
     lines += ["", "ORT's optimised graph, op counts (the nodes left in floating point are the deliberate ones listed in "
               "each export's `encodings.json` → `meta.plan.float_nodes`):", ""]
     for r in rows:
@@ -183,6 +200,15 @@ def markdown(rows, args, meta):
                                  "QLinearConcat", "QuantizeLinear", "DequantizeLinear", "QuickGelu", "Mul", "Sigmoid"))
         lines.append(f"- {r['model']} {r['config']}: {top}")
     return "\n".join(lines) + "\n"
+
+
+def cpu_flags():
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "flags unknown"
+    vnni = [f for f in flags if "vnni" in f]
+    return "VNNI (" + ", ".join(vnni) + ")" if vnni else ("AVX2, no VNNI" if "avx2" in flags else "no AVX2")
 
 
 def git_state():
@@ -208,6 +234,8 @@ def main():
     ap.add_argument("--workdir", default="/tmp/inlierq_export_latency")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the section from --workdir/rows.jsonl (the last row per model and file), measuring nothing")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     configs = []
@@ -220,6 +248,24 @@ def main():
             "cpus": os.cpu_count(), "load_before": f"{os.getloadavg()[0]:.1f}", "versions": versions(),
             "git": git_state(), "argv": "".join(" " + shlex.quote(a) for a in sys.argv[1:])}
     rows = []
+    if args.report_only:
+        last = {}
+        for line in open(os.path.join(args.workdir, "rows.jsonl")):
+            r = json.loads(line)
+            last[(r["model"], r["config"])] = r
+        rows = [last[(m, c)] for m in args.models.split(",") for c, _ in configs if (m, c) in last]
+        if rows and "meta" in rows[0]:
+            meta = dict(rows[0]["meta"])
+        else:
+            meta["argv"] = meta["argv"].replace(" --report-only", "")
+            meta["git"] += " (rows measured earlier; their commit was not recorded)"
+            meta["load_after"] = "(not recorded)"
+        meta["images"] = rows[0].get("images", "no") if rows else 0
+        text = markdown(rows, args, meta)
+        print(text)
+        if not args.no_write:
+            write_section(args.out, SECTION, text)
+        return 0
     gt = None if args.no_map else ref.load_gt(os.path.join(args.assets, "coco_val500", "instances_val500.json"))
     for model in args.models.split(","):
         fp32_macs = conv_macs(model_file(args, model))
@@ -245,6 +291,8 @@ def main():
                                   onnx_path=None if f["config"] == "fp32" else f["file"])
                 f["map"], f["images"] = r["map"], r["images"]
                 print(f"{model} {f['config']}: mAP {f['map']:.4f}", file=sys.stderr, flush=True)
+        for f in files:
+            f["meta"] = meta  # the run's date, commit, versions: --report-only rebuilds the header from them
         rows += files
         with open(os.path.join(args.workdir, "rows.jsonl"), "a") as fh:
             for f in files:

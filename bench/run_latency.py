@@ -16,28 +16,16 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "py"))
+sys.path.insert(0, HERE)
 from common import MODELS  # noqa: E402
 
 BENCH = os.environ.get("INLIERQ_BENCH", os.path.join(ROOT, "build", "bench", "bench_latency"))
 
 
 def ort_median(path, threads, runs, warmup=3):
-    import onnxruntime as ort
+    from export_latency import session, time_runs
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    x = (np.random.rand(*[d if isinstance(d, int) else 1 for d in inp.shape]) * 255).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, {inp.name: x})
-    ms = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        ms.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ms)
+    return statistics.median(time_runs(session(path, threads), runs, warmup))
 
 
 def ours_median(path, threads, runs):
