@@ -14,6 +14,7 @@
 #include <iostream>
 #include <set>
 
+#include "ort_latency.h"
 #include "inlierq/coco_eval.h"
 #include "inlierq/detect.h"
 #include "inlierq/error.h"
@@ -230,6 +231,7 @@ struct QuantizeArgs {
   std::string model, profile, calib_dir, out, preset, method = "minmax", weight_method = "mse", device = "cpu";
   std::string layout = "auto";
   std::string weight_type = "auto";
+  bool ort_latency = true;
   size_t num_calib = 64;
   int wbits = 0, abits = 0, batch = 8;
   uint64_t seed = 0;
@@ -539,12 +541,12 @@ int cmd_quantize(const QuantizeArgs& a) {
   quant::ExportOptions xo;
   xo.unsigned_weights = a.weight_type == "uint8" || (a.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
   enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
-  // Share of the compute MACs with quantized weights and, in the ort layout, integer inputs and outputs
-  // (the pattern ORT fuses into QLinearConv; tests/py/test_qdq_vs_ort.py checks that it does).
+  // Share of the compute MACs in the pattern ORT fuses into integer kernels (tests/py/test_qdq_vs_ort.py
+  // checks the rule against ORT's optimised graph).
   int64_t all_macs = 0, quantized_macs = 0;
   {
-    std::set<std::string> quantized_nodes;
-    for (const auto& w : final_plan.weights) quantized_nodes.insert(w.node);
+    const auto integer_nodes = quant::integer_compute_nodes(quantized_weights, final_plan);
+    const std::set<std::string> quantized_nodes(integer_nodes.begin(), integer_nodes.end());
     for (const auto& n : g.nodes) {
       const int64_t m = node_macs(g, n);
       all_macs += m;
@@ -556,11 +558,20 @@ int cmd_quantize(const QuantizeArgs& a) {
   save_onnx(qdq, out_onnx);
   const auto out_bytes = fs::file_size(out_onnx), in_bytes = fs::file_size(a.model);
   enc.meta["export"] = {{"layout", quant::layout_name(final_plan.layout)}, {"weight_storage", enc.meta["weight_storage"]},
-                        {"bytes", out_bytes}, {"fp32_bytes", in_bytes}, {"quantized_mac_fraction", quantized_fraction},
+                        {"bytes", out_bytes}, {"fp32_bytes", in_bytes}, {"integer_mac_fraction", quantized_fraction},
                         {"float_nodes", final_plan.float_nodes.size()}};
-  fmt::print("export: layout {}, {:.2f} MB ({:.2f} MB FP32), {:.0f} % of compute MACs quantized ({} compute nodes in floating point: {})\n",
+  fmt::print("export: layout {}, {:.2f} MB ({:.2f} MB FP32), {:.0f} % of compute MACs in integer kernels ({} compute nodes in floating point: {})\n",
              quant::layout_name(final_plan.layout), out_bytes / 1e6, in_bytes / 1e6, 100 * quantized_fraction,
              final_plan.float_nodes.size(), final_plan.float_nodes.empty() ? std::string("none") : final_plan.float_reasons.front() + ", ...");
+  if (a.ort_latency) {
+    const nlohmann::json lat = cli::ort_latency(a.model, out_onnx);
+    enc.meta["export"]["ort_latency"] = lat;
+    if (lat.contains("quantized_ms"))
+      fmt::print("ONNX Runtime (CPU, 1 thread, median of {} runs): FP32 {:.2f} ms, quantized {:.2f} ms ({:.2f}× FP32)\n",
+                 lat.value("runs", 0), lat["fp32_ms"].get<double>(), lat["quantized_ms"].get<double>(), lat["ratio"].get<double>());
+    else
+      fmt::print("ONNX Runtime latency: skipped ({})\n", lat.value("skipped", std::string("?")));
+  }
   write_file_atomically(out_enc, quant::encodings_json(enc).dump(1) + "\n");
   bool wrote_trt = false;
   for (const auto& [n, ae] : enc.activations) wrote_trt |= ae.bits == 8;
@@ -582,7 +593,8 @@ int cmd_quantize(const QuantizeArgs& a) {
                    {"method", a.method}, {"wbits", wbits}, {"abits", abits}, {"calibration_images", inputs.size()},
                    {"weight_quantizers", final_plan.weights.size()}, {"activation_quantizers", final_plan.activations.size()},
                    {"fallback", a.fallback}, {"layout", quant::layout_name(final_plan.layout)},
-                   {"bytes", out_bytes}, {"quantized_mac_fraction", quantized_fraction},
+                   {"bytes", out_bytes}, {"integer_mac_fraction", quantized_fraction},
+                   {"ort_latency", enc.meta["export"].value("ort_latency", nlohmann::json())},
                    {"seconds", seconds}};
   if (recon_method) {
     j["reconstruction_seconds"] = t_reconstructed - t_calibrated;
@@ -899,6 +911,8 @@ int main(int argc, char** argv) {
   quantize->add_flag("--quantize-head", qa.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   quantize->add_flag("--act-symmetric", qa.act_symmetric, "symmetric activation grids (TensorRT-style)");
   quantize->add_flag("--separate-concat-scales", qa.separate_concat_scales, "give each Concat input its own scale");
+  quantize->add_flag("!--no-ort-latency", qa.ort_latency,
+                     "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");
   quantize->add_option("--weight-type", qa.weight_type,
                        "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, which do not "
                        "saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with block, for TensorRT)");

@@ -85,6 +85,12 @@ struct QuantPlan {
 // sharing one scale, heads kept in floating point. Throws Error on unknown names in exclude/overrides.
 QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts);
 
+// Compute nodes whose Q/DQ pattern ONNX Runtime fuses into an integer kernel: quantized weight, an input
+// on a quantizer's grid (directly or through grid-preserving ops) and an 8-bit quantized output (directly or
+// after a Relu / Clip that ORT folds into the QuantizeLinear; a sub-8-bit quantizer's Clip stops the fusion). A model of ORT's rule, checked against ORT's
+// optimised graph by tests/py/test_qdq_vs_ort.py.
+std::vector<std::string> integer_compute_nodes(const Graph& g, const QuantPlan& plan);
+
 // Compute nodes recognised as the detection head (see docs/QUANTIZATION.md for the rule).
 std::vector<std::string> find_head_nodes(const Graph& g);
 

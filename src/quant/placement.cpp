@@ -111,6 +111,35 @@ std::vector<std::string> find_head_nodes(const Graph& g) {
   return head;
 }
 
+std::vector<std::string> integer_compute_nodes(const Graph& g, const QuantPlan& plan) {
+  GraphIndex index(g);
+  std::set<std::string> sites, int8_outputs;
+  for (const auto& a : plan.activations) {
+    sites.insert(a.value);
+    if (a.bits == 8) int8_outputs.insert(a.value);  // a sub-8-bit Q has a Clip before it, which stops the fusion
+  }
+  std::function<bool(const std::string&)> on_grid = [&](const std::string& v) -> bool {
+    if (sites.count(v)) return true;
+    const Node* p = index.producer(v);
+    if (!p || !is_passthrough(*p, g)) return false;
+    for (const auto& i : passthrough_data_inputs(*p))
+      if (!on_grid(i)) return false;
+    return true;
+  };
+  std::vector<std::string> out;
+  for (const auto& w : plan.weights) {
+    const Node* n = nullptr;
+    for (const auto& x : g.nodes)
+      if (x.name == w.node) n = &x;
+    if (!n || n->outputs.empty() || !on_grid(n->inputs[0])) continue;
+    std::string v = n->outputs[0];
+    const auto& cons = index.consumers(v);
+    if (!sites.count(v) && cons.size() == 1 && (cons[0]->op_type == "Relu" || cons[0]->op_type == "Clip")) v = cons[0]->outputs[0];
+    if (int8_outputs.count(v)) out.push_back(n->name);
+  }
+  return out;
+}
+
 QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   for (int b : {opts.weight_bits, opts.act_bits, opts.first_layer_bits, opts.head_last_bits})
     if (b < 2 || b > 8) throw Error("bit width " + std::to_string(b) + " is outside 2..8");

@@ -222,9 +222,17 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
                      p.value("activations", nlohmann::json::array()).size(), p.value("float_nodes", nlohmann::json::array()).size());
     if (meta.contains("export")) {
       const auto& x = meta["export"];
-      h += fmt::format("<p>Exported file {:.2f} MB (FP32 {:.2f} MB), weights stored as {}; {:.1f} % of the compute MACs quantized.</p>",
+      h += fmt::format("<p>Exported file {:.2f} MB (FP32 {:.2f} MB), weights stored as {}; {:.1f} % of the compute MACs in integer kernels.</p>",
                        x.value("bytes", 0) / 1e6, x.value("fp32_bytes", 0) / 1e6, html_escape(x.value("weight_storage", std::string("?"))),
-                       100 * x.value("quantized_mac_fraction", 0.0));
+                       100 * x.value("integer_mac_fraction", 0.0));
+      if (x.contains("ort_latency") && x["ort_latency"].contains("quantized_ms")) {
+        const auto& l = x["ort_latency"];
+        h += fmt::format("<p>ONNX Runtime {} (CPU, 1 thread, median of {} runs): FP32 {:.2f} ms, this file {:.2f} ms (<b>{:.2f}×</b>).</p>",
+                         html_escape(l.value("onnxruntime", std::string())), l.value("runs", 0), l["fp32_ms"].get<double>(),
+                         l["quantized_ms"].get<double>(), l["ratio"].get<double>());
+      } else if (x.contains("ort_latency")) {
+        h += "<p>ONNX Runtime latency: skipped (" + html_escape(x["ort_latency"].value("skipped", std::string())) + ").</p>";
+      }
     }
     if (!p.value("float_nodes", nlohmann::json::array()).empty()) {
       // Whatever stays in floating point is a choice the user should see, with its reason.

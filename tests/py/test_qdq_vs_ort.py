@@ -24,6 +24,7 @@ from common import ASSETS, CLI, SOURCE_DIR, Checks, run_cli
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "bench"))
 import reference_pipeline as rp  # noqa: E402
+from export_latency import conv_macs  # noqa: E402
 
 MODEL = "fastestdet"
 CALIB = os.path.join(ASSETS, "coco128", "images", "train2017")
@@ -41,6 +42,15 @@ def with_code_outputs(model):
             codes.append(n.output[0])
             m.graph.output.append(inferred[n.output[0]])
     return m, codes
+
+
+def check_latency_skipped(checks, model_path, tmp):
+    """Without an interpreter that imports onnxruntime, quantize still succeeds and says why it skipped."""
+    env = dict(os.environ, INLIERQ_PYTHON=os.path.join(tmp, "no_such_python"))
+    proc = subprocess.run([CLI, "quantize", model_path, "--profile", MODEL, "--calib", CALIB, "--num-calib", "2", "--preset",
+                           "w8a8", "-o", os.path.join(tmp, "skip.onnx")], capture_output=True, text=True, env=env)
+    checks.check(proc.returncode == 0 and "ONNX Runtime latency: skipped" in proc.stdout,
+                 f"quantize without onnxruntime: exit {proc.returncode}, says it skipped the latency")
 
 
 def check_integer_kernels(checks, q, enc, tmp):
@@ -71,6 +81,11 @@ def check_integer_kernels(checks, q, enc, tmp):
     checks.check(qlinear == {n.name for n in quantized},
                  f"w8a8: ORT fuses every quantized Conv into QLinearConv ({len(qlinear)} of {len(quantized)}; "
                  f"not fused: {sorted({n.name for n in quantized} - qlinear)[:5]})")
+    # quantize's integer-MAC share (its model of ORT's rule) equals the share ORT really fuses.
+    macs = conv_macs(os.path.join(ASSETS, "models", rp.MODELS[MODEL][0]))
+    fused = sum(macs.get(n, 0) for n in qlinear) / sum(macs.values())
+    claimed = enc["meta"]["export"]["integer_mac_fraction"]
+    checks.check(abs(fused - claimed) < 1e-9, f"w8a8: integer MAC share, quantize {claimed:.4f} vs ORT's graph {fused:.4f}")
 
 
 def main():
@@ -80,8 +95,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for preset in ("w8a8", "w4a4"):
             out = os.path.join(tmp, f"{MODEL}_{preset}.onnx")
-            run_cli("quantize", model_path, "--profile", MODEL, "--calib", CALIB, "--num-calib", "16", "--preset", preset,
-                    "--method", "mse", "-o", out)
+            summary = json.loads(run_cli("quantize", model_path, "--profile", MODEL, "--calib", CALIB, "--num-calib", "16",
+                                         "--preset", preset, "--method", "mse", "-o", out, "--json").stdout.strip().splitlines()[-1])
+            lat = summary["ort_latency"]
+            checks.check(lat.get("quantized_ms", 0) > 0 and lat.get("fp32_ms", 0) > 0 and lat.get("runs", 0) >= 10,
+                         f"{preset}: quantize measured ORT latency {lat}")
+            checks.check(0 < summary["integer_mac_fraction"] <= 1 and summary["layout"] == ("ort" if preset == "w8a8" else "block"),
+                         f"{preset}: layout {summary['layout']}, {100 * summary['integer_mac_fraction']:.0f} % of MACs in integer kernels")
             q = onnx.load(out)
             checks.check(q.opset_import[0].version == 13, f"{preset}: opset {q.opset_import[0].version} == 13")
             onnx.checker.check_model(q)
@@ -109,6 +129,7 @@ def main():
             checks.check(os.path.exists(trt) == (preset == "w8a8"), f"{preset}: TensorRT cache written only at 8 bit")
             if preset == "w8a8":
                 check_integer_kernels(checks, q, enc, tmp)
+                check_latency_skipped(checks, model_path, tmp)
 
             # Integer codes and outputs: inlierq's executor vs ONNX Runtime running the file's Q/DQ semantics
             # (graph optimisations off: on CPUs without VNNI, ORT's fused u8s8 kernels may saturate, which is
