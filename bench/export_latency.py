@@ -140,6 +140,54 @@ def time_runs(sess, runs, warmup=3):
     return ms
 
 
+PROFILE_SECTION = "## Where the time goes: ONNX Runtime per-op profile of the W8A8 exports"
+
+
+def op_profile(path, runs=30, threads=1):
+    """ORT's own profiler: kernel time per op type, ms per run, and node counts."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = (np.random.RandomState(0).rand(*[d if isinstance(d, int) else 1 for d in inp.shape]) * 255).astype(np.float32)
+        for _ in range(runs):
+            sess.run(None, {inp.name: x})
+        events = json.load(open(sess.end_profiling()))
+    time_us, nodes = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            time_us[e["args"]["op_name"]] += e["dur"]
+            nodes[e["args"]["op_name"]] += 1
+    return {op: (us / runs / 1000, nodes[op] // runs) for op, us in time_us.items()}
+
+
+def profile_markdown(models, configs, args, meta):
+    lines = [PROFILE_SECTION, "",
+             f"Measured {meta['date']} with `python3 bench/export_latency.py --op-profile{meta['argv']}` on {meta['machine']} "
+             f"({meta['cpus']} CPUs, {cpu_flags()}), inlierq {meta['git']}, {meta['versions']}: ORT's profiler "
+             "(`enable_profiling`), 30 runs at 1 thread after session creation, kernel time per op type in ms per run "
+             "(node count in brackets), the eight largest per file; files from the run above (--workdir).", ""]
+    for model in models:
+        lines += [f"**{model}**", "", "| file | total | largest ops |", "|---|---|---|"]
+        for name, _ in configs:
+            path = model_file(args, model) if name == "fp32" else os.path.join(args.workdir, f"{model}_{name}.onnx")
+            if not os.path.exists(path):
+                continue
+            prof = op_profile(path)
+            total = sum(ms for ms, _ in prof.values())
+            top = sorted(prof.items(), key=lambda kv: -kv[1][0])[:8]
+            lines.append(f"| {name} | {total:.2f} ms | " + ", ".join(f"{op} {ms:.2f} ({n})" for op, (ms, n) in top) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(rows, args, meta):
     lines = [SECTION, "",
              f"Measured {meta['date']} with `python3 bench/export_latency.py{meta['argv']}` on {meta['machine']} "
@@ -157,6 +205,9 @@ def markdown(rows, args, meta):
              "with its integer kernels. ORT's export stores int8 weights; on a CPU without VNNI its U8S8 kernels "
              "saturate and lose accuracy, which inlierq's uint8 weight storage avoids (docs/QUANTIZATION.md §2a); "
              f"this CPU: {cpu_flags()}.", ""]
+    extra = [c.partition("=") for c in args.configs.split(",") if "=" in c]
+    if extra:
+        lines += ["Further files: " + "; ".join(f"**{n}** = the default command plus `{a}`" for n, _, a in extra) + ".", ""]
     ts = [int(t) for t in args.threads.split(",")]
     head = "| model | file | size (MB) | int8 conv MACs | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} (ms, × FP32)" for t in ts)
     head += " | mAP | ΔmAP |"
@@ -234,6 +285,8 @@ def main():
     ap.add_argument("--workdir", default="/tmp/inlierq_export_latency")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--op-profile", action="store_true",
+                    help="only profile the files of --workdir per op (ORT's profiler) and write that section")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild the section from --workdir/rows.jsonl (the last row per model and file), measuring nothing")
     args = ap.parse_args()
@@ -248,6 +301,12 @@ def main():
             "cpus": os.cpu_count(), "load_before": f"{os.getloadavg()[0]:.1f}", "versions": versions(),
             "git": git_state(), "argv": "".join(" " + shlex.quote(a) for a in sys.argv[1:])}
     rows = []
+    if args.op_profile:
+        text = profile_markdown(args.models.split(","), configs, args, meta)
+        print(text)
+        if not args.no_write:
+            write_section(args.out, PROFILE_SECTION, text)
+        return 0
     if args.report_only:
         last = {}
         for line in open(os.path.join(args.workdir, "rows.jsonl")):
