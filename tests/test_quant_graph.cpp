@@ -135,6 +135,45 @@ TEST(QuantGraph, OpsetUpgradeOfSharedModelsKeepsOutputs) {
   }
 }
 
+// ORT layout: a conv reading the image through grid-preserving ops (YOLOX's Focus) gets its quantizer on
+// its own input, flagged as the image (first layer's 8 bits, min/max range whatever the calibrator).
+TEST(QuantGraph, ImageQuantizerAfterGridPreservingOps) {
+  std::mt19937 rng(7);
+  Graph g;
+  g.inputs = {float_input("x", {1, 3, 16, 16})};
+  g.outputs = {float_output("out", {1, 4, 16, 16})};
+  g.nodes.push_back(node("focus", "Identity", {"x"}, {"xf"}));
+  for (const auto& [name, in, out, cin, cout] :
+       std::vector<std::tuple<std::string, std::string, std::string, int, int>>{{"c1", "xf", "c1_out", 3, 8}, {"c2", "a", "c2_out", 8, 8},
+                                                                                {"c3", "b", "out", 8, 4}}) {
+    g.initializers[name + ".w"] = random_tensor({cout, cin, 1, 1}, rng, 0.3f);
+    g.initializers[name + ".b"] = random_tensor({cout}, rng, 0.1f);
+    g.nodes.push_back(node(name, "Conv", {in, name + ".w", name + ".b"}, {out}));
+  }
+  g.nodes.insert(g.nodes.begin() + 2, node("r1", "Relu", {"c1_out"}, {"a"}));
+  g.nodes.insert(g.nodes.begin() + 4, node("r2", "Relu", {"c2_out"}, {"b"}));
+  g = finish(g);
+  quant::PlacementOptions po;
+  po.act_bits = 4;
+  po.weight_bits = 4;
+  po.layout = quant::QdqLayout::Ort;
+  const auto plan = quant::derive_plan(g, po);
+  ASSERT_TRUE(find_site(plan, "xf"));
+  EXPECT_FALSE(find_site(plan, "x"));
+  EXPECT_TRUE(find_site(plan, "xf")->image);
+  EXPECT_EQ(find_site(plan, "xf")->bits, 8);
+  EXPECT_FALSE(find_site(plan, "a")->image);
+  std::vector<TensorData> inputs;
+  for (int i = 0; i < 3; ++i) inputs.push_back(random_tensor({1, 3, 16, 16}, rng, 1.0f, 0.2f));
+  quant::CalibrationOptions co;
+  co.method = "mse";
+  const auto enc = quant::calibrate(g, plan, inputs, co);
+  const auto& e = enc.activations.at("xf");
+  const auto p = quant::range_to_params(e.observed_min, e.observed_max, quant::QuantGrid{8, false});
+  EXPECT_FLOAT_EQ(e.scale, p.scale);
+  EXPECT_EQ(e.zero_point, p.zero_point);
+}
+
 TEST(QuantGraph, PlacementOnToyDetector) {
   std::mt19937 rng(2);
   Graph g = toy_detector(rng);

@@ -61,6 +61,9 @@ struct ActSite {
   int bits = 8;
   bool symmetric = false;
   int group = 0;         // sites in one group share one scale (inputs of a Concat)
+  // The network input, possibly after grid-preserving ops (YOLOX's Focus slices): 8-bit pixels, calibrated
+  // by min/max at the first layer's bit width.
+  bool image = false;
   std::string reason;
 };
 

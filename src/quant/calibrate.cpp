@@ -37,6 +37,7 @@ struct GroupStats {
   double max = -std::numeric_limits<double>::infinity();
   std::unique_ptr<Histogram> hist;  // values over [min, max], or |x| over [0, max|x|] for entropy
   bool seen = false;
+  bool image = false;  // holds the network input (ActSite::image)
 };
 
 // The raw float data of a dense CPU tensor in whatever memory order it has (order does not matter
@@ -134,6 +135,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     gs.members.push_back(a.value);
     gs.bits = a.bits;
     gs.symmetric = a.symmetric;
+    gs.image = gs.image || a.image;
     group_of[a.value] = a.group;
   }
   rt::ExecutorOptions eo;
@@ -198,8 +200,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     double lo = gs.min, hi = gs.max;
     // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
     // search over its histogram would clip pixel values.
-    const bool network_input = std::find(gs.members.begin(), gs.members.end(), input_name) != gs.members.end();
-    if (network_input) {
+    if (gs.image) {
     } else if (opts.method == "percentile") {
       auto r = percentile_range(*gs.hist, opts.percentile);
       lo = r.first, hi = r.second;

@@ -230,11 +230,12 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   // ---- weights and block outputs
   struct Candidate {
     std::string value, reason, block;  // block: the compute node whose block ends here, if any
+    bool image = false;
   };
   std::vector<Candidate> sites;
   std::set<std::string> site_values;
-  auto add_site = [&](const std::string& v, const std::string& why, const std::string& block) {
-    if (site_values.insert(v).second) sites.push_back({v, why, block});
+  auto add_site = [&](const std::string& v, const std::string& why, const std::string& block, bool image = false) {
+    if (site_values.insert(v).second) sites.push_back({v, why, block, image});
   };
   std::set<std::string> quantized_compute;
   for (const auto& n : g.nodes) {
@@ -345,7 +346,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     if (v.empty() || g.is_initializer(v) || site_values.count(v)) return;
     if (graph_inputs.count(v)) {
       // A float network input would leave the first layer (and the pooling after it) in float in ORT.
-      if (layout == QdqLayout::Ort) add_site(v, "network input, read by " + user, "");
+      if (layout == QdqLayout::Ort) add_site(v, "network input, read by " + user, "", true);
       return;
     }
     const Node* p = index.producer(v);
@@ -361,12 +362,30 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     if (index.is_graph_output(v)) return;
     add_site(v, "input of " + user, "");
   };
-  for (const auto& n : g.nodes)
-    if (quantized_compute.count(n.name)) ensure_grid(n.inputs[0], n.name);
+  // Values computed from the network input by grid-preserving ops alone (YOLOX's Focus: four strided Slices
+  // and a Concat). Quantizing the compute node's input there, not the raw input, leaves those ops in float,
+  // where ORT fuses them into one SpaceToDepth; on uint8 they stay Slices (1.5 ms of YOLOX-Nano's 25 ms).
+  std::function<bool(const std::string&)> image_only = [&](const std::string& v) -> bool {
+    if (graph_inputs.count(v)) return true;
+    const Node* p = index.producer(v);
+    if (!p || !is_passthrough(*p, g)) return false;
+    for (const auto& i : passthrough_data_inputs(*p))
+      if (!image_only(i)) return false;
+    return true;
+  };
+  for (const auto& n : g.nodes) {
+    if (!quantized_compute.count(n.name)) continue;
+    const std::string& in = n.inputs[0];
+    if (layout == QdqLayout::Ort && !site_values.count(in) && !graph_inputs.count(in) && image_only(in)) {
+      add_site(in, "network input after grid-preserving ops, read by " + n.name, "", true);
+      continue;
+    }
+    ensure_grid(in, n.name);
+  }
 
   // ---- exclusions by value name, and per-value bit overrides
   std::vector<ActSite> acts;
-  for (const auto& [v, why, block] : sites) {
+  for (const auto& [v, why, block, image] : sites) {
     const Node* p = index.producer(v);
     if (excluded.count(v) || (p && excluded.count(p->name))) continue;
     ActSite a;
@@ -375,7 +394,8 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     a.symmetric = opts.act_symmetric;
     a.bits = opts.act_bits;
     a.reason = why;
-    if (graph_inputs.count(v)) a.bits = opts.first_layer_bits;  // the image, read by the first layer
+    a.image = image;
+    if (image) a.bits = opts.first_layer_bits;  // pixels, read by the first layer
     if (act_bits_override.count(v)) a.bits = act_bits_override[v], a.reason += ", config override";
     else if (p && act_bits_override.count(p->name)) a.bits = act_bits_override[p->name], a.reason += ", config override";
     else if (!block.empty() && act_bits_override.count(block)) a.bits = act_bits_override[block], a.reason += ", config override";
@@ -435,7 +455,7 @@ nlohmann::json QuantPlan::to_json() const {
   j["activations"] = nlohmann::json::array();
   for (const auto& a : activations)
     j["activations"].push_back({{"value", a.value}, {"producer", a.producer}, {"bits", a.bits},
-                                {"symmetric", a.symmetric}, {"group", a.group}, {"reason", a.reason}});
+                                {"symmetric", a.symmetric}, {"group", a.group}, {"image", a.image}, {"reason", a.reason}});
   j["head_nodes"] = head_nodes;
   j["first_nodes"] = first_nodes;
   j["float_nodes"] = nlohmann::json::array();
