@@ -170,7 +170,7 @@ def op_profile(path, runs=30, threads=1):
 
 def profile_markdown(models, configs, args, meta):
     lines = [PROFILE_SECTION, "",
-             f"Measured {meta['date']} with `python3 bench/export_latency.py --op-profile{meta['argv']}` on {meta['machine']} "
+             f"Measured {meta['date']} with `python3 bench/export_latency.py{meta['argv']}` on {meta['machine']} "
              f"({meta['cpus']} CPUs, {cpu_flags()}), inlierq {meta['git']}, {meta['versions']}: ORT's profiler "
              "(`enable_profiling`), 30 runs at 1 thread after session creation, kernel time per op type in ms per run "
              "(node count in brackets), the eight largest per file; files from the run above (--workdir).", ""]

@@ -158,6 +158,8 @@ def main():
         expect_error("quantize bits out of range", qbase + ["--wbits", "1", "--abits", "8"], ["2..8"], rc=1)
         expect_error("quantize unknown method", qbase + ["--preset", "w8a8", "--method", "kl"], ["'kl'", "calibration method"], rc=1)
         expect_error("quantize unknown weight method", qbase + ["--preset", "w8a8", "--weight-method", "kl"], ["'kl'", "weight"], rc=1)
+        expect_error("quantize unknown layout", qbase + ["--preset", "w8a8", "--layout", "nhwc"], ["'nhwc'", "auto, ort or block"], rc=1)
+        expect_error("quantize unknown weight type", qbase + ["--preset", "w8a8", "--weight-type", "int4"], ["'int4'", "int8 or uint8"], rc=1)
         expect_error("quantize zero calibration images", qbase + ["--preset", "w8a8", "--num-calib", "0"], ["--num-calib"], rc=1)
         expect_error("quantize negative fallback", qbase + ["--preset", "w8a8", "--fallback", "-1"], ["--fallback"], rc=1)
         expect_error("quantize unknown profile", ["quantize", fd, "--profile", "nosuch", "--calib", calib_dir, "-o", qout,
