@@ -24,6 +24,16 @@ bool is_passthrough(const Node& n, const Graph& g) {
   return false;
 }
 
+bool from_sources_through_passthrough(const Graph& g, const GraphIndex& index, const std::string& v,
+                                      const std::function<bool(const std::string&)>& is_source) {
+  if (is_source(v)) return true;
+  const Node* p = index.producer(v);
+  if (!p || !is_passthrough(*p, g)) return false;
+  for (const auto& i : passthrough_data_inputs(*p))
+    if (!from_sources_through_passthrough(g, index, i, is_source)) return false;
+  return true;
+}
+
 // Data inputs of a pass-through node (not its shape/index/pad operands).
 std::vector<std::string> passthrough_data_inputs(const Node& n) {
   if (n.op_type == "Concat") return n.inputs;

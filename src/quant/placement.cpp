@@ -118,13 +118,8 @@ std::vector<std::string> integer_compute_nodes(const Graph& g, const QuantPlan& 
     sites.insert(a.value);
     if (a.bits == 8) int8_outputs.insert(a.value);  // a sub-8-bit Q has a Clip before it, which stops the fusion
   }
-  std::function<bool(const std::string&)> on_grid = [&](const std::string& v) -> bool {
-    if (sites.count(v)) return true;
-    const Node* p = index.producer(v);
-    if (!p || !is_passthrough(*p, g)) return false;
-    for (const auto& i : passthrough_data_inputs(*p))
-      if (!on_grid(i)) return false;
-    return true;
+  auto on_grid = [&](const std::string& v) {
+    return from_sources_through_passthrough(g, index, v, [&](const std::string& x) { return sites.count(x) > 0; });
   };
   std::vector<std::string> out;
   for (const auto& w : plan.weights) {
@@ -320,13 +315,8 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   if (layout == QdqLayout::Ort) {
     static const std::set<std::string> integer_ops = {"Sigmoid", "LeakyRelu", "Relu", "Clip", "Mul", "Add",
                                                       "AveragePool", "GlobalAveragePool"};
-    std::function<bool(const std::string&)> on_grid = [&](const std::string& v) -> bool {
-      if (site_values.count(v)) return true;
-      const Node* p = index.producer(v);
-      if (!p || !is_passthrough(*p, g)) return false;
-      for (const auto& i : passthrough_data_inputs(*p))
-        if (!on_grid(i)) return false;
-      return true;
+    auto on_grid = [&](const std::string& v) {
+      return from_sources_through_passthrough(g, index, v, [&](const std::string& x) { return site_values.count(x) > 0; });
     };
     for (const auto& n : g.nodes) {
       if (!n.domain.empty() || !integer_ops.count(n.op_type) || n.outputs.empty() || excluded.count(n.name)) continue;
@@ -365,13 +355,8 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   // Values computed from the network input by grid-preserving ops alone (YOLOX's Focus: four strided Slices
   // and a Concat). Quantizing the compute node's input there, not the raw input, leaves those ops in float,
   // where ORT fuses them into one SpaceToDepth; on uint8 they stay Slices (1.5 ms of YOLOX-Nano's 25 ms).
-  std::function<bool(const std::string&)> image_only = [&](const std::string& v) -> bool {
-    if (graph_inputs.count(v)) return true;
-    const Node* p = index.producer(v);
-    if (!p || !is_passthrough(*p, g)) return false;
-    for (const auto& i : passthrough_data_inputs(*p))
-      if (!image_only(i)) return false;
-    return true;
+  auto image_only = [&](const std::string& v) {
+    return from_sources_through_passthrough(g, index, v, [&](const std::string& x) { return graph_inputs.count(x) > 0; });
   };
   for (const auto& n : g.nodes) {
     if (!quantized_compute.count(n.name)) continue;
