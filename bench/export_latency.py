@@ -192,7 +192,7 @@ def markdown(rows, args, meta):
     lines = [SECTION, "",
              f"Measured {meta['date']} with `python3 bench/export_latency.py{meta['argv']}` on {meta['machine']} "
              f"({meta['cpus']} CPUs; load average {meta['load_before']} before, {meta['load_after']} after), "
-             f"inlierq {meta['git']}, {meta['versions']}.",
+             f"inlierq {meta['git']}, {meta['versions']}." + (" " + meta["runs_note"] if meta.get("runs_note") else ""),
              "",
              "Each model as FP32, as inlierq's default W8A8 export (`inlierq quantize --preset w8a8`, nothing else), "
              "as the same with `--layout block` (block-output Q/DQ only: the export before the ORT layout) and as "
@@ -315,6 +315,13 @@ def main():
         rows = [last[(m, c)] for m in args.models.split(",") for c, _ in configs if (m, c) in last]
         if rows and "meta" in rows[0]:
             meta = dict(rows[0]["meta"])
+            runs = {}
+            for r in rows:
+                m = r.get("meta", {})
+                runs.setdefault((m.get("git"), m.get("argv")), []).append(f"{r['model']} {r['config']}")
+            if len(runs) > 1:  # rows measured by several runs: say which run measured which rows
+                meta["runs_note"] = "Rows of several runs (`--report-only`), by commit and arguments: " + "; ".join(
+                    f"{g}, `{a.strip()}`: {', '.join(v)}" for (g, a), v in runs.items()) + "."
         else:
             meta["argv"] = meta["argv"].replace(" --report-only", "")
             meta["git"] += " (rows measured earlier; their commit was not recorded)"

@@ -193,6 +193,8 @@ TEST(QuantGraph, PlacementOnToyDetector) {
     EXPECT_EQ(values, (std::set<std::string>{"x", "a", "b", "c", "d", "c5_out", "c5_s", "f"}));
     EXPECT_EQ(find_site(ort, "x")->bits, 8);
     EXPECT_EQ(find_site(ort, "c5_out")->bits, 4);
+    EXPECT_TRUE(find_site(ort, "c5_out")->silu_input);  // read only by x·sigmoid(x)
+    EXPECT_FALSE(find_site(ort, "a")->silu_input);
     EXPECT_EQ(find_site(ort, "d")->group, find_site(ort, "f")->group);
     EXPECT_NE(find_site(ort, "c")->group, find_site(ort, "d")->group);
     EXPECT_NE(find_site(ort, "c5_out")->group, find_site(ort, "f")->group);

@@ -64,6 +64,9 @@ struct ActSite {
   // The network input, possibly after grid-preserving ops (YOLOX's Focus slices): 8-bit pixels, calibrated
   // by min/max at the first layer's bit width.
   bool image = false;
+  // Read only by x·sigmoid(x) (the ORT layout's SiLU pre-activation): the mse calibrator measures its error
+  // after the SiLU, which maps the whole negative tail to ≈ 0.
+  bool silu_input = false;
   std::string reason;
 };
 

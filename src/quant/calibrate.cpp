@@ -38,6 +38,7 @@ struct GroupStats {
   std::unique_ptr<Histogram> hist;  // values over [min, max], or |x| over [0, max|x|] for entropy
   bool seen = false;
   bool image = false;  // holds the network input (ActSite::image)
+  bool silu = true;    // every member is a SiLU pre-activation (ActSite::silu_input)
 };
 
 // The raw float data of a dense CPU tensor in whatever memory order it has (order does not matter
@@ -136,6 +137,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     gs.bits = a.bits;
     gs.symmetric = a.symmetric;
     gs.image = gs.image || a.image;
+    gs.silu = gs.silu && a.silu_input;
     group_of[a.value] = a.group;
   }
   rt::ExecutorOptions eo;
@@ -212,7 +214,9 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       const double t = entropy_threshold(*gs.hist, gs.bits);
       lo = std::max(gs.min, -t), hi = std::min(gs.max, t);
     } else if (opts.method == "mse") {
-      auto r = mse_range(*gs.hist, grid);
+      // A SiLU pre-activation's error counts after the SiLU (YOLOX-Nano W8A8 ort layout, mse + fallback 2,
+      // 500 val images through ORT: mAP 0.1964 with the plain search, 0.2120 with this one, FP32 0.2161).
+      auto r = gs.silu && !gs.symmetric ? mse_range_after(*gs.hist, grid, silu) : mse_range(*gs.hist, grid);
       lo = r.first, hi = r.second;
     }
     if (gs.symmetric) {

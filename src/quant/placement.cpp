@@ -226,11 +226,22 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   struct Candidate {
     std::string value, reason, block;  // block: the compute node whose block ends here, if any
     bool image = false;
+    bool silu_input = false;
   };
   std::vector<Candidate> sites;
   std::set<std::string> site_values;
-  auto add_site = [&](const std::string& v, const std::string& why, const std::string& block, bool image = false) {
-    if (site_values.insert(v).second) sites.push_back({v, why, block, image});
+  auto add_site = [&](const std::string& v, const std::string& why, const std::string& block, bool image = false,
+                      bool silu_input = false) {
+    if (site_values.insert(v).second) sites.push_back({v, why, block, image, silu_input});
+  };
+  // v's consumers are exactly Sigmoid(v) and v · Sigmoid(v).
+  auto feeds_only_silu = [&](const std::string& v) {
+    const auto& cons = index.consumers(v);
+    if (cons.size() != 2 || index.is_graph_output(v)) return false;
+    const Node* sig = cons[0]->op_type == "Sigmoid" ? cons[0] : cons[1]->op_type == "Sigmoid" ? cons[1] : nullptr;
+    const Node* mul = cons[0]->op_type == "Mul" ? cons[0] : cons[1]->op_type == "Mul" ? cons[1] : nullptr;
+    return sig && mul && sig->inputs[0] == v && mul->inputs.size() == 2 &&
+           ((mul->inputs[0] == v && mul->inputs[1] == sig->outputs[0]) || (mul->inputs[1] == v && mul->inputs[0] == sig->outputs[0]));
   };
   std::set<std::string> quantized_compute;
   for (const auto& n : g.nodes) {
@@ -268,7 +279,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
         v = cons[0]->outputs[0];
         why += "+" + cons[0]->op_type;
       }
-      if (!index.is_graph_output(v)) add_site(v, why, n.name);
+      if (!index.is_graph_output(v)) add_site(v, why, n.name, false, feeds_only_silu(v));
       continue;
     }
     // Block end: follow the fused activation (unary or x·sigmoid(x)), then a residual Add.
@@ -370,7 +381,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
 
   // ---- exclusions by value name, and per-value bit overrides
   std::vector<ActSite> acts;
-  for (const auto& [v, why, block, image] : sites) {
+  for (const auto& [v, why, block, image, silu_input] : sites) {
     const Node* p = index.producer(v);
     if (excluded.count(v) || (p && excluded.count(p->name))) continue;
     ActSite a;
@@ -380,6 +391,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     a.bits = opts.act_bits;
     a.reason = why;
     a.image = image;
+    a.silu_input = silu_input;
     if (image) a.bits = opts.first_layer_bits;  // pixels, read by the first layer
     if (act_bits_override.count(v)) a.bits = act_bits_override[v], a.reason += ", config override";
     else if (p && act_bits_override.count(p->name)) a.bits = act_bits_override[p->name], a.reason += ", config override";
@@ -440,7 +452,7 @@ nlohmann::json QuantPlan::to_json() const {
   j["activations"] = nlohmann::json::array();
   for (const auto& a : activations)
     j["activations"].push_back({{"value", a.value}, {"producer", a.producer}, {"bits", a.bits},
-                                {"symmetric", a.symmetric}, {"group", a.group}, {"image", a.image}, {"reason", a.reason}});
+                                {"symmetric", a.symmetric}, {"group", a.group}, {"image", a.image}, {"silu_input", a.silu_input}, {"reason", a.reason}});
   j["head_nodes"] = head_nodes;
   j["first_nodes"] = first_nodes;
   j["float_nodes"] = nlohmann::json::array();

@@ -402,6 +402,33 @@ std::pair<float, float> mse_range(const Histogram& h, QuantGrid g, double p, int
   return mse_search(std::move(pts), h.vmin, h.vmax, g, p, candidates);
 }
 
+double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+std::pair<float, float> mse_range_after(const Histogram& h, QuantGrid g, double (*f)(double), double p, int candidates) {
+  if (g.symmetric) throw Error("mse_range_after: asymmetric grids only");
+  if (candidates < 1) throw Error("mse_range_after: candidates must be >= 1");
+  std::vector<Pt> pts;
+  for (int j = 0; j < h.bins(); ++j)
+    if (h.counts[j] > 0) pts.push_back({h.sums[j] / h.counts[j], h.counts[j]});
+  if (pts.empty()) return {0.0f, 0.0f};
+  std::vector<double> fx(pts.size());
+  for (size_t k = 0; k < pts.size(); ++k) fx[k] = f(pts[k].v);
+  const double m = std::min(h.vmin, 0.0), M = std::max(h.vmax, 0.0);
+  double best = std::numeric_limits<double>::infinity();
+  std::pair<float, float> out{static_cast<float>(m), static_cast<float>(M)};
+  // Widest first, so that ties keep the wider range.
+  for (int i = candidates; i >= 1; --i)
+    for (int j = candidates; j >= 1; --j) {
+      const float lo = static_cast<float>(m * j / candidates), hi = static_cast<float>(M * i / candidates);
+      const AffineParams prm = range_to_params(lo, hi, g);
+      double err = 0;
+      for (size_t k = 0; k < pts.size() && err < best; ++k)
+        err += pts[k].c * std::pow(std::fabs(f(fake_quant_value(static_cast<float>(pts[k].v), prm, g)) - fx[k]), p);
+      if (err < best) best = err, out = {lo, hi};
+    }
+  return out;
+}
+
 std::pair<float, float> mse_range_exact(const float* x, size_t n, QuantGrid g, double p, int candidates) {
   std::vector<double> v;
   v.reserve(n);

@@ -83,6 +83,14 @@ float entropy_threshold(const Histogram& abs_hist, int bits, int levels = 0);
 // version represents each bin by its mean value weighted by its count; the search is pruned (see the
 // .cpp) but returns the exhaustive search's optimum. All-zero data gives {0, 0}.
 std::pair<float, float> mse_range(const Histogram& h, QuantGrid g, double p = 2.4, int candidates = 100);
+// mse with the error measured after an element-wise function f that follows the quantizer:
+// sum_b c_b |f(x̂_b) − f(x_b)|^p over the bins' means. Asymmetric grids only; candidates: a
+// `candidates` × `candidates` lattice of ranges [vmin·j/candidates, vmax·i/candidates] (clipping each
+// side down to 1/candidates of it). For a quantizer in front of x·sigmoid(x) (the ORT layout's SiLU
+// pre-activation) f = SiLU: values far below zero all map to ≈ 0, so the search clips that tail.
+std::pair<float, float> mse_range_after(const Histogram& h, QuantGrid g, double (*f)(double), double p = 2.4,
+                                        int candidates = 32);
+double silu(double x);
 // The same search on raw values (per-channel weights: small arrays), each value weighted 1; no histogram.
 // Non-finite values are skipped. Cost grows with the number of distinct values (a few ms for 2304).
 std::pair<float, float> mse_range_exact(const float* x, size_t n, QuantGrid g, double p = 2.4,
