@@ -315,6 +315,7 @@ def main():
         rows = [last[(m, c)] for m in args.models.split(",") for c, _ in configs if (m, c) in last]
         if rows and "meta" in rows[0]:
             meta = dict(rows[0]["meta"])
+            meta.setdefault("load_after", "(not recorded)")
             runs = {}
             for r in rows:
                 m = r.get("meta", {})
