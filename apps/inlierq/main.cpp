@@ -533,7 +533,6 @@ int cmd_quantize(const QuantizeArgs& a) {
   enc.meta["seed"] = a.seed;
   enc.meta["folded_batchnorms"] = prep.folded_batchnorms;
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
-  enc.meta["plan"] = final_plan.to_json();
 
   const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
   enc.meta["requantizers"] = requantizers;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -72,9 +73,10 @@ nlohmann::json ort_latency(const std::string& fp32_model, const std::string& qua
     ::pclose(p);
   }
   fs::remove(script, ec);
-  const auto nl = out.find_last_not_of("\n");
-  const auto start = nl == std::string::npos ? std::string::npos : out.rfind('\n', nl);
-  const std::string last = nl == std::string::npos ? "" : out.substr(start == std::string::npos ? 0 : start + 1, nl + 1 - (start == std::string::npos ? 0 : start + 1));
+  std::istringstream lines(out);
+  std::string line, last;
+  while (std::getline(lines, line))
+    if (!line.empty()) last = line;
   try {
     nlohmann::json j = nlohmann::json::parse(last);
     if (j.is_object()) return j;

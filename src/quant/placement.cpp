@@ -31,6 +31,30 @@ bool is_unary_activation(const Node& n) {
   return n.domain.empty() && ops.count(n.op_type) && !n.outputs.empty();
 }
 
+// The Mul of x·sigmoid(x) when v's consumers are exactly Sigmoid(v) and v · Sigmoid(v), the Sigmoid feeding
+// nothing else; nullptr otherwise.
+const Node* silu_mul(const GraphIndex& index, const std::string& v) {
+  const auto& cons = index.consumers(v);
+  if (cons.size() != 2 || index.is_graph_output(v)) return nullptr;
+  const Node* sig = cons[0]->op_type == "Sigmoid" ? cons[0] : cons[1]->op_type == "Sigmoid" ? cons[1] : nullptr;
+  const Node* mul = cons[0]->op_type == "Mul" ? cons[0] : cons[1]->op_type == "Mul" ? cons[1] : nullptr;
+  if (!sig || !mul || sig->inputs[0] != v || mul->inputs.size() != 2) return nullptr;
+  const auto& sig_cons = index.consumers(sig->outputs[0]);
+  if (sig_cons.size() != 1 || sig_cons[0] != mul) return nullptr;
+  const bool pair = (mul->inputs[0] == v && mul->inputs[1] == sig->outputs[0]) || (mul->inputs[1] == v && mul->inputs[0] == sig->outputs[0]);
+  return pair ? mul : nullptr;
+}
+
+// The Relu or Clip that ONNX Runtime folds into the QuantizeLinear after it (ReluQuantFusion,
+// ClipQuantFusion, when the quantized range starts at zero): v's only consumer, reading v. nullptr otherwise.
+const Node* foldable_activation(const GraphIndex& index, const std::string& v) {
+  const auto& cons = index.consumers(v);
+  if (index.is_graph_output(v) || cons.size() != 1 || !cons[0]->domain.empty() || cons[0]->inputs.empty() ||
+      cons[0]->inputs[0] != v || (cons[0]->op_type != "Relu" && cons[0]->op_type != "Clip"))
+    return nullptr;
+  return cons[0];
+}
+
 // Spatial part of a value's inferred shape (empty when unknown or not 4-D).
 std::vector<int64_t> spatial_shape(const Graph& g, const std::string& v) {
   const ValueInfo* vi = g.find_value(v);
@@ -121,16 +145,15 @@ std::vector<std::string> integer_compute_nodes(const Graph& g, const QuantPlan& 
   auto on_grid = [&](const std::string& v) {
     return from_sources_through_passthrough(g, index, v, [&](const std::string& x) { return sites.count(x) > 0; });
   };
+  std::map<std::string, const Node*> node_by_name;
+  for (const auto& x : g.nodes) node_by_name[x.name] = &x;
   std::vector<std::string> out;
   for (const auto& w : plan.weights) {
-    const Node* n = nullptr;
-    for (const auto& x : g.nodes)
-      if (x.name == w.node) n = &x;
-    if (!n || n->outputs.empty() || !on_grid(n->inputs[0])) continue;
-    std::string v = n->outputs[0];
-    const auto& cons = index.consumers(v);
-    if (!sites.count(v) && cons.size() == 1 && (cons[0]->op_type == "Relu" || cons[0]->op_type == "Clip")) v = cons[0]->outputs[0];
-    if (int8_outputs.count(v)) out.push_back(n->name);
+    auto it = node_by_name.find(w.node);
+    if (it == node_by_name.end() || it->second->outputs.empty() || !on_grid(it->second->inputs[0])) continue;
+    std::string v = it->second->outputs[0];
+    if (const Node* act = foldable_activation(index, v); act && !sites.count(v)) v = act->outputs[0];
+    if (int8_outputs.count(v)) out.push_back(w.node);
   }
   return out;
 }
@@ -234,15 +257,6 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
                       bool silu_input = false) {
     if (site_values.insert(v).second) sites.push_back({v, why, block, image, silu_input});
   };
-  // v's consumers are exactly Sigmoid(v) and v · Sigmoid(v).
-  auto feeds_only_silu = [&](const std::string& v) {
-    const auto& cons = index.consumers(v);
-    if (cons.size() != 2 || index.is_graph_output(v)) return false;
-    const Node* sig = cons[0]->op_type == "Sigmoid" ? cons[0] : cons[1]->op_type == "Sigmoid" ? cons[1] : nullptr;
-    const Node* mul = cons[0]->op_type == "Mul" ? cons[0] : cons[1]->op_type == "Mul" ? cons[1] : nullptr;
-    return sig && mul && sig->inputs[0] == v && mul->inputs.size() == 2 &&
-           ((mul->inputs[0] == v && mul->inputs[1] == sig->outputs[0]) || (mul->inputs[1] == v && mul->inputs[0] == sig->outputs[0]));
-  };
   std::set<std::string> quantized_compute;
   for (const auto& n : g.nodes) {
     if (!is_compute(n, g)) continue;
@@ -269,17 +283,13 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     std::string v = n.outputs[0];
     std::string why = n.op_type + " output";
     if (layout == QdqLayout::Ort) {
-      // The compute output itself, so that the backend's QLinearConv writes it. A Relu or Clip right after
-      // is folded into that QuantizeLinear by ONNX Runtime (ReluQuantFusion, ClipQuantFusion) when the
-      // quantized range starts at zero, which an asymmetric range over a Relu's output does.
-      const auto& cons = index.consumers(v);
-      if (!opts.act_symmetric && !index.is_graph_output(v) && cons.size() == 1 &&
-          (cons[0]->op_type == "Relu" || cons[0]->op_type == "Clip") &&
-          cons[0]->domain.empty() && cons[0]->inputs[0] == v) {
-        v = cons[0]->outputs[0];
-        why += "+" + cons[0]->op_type;
+      // The compute output itself, so that the backend's QLinearConv writes it; after a Relu / Clip that ORT
+      // folds into the QuantizeLinear (an asymmetric range over a Relu's output starts at zero).
+      if (const Node* act = foldable_activation(index, v); act && !opts.act_symmetric) {
+        v = act->outputs[0];
+        why += "+" + act->op_type;
       }
-      if (!index.is_graph_output(v)) add_site(v, why, n.name, false, feeds_only_silu(v));
+      if (!index.is_graph_output(v)) add_site(v, why, n.name, false, silu_mul(index, v) != nullptr);
       continue;
     }
     // Block end: follow the fused activation (unary or x·sigmoid(x)), then a residual Add.
@@ -292,17 +302,10 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
           why = n.op_type + "+" + cons[0]->op_type;
           continue;
         }
-        if (cons.size() == 2) {
-          const Node* sig = cons[0]->op_type == "Sigmoid" ? cons[0] : cons[1]->op_type == "Sigmoid" ? cons[1] : nullptr;
-          const Node* mul = cons[0]->op_type == "Mul" ? cons[0] : cons[1]->op_type == "Mul" ? cons[1] : nullptr;
-          if (sig && mul && index.consumers(sig->outputs[0]).size() == 1 &&
-              index.consumers(sig->outputs[0])[0] == mul && mul->inputs.size() == 2 &&
-              ((mul->inputs[0] == v && mul->inputs[1] == sig->outputs[0]) ||
-               (mul->inputs[1] == v && mul->inputs[0] == sig->outputs[0]))) {
-            v = mul->outputs[0];
-            why = n.op_type + "+SiLU";
-            continue;
-          }
+        if (const Node* mul = silu_mul(index, v)) {
+          v = mul->outputs[0];
+          why = n.op_type + "+SiLU";
+          continue;
         }
         return;
       }
