@@ -188,6 +188,7 @@ def main():
         expect_error("quantize refuses to overwrite", qbase + ["--preset", "w8a8"], ["q.onnx", "already exists", "--force"], rc=1)
         checks.check(stamp == (os.stat(qout).st_mtime_ns if okq.returncode == 0 else None), "the refused quantize left q.onnx untouched")
         expect_error("inspect --plan unknown preset", ["inspect", fd, "--plan", "--preset", "x"], ["preset"], rc=1)
+        expect_error("inspect --plan unknown layout", ["inspect", fd, "--plan", "--layout", "nchw"], ["'nchw'", "auto, ort or block"], rc=1)
         plan = run_cli("inspect", fd, "--plan", "--profile", "fastestdet", check=False)
         checks.check(plan.returncode == 0 and "activation quantizers" in plan.stdout and "detection head" in plan.stdout,
                      f"inspect --plan prints the plan (rc={plan.returncode})")
