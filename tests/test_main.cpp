@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include "inlierq/runtime.h"
 #include <malloc.h>
 
 #include <ATen/Context.h>
@@ -17,6 +19,7 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   at::set_num_threads(2);
+  inlierq::single_threaded_blas();
   ::testing::InitGoogleTest(&argc, argv);
   ::testing::UnitTest::GetInstance()->listeners().Append(new SeedEveryTest);
   return RUN_ALL_TESTS();

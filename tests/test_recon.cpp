@@ -1,5 +1,6 @@
 // Reconstruction: units, QDrop masks, AdaRound/BRECQ/QDrop on a tiny W4A4 network, resume, one real unit.
 #include <gtest/gtest.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include "inlierq/recon.h"
 #include "inlierq/transforms.h"
 #include "quant/fake_quant.h"
+#include "quant/qdrop_kernel.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
 #include "test_helpers.h"
@@ -199,6 +201,34 @@ TEST(QDropMask, FusedFakeQuantMatchesCompositeValuesAndGradients) {
   }
 }
 
+// The AVX2 and scalar bodies of the fused kernels must agree to the bit (values, both gradients, the mixed
+// inputs), on a tensor of several chunks whose size is not a multiple of 8, with and without a learned step.
+TEST(QDropMask, SimdAndScalarKernelsAreBitIdentical) {
+  if (!quant::kernel::simd_active()) GTEST_SKIP() << "no AVX2 on this CPU";
+  const at::Tensor x = at::randn({3, 5, 77, 91}) * 3;  // 105,105 elements: 4 chunks, 1 left over 8
+  const at::Tensor w = at::randn(x.sizes());
+  const at::Tensor other = at::randn(x.sizes());
+  struct Got { at::Tensor y, gx, gs, mixed; };
+  auto run = [&](bool simd, double p, bool learn_step) {
+    quant::kernel::set_simd(simd);
+    at::Tensor xa = x.detach().requires_grad_(true);
+    at::Tensor s = at::full({1}, 0.21).requires_grad_(learn_step);
+    const at::Tensor y = quant::fake_quant_dropout(xa, s, at::full({1}, 7.0), 0, 15, 0.01, p, 1234);
+    (y * w).sum().backward();
+    Got g{y.detach(), xa.grad(), learn_step ? s.grad() : at::Tensor(), quant::random_select(x, other, p, 77)};
+    quant::kernel::set_simd(true);
+    return g;
+  };
+  for (double p : {1.0, 0.5})
+    for (bool learn_step : {true, false}) {
+      const Got a = run(true, p, learn_step), b = run(false, p, learn_step);
+      EXPECT_TRUE(at::equal(a.y, b.y)) << "p " << p;
+      EXPECT_TRUE(at::equal(a.gx, b.gx)) << "p " << p;
+      EXPECT_TRUE(at::equal(a.mixed, b.mixed)) << "p " << p;
+      if (learn_step) EXPECT_EQ(a.gs.item<float>(), b.gs.item<float>()) << "p " << p;
+    }
+}
+
 TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
   std::mt19937 rng(3);
   const Graph g = two_block_net(rng);
@@ -224,6 +254,39 @@ TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
     EXPECT_LT(mse, 0.9 * rtn) << method << ": reconstruction " << mse << " vs round-to-nearest " << rtn;
     for (const auto& r : res.reports) EXPECT_TRUE(std::isfinite(r.sqnr_after_db)) << method;
   }
+}
+
+// Shards make the result independent of the thread count (each shard, and each eval batch, runs on one
+// intra-op thread wherever it runs); splitting a batch into shards changes the sums' order, not the maths.
+TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
+  std::mt19937 rng(9);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(16, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const int threads0 = at::get_num_threads();
+  auto run = [&](int threads, int shards, const std::string& method) {
+    at::set_num_threads(threads);
+    auto opts = fast_options(method);
+    opts.iters = 30;
+    opts.brecq_act_iters = 10;
+    opts.shards = shards;
+    std::pair<Graph, quant::Encodings> r{g, enc0};
+    recon::reconstruct(r.first, plan, r.second, xs, opts);
+    at::set_num_threads(threads0);
+    return r;
+  };
+  for (const std::string method : {"qdrop", "brecq"}) {
+    const auto one = run(1, 2, method), two = run(2, 2, method);
+    for (const auto& w : plan.weights)
+      EXPECT_EQ(one.first.initializers.at(w.tensor).bytes, two.first.initializers.at(w.tensor).bytes) << method << " " << w.tensor;
+    for (const auto& [v, a] : one.second.activations) EXPECT_EQ(a.scale, two.second.activations.at(v).scale) << method << " " << v;
+  }
+  // One shard vs four: the same gradients up to rounding, so (almost) the same learned steps; the masks are
+  // drawn per shard, so use the deterministic method (BRECQ: no QDrop masks, pass 2 learns the steps).
+  const auto s1 = run(1, 1, "brecq"), s4 = run(1, 4, "brecq");
+  for (const auto& [v, a] : s1.second.activations)
+    EXPECT_NEAR(a.scale, s4.second.activations.at(v).scale, 1e-3 * a.scale) << v;
 }
 
 TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {

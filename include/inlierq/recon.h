@@ -75,6 +75,10 @@ struct ReconOptions {
   double em_variance_floor = 1e-6;        // × the scores' variance
   double em_min_prior = 0.01;             // uniform weights when the inlier prior leaves [p, 1 − p]
   double em_min_separation = 0.5;         // uniform weights when the means are closer (pooled sds)
+  // Every mini-batch is split into this many shards, differentiated separately (in parallel, one thread
+  // each, as far as --threads allows) and their gradients summed in shard order: results depend on the
+  // shard count, never on the thread count. 0: 2 on the CPU, 1 on CUDA.
+  int shards = 0;
   // units
   int max_block_compute = 12;
   // caches: FP inputs/outputs and quantized-prefix inputs of the live units
@@ -88,6 +92,8 @@ struct ReconOptions {
   std::string fingerprint;
   // Stops (as if interrupted) after this many finished units, counted over all passes; -1 = never.
   int64_t stop_after_units = -1;
+  // Also time a plain FP forward + backward of every unit at the same batch (the cost benchmark's yardstick).
+  bool measure_fp_reference = false;
   struct Progress {
     int pass = 1, passes = 1;
     size_t unit = 0, units = 0;
@@ -107,6 +113,13 @@ struct UnitReport {
   double sqnr_before_db = 0, sqnr_after_db = 0;  // unit output vs FP, on the quantized-prefix inputs
   double loss_first = 0, loss_last = 0;
   double seconds = 0;
+  // Mean milliseconds per training iteration, by phase (CPU wall clock). "forward" excludes the activation
+  // fake-quant it calls; "backward" includes the fake-quant backward, also listed alone.
+  struct Phases {
+    double data = 0, soft_weights = 0, forward = 0, fake_quant = 0, loss = 0, backward = 0, fake_quant_backward = 0,
+           optimizer = 0, total = 0;
+    double fp_reference = 0;  // plain FP forward + backward of the unit at the same batch (--recon-timing), 0 if not measured
+  } phase_ms;
 };
 
 struct ReconResult {

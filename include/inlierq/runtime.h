@@ -27,8 +27,11 @@ class Session {
 
 bool op_supported(const std::string& op_type, const std::string& domain = "");
 std::vector<std::string> supported_ops();
-// Process-wide set-up: allocator tuning and thread count (0 keeps the default).
+// Process-wide set-up: allocator tuning, thread count (0 keeps the default), single_threaded_blas().
 void init_runtime(int threads);
+// OpenBLAS (when LibTorch uses it) keeps one thread: parallelism comes from OpenMP and the reconstruction's
+// shards, not from a second pool that spins.
+void single_threaded_blas();
 // OpenMP worker threads spin while idle by default; on a machine shared with other jobs that spinning
 // starves them and makes 2-thread runs many times slower. The wait policy is read when the OpenMP
 // runtime loads, so when OMP_WAIT_POLICY is unset this sets it to PASSIVE and re-executes the

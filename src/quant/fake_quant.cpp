@@ -42,151 +42,108 @@ at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scale, const at
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cmath>
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
-#include <cstring>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
+
+#include "quant/qdrop_kernel.h"
 
 namespace inlierq::quant {
 namespace {
 
-inline bool mask_at(uint64_t seed, int64_t i, uint64_t threshold) {
-  return splitmix64(seed ^ (static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ULL)) < threshold;
-}
-// Round half to even, like std::nearbyint in the default rounding mode but inlined: adding and removing
-// 1.5·2²³ leaves the float rounded to an integer. Valid for |u| < 2²²; callers clamp u first, which
-// cannot change the clamped result because the grid spans at most 2⁸ codes.
-inline float round_half_even(float u) {
-  constexpr float magic = 12582912.0f;
-  float t = u + magic;
-  asm("" : "+x"(t));  // keep the compiler from folding (u + M) − M to u
-  return t - magic;
-}
-// Branch-free clamps: GCC compiles std::min/std::max on floats to compares and jumps here, and on
-// activations (random signs around the clamp edges) those mispredict: 10× slower than minss/maxss.
-#if defined(__SSE2__)
-inline float max_f(float a, float b) { return _mm_cvtss_f32(_mm_max_ss(_mm_set_ss(a), _mm_set_ss(b))); }
-inline float min_f(float a, float b) { return _mm_cvtss_f32(_mm_min_ss(_mm_set_ss(a), _mm_set_ss(b))); }
-#else
-inline float max_f(float a, float b) { return std::max(a, b); }
-inline float min_f(float a, float b) { return std::min(a, b); }
-#endif
-inline float clamp_f(float v, float lo, float hi) { return min_f(max_f(v, lo), hi); }
+std::atomic<int64_t> backward_ns{0};
 
-// m ? a : b without a branch (the compiler turns a ternary on a random mask into a mispredicted jump).
-inline float select(bool m, float a, float b) {
-  uint32_t ua, ub;
-  std::memcpy(&ua, &a, 4);
-  std::memcpy(&ub, &b, 4);
-  const uint32_t k = 0u - static_cast<uint32_t>(m);
-  const uint32_t r = (ua & k) | (ub & ~k);
-  float out;
-  std::memcpy(&out, &r, 4);
-  return out;
-}
-inline double select(bool m, double a) { return a * static_cast<double>(m); }
-uint64_t threshold_of(double p) {
-  if (p >= 1.0) return UINT64_MAX;
-  if (p <= 0.0) return 0;
-  return static_cast<uint64_t>(std::ldexp(p, 64));
-}
 // Dense memory (contiguous or channels-last) can be walked linearly; the mask follows memory order.
 bool dense(const at::Tensor& t) {
   return t.is_contiguous() || (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast));
 }
 at::Tensor densify(const at::Tensor& t) { return dense(t) ? t : t.contiguous(); }
 
+// Work in fixed chunks (multiples of 8, so packed bits never straddle two threads), whatever the thread count.
+template <class F>
+void for_chunks(int64_t n, F&& body) {
+  const int64_t chunks = (n + kernel::kChunk - 1) / kernel::kChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) body(c, c * kernel::kChunk, std::min(n, (c + 1) * kernel::kChunk));
+  });
+}
+
+// Forward saves what backward needs instead of x: one pass bit per element (the gradient to x is g or 0)
+// and, when the step is learned, ∂x̂/∂s. Backward is then a plain streaming pass.
 struct FakeQuantDropout : public torch::autograd::Function<FakeQuantDropout> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& scale,
-                            double z, int64_t qn, int64_t qp, double grad_scale, double p, int64_t seed) {
+                            double z, int64_t qn, int64_t qp, double grad_scale, double p, int64_t seed, bool grad) {
     const at::Tensor x = densify(x_in);
     at::Tensor out = at::empty_like(x);
-    const float s = scale.item<float>(), zf = static_cast<float>(z), lo = static_cast<float>(qn), hi = static_cast<float>(qp);
+    kernel::FakeQuantArgs a;
+    a.scale = scale.item<float>(), a.zero = static_cast<float>(z), a.qn = static_cast<float>(qn), a.qp = static_cast<float>(qp);
+    a.mask = kernel::Mask::make(p, static_cast<uint64_t>(seed));
+    // (forward runs with grad mode off; `grad` says whether the caller records autograd)
+    const bool want_x = grad && x_in.requires_grad(), want_s = grad && scale.requires_grad();
+    const int64_t n = x.numel();
+    at::Tensor bits = want_x ? at::zeros({(n + 7) / 8}, x.options().dtype(at::kByte)) : at::Tensor();
+    at::Tensor ds = want_s ? at::empty_like(x) : at::Tensor();
     const float* xd = x.data_ptr<float>();
     float* od = out.data_ptr<float>();
-    const uint64_t thr = threshold_of(p), sd = static_cast<uint64_t>(seed);
-    const bool all = p >= 1.0;
-    // Branch-free: a random mask makes a branch mispredict on every other element.
-    at::parallel_for(0, x.numel(), 1 << 15, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const bool m = all || mask_at(sd, i, thr);
-        const float u = clamp_f(xd[i] / s, lo - zf - 1.0f, hi - zf + 1.0f);
-        const float q = clamp_f(round_half_even(u) + zf, lo, hi);
-        const float fq = (q - zf) * s;
-        od[i] = select(m, fq, xd[i]);
-      }
-    });
-    ctx->save_for_backward({x, scale});
-    ctx->saved_data["z"] = z;
-    ctx->saved_data["qn"] = qn;
-    ctx->saved_data["qp"] = qp;
+    uint8_t* bd = want_x ? bits.data_ptr<uint8_t>() : nullptr;
+    float* dd = want_s ? ds.data_ptr<float>() : nullptr;
+    for_chunks(n, [&](int64_t, int64_t b, int64_t e) { kernel::fake_quant_forward(xd, od, bd, dd, b, e, a); });
+    ctx->save_for_backward({bits, ds, scale});
+    ctx->saved_data["sizes"] = x.sizes().vec();
+    ctx->saved_data["strides"] = x.strides().vec();
     ctx->saved_data["gs"] = grad_scale;
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["want_x"] = want_x;
+    ctx->saved_data["want_s"] = want_s;
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const auto t0 = std::chrono::steady_clock::now();
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    const at::Tensor& scale = saved[1];
-    const float zf = static_cast<float>(ctx->saved_data["z"].toDouble());
-    const float lo = static_cast<float>(ctx->saved_data["qn"].toInt()), hi = static_cast<float>(ctx->saved_data["qp"].toInt());
-    const double gs = ctx->saved_data["gs"].toDouble(), p = ctx->saved_data["p"].toDouble();
-    const uint64_t sd = static_cast<uint64_t>(ctx->saved_data["seed"].toInt()), thr = threshold_of(p);
-    const bool all = p >= 1.0;
+    const at::Tensor& bits = saved[0];
+    const at::Tensor& ds = saved[1];
+    const at::Tensor& scale = saved[2];
+    const auto sizes = ctx->saved_data["sizes"].toIntVector(), strides = ctx->saved_data["strides"].toIntVector();
+    const bool want_x = ctx->saved_data["want_x"].toBool(), want_s = ctx->saved_data["want_s"].toBool();
     // The incoming gradient laid out like x, so both walk the same memory order.
-    at::Tensor g = grads[0].is_contiguous(x.suggest_memory_format()) && grads[0].strides() == x.strides()
-                       ? grads[0]
-                       : at::empty_like(x).copy_(grads[0]);
-    at::Tensor gx = at::empty_like(x);
-    const float s = scale.item<float>();
-    const float* xd = x.data_ptr<float>();
+    at::Tensor g = grads[0].strides() == at::IntArrayRef(strides) ? grads[0]
+                                                                   : at::empty_strided(sizes, strides, grads[0].options()).copy_(grads[0]);
+    at::Tensor gx = want_x ? at::empty_strided(sizes, strides, g.options()) : at::Tensor();
     const float* gd = g.data_ptr<float>();
-    float* gxd = gx.data_ptr<float>();
-    const bool want_s = scale.requires_grad();
-    const int64_t n = x.numel();
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads() * 4, (n + 32767) / 32768));
-    std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) {
-        const int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
-        double acc = 0;
-        for (int64_t i = b; i < e; ++i) {
-          const bool m = all || mask_at(sd, i, thr);
-          const float u = xd[i] / s;
-          const float v = u + zf;
-          const bool below = v < lo, above = v > hi, inside = !below && !above;
-          const float ur = clamp_f(u, lo - zf - 1.0f, hi - zf + 1.0f);  // keeps the rounding trick valid
-          const float ds = select(below, lo - zf, select(above, hi - zf, round_half_even(ur) - ur));
-          gxd[i] = select(!m || inside, gd[i], 0.0f);
-          acc += select(m, static_cast<double>(gd[i]) * ds);
-        }
-        partial[static_cast<size_t>(c)] = acc;
-      }
+    float* gxd = want_x ? gx.data_ptr<float>() : nullptr;
+    const uint8_t* bd = want_x ? bits.data_ptr<uint8_t>() : nullptr;
+    const float* dd = want_s ? ds.data_ptr<float>() : nullptr;
+    const int64_t n = g.numel();
+    std::vector<std::array<double, 8>> lanes(static_cast<size_t>((n + kernel::kChunk - 1) / kernel::kChunk));
+    for_chunks(n, [&](int64_t c, int64_t b, int64_t e) {
+      auto& l = lanes[static_cast<size_t>(c)];
+      l.fill(0.0);
+      kernel::fake_quant_backward(gd, bd, dd, gxd, l.data(), b, e);
     });
     at::Tensor gscale;
     if (want_s) {
       double total = 0;
-      for (double v : partial) total += v;  // fixed order: the same sum for any thread count
-      gscale = at::full_like(scale, total * gs);
+      for (const auto& l : lanes)
+        for (double v : l) total += v;  // fixed order: the same sum for any thread count
+      gscale = at::full_like(scale, total * ctx->saved_data["gs"].toDouble());
     }
-    return {gx, gscale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    backward_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    return {gx, gscale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
+double fused_fake_quant_backward_seconds() { return static_cast<double>(backward_ns.load()) * 1e-9; }
+
 at::Tensor bernoulli_mask(const at::Tensor& like, double p, uint64_t seed) {
   if (!like.device().is_cpu()) return at::rand_like(like) < p;
   at::Tensor m = at::empty_like(densify(like), like.options().dtype(at::kBool));
   bool* d = m.data_ptr<bool>();
-  const uint64_t thr = threshold_of(p);
-  const bool all = p >= 1.0;
+  const kernel::Mask mk = kernel::Mask::make(p, seed);
   at::parallel_for(0, m.numel(), 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) d[i] = all || mask_at(seed, i, thr);
+    for (int64_t i = b; i < e; ++i) d[i] = kernel::mask_at(mk, i);
   });
   return m;
 }
@@ -200,10 +157,8 @@ at::Tensor random_select(const at::Tensor& a_in, const at::Tensor& b_in, double 
   const float* ad = a.data_ptr<float>();
   const float* bd = b.data_ptr<float>();
   float* od = out.data_ptr<float>();
-  const uint64_t thr = threshold_of(p);
-  at::parallel_for(0, a.numel(), 1 << 15, [&](int64_t s, int64_t e) {
-    for (int64_t i = s; i < e; ++i) od[i] = select(mask_at(seed, i, thr), ad[i], bd[i]);
-  });
+  const kernel::Mask mk = kernel::Mask::make(p, seed);
+  for_chunks(a.numel(), [&](int64_t, int64_t s, int64_t e) { kernel::mask_select(ad, bd, od, s, e, mk); });
   return out;
 }
 
@@ -211,7 +166,8 @@ at::Tensor fake_quant_dropout(const at::Tensor& x, const at::Tensor& scale, cons
                               int64_t qp, double grad_scale, double p, uint64_t seed) {
   if (x.device().is_cpu() && x.scalar_type() == at::kFloat && scale.numel() == 1 && zero_point.numel() == 1 &&
       scale.scalar_type() == at::kFloat) {
-    return FakeQuantDropout::apply(x, scale, zero_point.item<double>(), qn, qp, grad_scale, p, static_cast<int64_t>(seed));
+    return FakeQuantDropout::apply(x, scale, zero_point.item<double>(), qn, qp, grad_scale, p, static_cast<int64_t>(seed),
+                                   at::GradMode::is_enabled());
   }
   const at::Tensor q = fake_quant(x, scale, zero_point, qn, qp, grad_scale);
   return p >= 1.0 ? q : at::where(bernoulli_mask(x, p, seed), q, x);

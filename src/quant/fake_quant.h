@@ -44,6 +44,10 @@ inline uint64_t splitmix64(uint64_t x) {
 at::Tensor fake_quant_dropout(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qn,
                               int64_t qp, double grad_scale, double p, uint64_t seed);
 
+// Wall time spent in the fused kernel's backward since the process started (the reconstruction's phase
+// timing reads differences of it; backward runs inside autograd, out of the caller's sight).
+double fused_fake_quant_backward_seconds();
+
 // out[i] = a[i] where the same hashed Bernoulli(p) mask is set, else b[i] (no gradient): QDrop's mix of
 // quantized-prefix and FP inputs. a and b must have equal shapes.
 at::Tensor random_select(const at::Tensor& a, const at::Tensor& b, double p, uint64_t seed);

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -33,6 +34,7 @@
 #include "quant/range_search.h"
 #include "recon/activation_store.h"
 #include "recon/adaround.h"
+#include "recon/shard_pool.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
 #include "util/atomic_file.h"
@@ -56,6 +58,7 @@ void validate_options(const ReconOptions& o) {
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
+  if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
   if (o.topk < 1) throw Error("--topk must be ≥ 1");
   if (o.em_max_iters < 1 || !(o.em_tolerance > 0) || !(o.em_variance_floor > 0) || !(o.em_min_prior >= 0 && o.em_min_prior < 0.5) ||
       !(o.em_min_separation >= 0))
@@ -77,7 +80,13 @@ nlohmann::json ReconResult::to_json() const {
   for (const auto& r : reports)
     reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
                     {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
-                    {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds}});
+                    {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds},
+                    {"phase_ms", {{"data", r.phase_ms.data}, {"soft_weights", r.phase_ms.soft_weights},
+                                  {"forward", r.phase_ms.forward}, {"fake_quant", r.phase_ms.fake_quant},
+                                  {"loss", r.phase_ms.loss}, {"backward", r.phase_ms.backward},
+                                  {"fake_quant_backward", r.phase_ms.fake_quant_backward},
+                                  {"optimizer", r.phase_ms.optimizer}, {"total", r.phase_ms.total},
+                                  {"fp_reference", r.phase_ms.fp_reference}}}});
   nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"completed", completed}, {"seconds", seconds},
                    {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
   if (!inlier.is_null()) j["inlier"] = inlier;
@@ -138,19 +147,17 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
   return x;
 }
 
-// Σ over channels, mean over batch and positions; with volume weights w [N, positions...] the positions are
-// averaged with w: Σ w·Σ_c F·|d|^p / Σ w (ALGORITHMS §6.6).
-at::Tensor lp_loss(const at::Tensor& pred, const at::Tensor& target, double p, const at::Tensor& weight = {},
-                   const at::Tensor& volume = {}) {
-  at::Tensor d = (pred - target).abs();
-  d = p == 2.0 ? d * d : d.pow(p);
+// The reconstruction loss is Σ over channels of F·|d|^p, averaged over batch and positions; with volume
+// weights w [N, positions...] the positions are averaged with w: Σ w·Σ_c F·|d|^p / Σ w (ALGORITHMS §6.6).
+// This is its numerator; the caller divides by the whole mini-batch's normaliser, so that the shards of a
+// batch add up to the batch's loss.
+at::Tensor lp_loss_sum(const at::Tensor& pred, const at::Tensor& target, double p, const at::Tensor& weight = {},
+                       const at::Tensor& volume = {}) {
+  at::Tensor d = pred - target;
+  d = p == 2.0 ? d * d : d.abs().pow(p);
   if (weight.defined()) d = d * weight;
-  if (volume.defined() && d.dim() >= 2) {
-    const at::Tensor per_volume = d.sum(1);
-    return (per_volume * volume).sum() / volume.sum().clamp_min(1e-12);
-  }
-  // Σ over channels, mean over batch and positions.
-  return d.dim() >= 2 ? d.sum(1).mean() : d.mean();
+  if (volume.defined() && d.dim() >= 2) return (d.sum(1) * volume).sum();
+  return d.sum();
 }
 
 double sqnr_db(double signal, double noise) { return 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30)); }
@@ -176,6 +183,19 @@ Graph unit_graph(const Graph& g, const Unit& u) {
   for (const auto& v : u.outputs) s.outputs.push_back(info(v));
   return s;
 }
+
+// While alive (and `on`), the calling thread runs ATen ops on one intra-op thread, as the shard workers do.
+struct OneIntraOpThread {
+  int saved = 0;
+  explicit OneIntraOpThread(bool on) {
+    if (on) saved = at::get_num_threads(), at::set_num_threads(1);
+  }
+  ~OneIntraOpThread() {
+    if (saved > 0) at::set_num_threads(saved);
+  }
+  OneIntraOpThread(const OneIntraOpThread&) = delete;
+  OneIntraOpThread& operator=(const OneIntraOpThread&) = delete;
+};
 
 class Reconstructor {
  public:
@@ -489,16 +509,30 @@ class Reconstructor {
       }
     rt::RunOptions ro;
     if (quantized) ro.overrides = &overrides, ro.value_hook = act_hook(act_on, 1.0);
-    std::map<std::string, std::vector<at::Tensor>> parts;
     const int64_t eb = 8;
-    for (int64_t b = 0; b < num_; b += eb) {
+    const int batches = static_cast<int>((num_ + eb - 1) / eb);
+    std::vector<rt::TensorMap> outs(static_cast<size_t>(batches));
+    // Eval batches on the shard threads, one intra-op thread each, like training: the caches then do not
+    // depend on the thread count.
+    auto run_batch = [&](int k) {
+      const int64_t b = k * eb;
       rt::TensorMap feed;
-      for (size_t k = 0; k < u.inputs.size(); ++k) feed[u.inputs[k]] = ins[k].narrow(0, b, std::min(eb, num_ - b)).to(device_);
-      auto out = ex.run(feed, ro);
-      for (const auto& v : u.outputs) parts[v].push_back(out.at(v).to(at::kCPU).contiguous());
+      for (size_t j = 0; j < u.inputs.size(); ++j) feed[u.inputs[j]] = ins[j].narrow(0, b, std::min(eb, num_ - b)).to(device_);
+      outs[static_cast<size_t>(k)] = ex.run(feed, ro);
+    };
+    {
+      ShardPool* pool = shard_pool(shard_count());
+      OneIntraOpThread one(pool != nullptr);
+      if (pool) pool->run(batches, run_batch);
+      else
+        for (int k = 0; k < batches; ++k) run_batch(k);
     }
     std::map<std::string, at::Tensor> full;
-    for (auto& [v, ps] : parts) full[v] = at::cat(ps, 0);
+    for (const auto& v : u.outputs) {
+      std::vector<at::Tensor> ps;
+      for (auto& o : outs) ps.push_back(o.at(v).to(at::kCPU).contiguous());
+      full[v] = at::cat(ps, 0);
+    }
     return full;
   }
 
@@ -603,18 +637,34 @@ class Reconstructor {
         }
     if (roundings.empty() && steps.empty()) { done_iters_ += pass.iters; return; }
 
-    rt::RunOptions ro;
-    ro.record_autograd = true;
-    ro.overrides = &overrides;
-    ro.value_hook = act_hook(pass.act_on, pass.quant_prob);
     const int64_t batch = std::min<int64_t>(opts_.batch, num_);
+    const int shards = static_cast<int>(std::min<int64_t>(shard_count(), batch));
+    ShardPool* pool = shard_pool(shards);
+    // Shards run with one intra-op thread each; the calling thread is one of them.
+    OneIntraOpThread one(pool != nullptr);
     std::vector<int64_t> order(num_);
     size_t cursor = order.size();
     double first_sum = 0, last_sum = 0;
     int64_t first_n = 0, last_n = 0;
     const int64_t avg_window = std::max<int64_t>(1, std::min<int64_t>(20, pass.iters / 5));
     auto t_last = clock_type::now();
+    UnitReport::Phases ph;
+    auto lap = [t = clock_type::now()](double& acc) mutable {
+      const auto now = clock_type::now();
+      acc += std::chrono::duration<double>(now - t).count();
+      t = now;
+    };
+    struct Shard {
+      double rec = 0;
+      std::vector<at::Tensor> grads;
+      UnitReport::Phases ph;  // seconds, summed over iterations
+      double fake_quant = 0;
+    };
+    std::vector<Shard> shard(static_cast<size_t>(shards));
+    const double fqb0 = quant::fused_fake_quant_backward_seconds();
+    const auto t_loop = clock_type::now();
     for (int64_t it = 0; it < pass.iters; ++it) {
+      lap(ph.optimizer);  // progress reporting of the previous iteration
       // Mini-batch: walk a shuffled order of the calibration set, reshuffling when it runs out.
       std::vector<int64_t> idx;
       while (static_cast<int64_t>(idx.size()) < batch) {
@@ -626,45 +676,114 @@ class Reconstructor {
         idx.push_back(order[cursor++]);
       }
       const at::Tensor index = at::tensor(idx, at::kLong);
-      rt::TensorMap feed;
-      for (size_t k = 0; k < u.inputs.size(); ++k) {
-        at::Tensor q = q_in[k].index_select(0, index).to(device_);
-        if (pass.input_mix > 0) {
-          const at::Tensor f = fp_in[k].index_select(0, index).to(device_);
-          q = quant::random_select(q, f, pass.input_mix, next_mask_seed());
+      // The soft weights are computed once; the shards differentiate with respect to detached copies, and
+      // their summed gradients flow back through the rounding logits here.
+      std::vector<at::Tensor> soft, grad_inputs;
+      for (auto& r : roundings) {
+        soft.push_back(soft_weight(r.p->w, r.v, r.p->scale, r.p->zero, r.p->qn, r.p->qp, cfg));
+        grad_inputs.push_back(soft.back().detach().requires_grad_(true));
+        overrides[r.p->tensor] = grad_inputs.back();
+      }
+      for (auto& st : steps) grad_inputs.push_back(st.first->scale);
+      // Loss normalisers over the whole mini-batch, so that the shards' sums add up to the batch loss.
+      std::vector<double> norm;
+      for (size_t k = 0; k < u.outputs.size(); ++k) {
+        const at::Tensor& t = targets[k];
+        if (!volume.empty() && t.dim() >= 2) {
+          norm.push_back(std::max(1e-12, volume[k].index_select(0, index).sum().item<double>()));
+        } else {
+          const double per_sample = static_cast<double>(t.numel() / std::max<int64_t>(1, t.size(0)));
+          norm.push_back(static_cast<double>(batch) * per_sample / (t.dim() >= 2 ? static_cast<double>(t.size(1)) : 1.0));
         }
-        feed[u.inputs[k]] = q;
       }
-      for (auto& r : roundings)
-        overrides[r.p->tensor] = soft_weight(r.p->w, r.v, r.p->scale, r.p->zero, r.p->qn, r.p->qp, cfg);
-      auto out = ex.run(feed, ro);
-      at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
-      for (size_t k = 0; k < u.outputs.size(); ++k)
-        rec = rec + lp_loss(out.at(u.outputs[k]), targets[k].index_select(0, index).to(device_), pass.p,
-                            fisher.empty() ? at::Tensor() : fisher[k].index_select(0, index).to(device_),
-                            volume.empty() ? at::Tensor() : volume[k].index_select(0, index).to(device_));
-      at::Tensor loss = rec;
-      if (!roundings.empty() && regularizer_active(it, pass.iters, cfg)) {
-        const double beta = beta_at(it, pass.iters, cfg);
-        for (auto& r : roundings) loss = loss + cfg.lambda * rounding_regularizer(r.v, beta, cfg);
-      }
-      const double rec_v = rec.item<double>();
+      std::vector<uint64_t> shard_seed(static_cast<size_t>(shards));
+      for (auto& sd : shard_seed) sd = next_mask_seed();
+      lap(ph.soft_weights);
+      auto run_shard = [&](int k) {
+        Shard& sh = shard[static_cast<size_t>(k)];
+        auto slap = [t = clock_type::now()](double& acc) mutable {
+          const auto now = clock_type::now();
+          acc += std::chrono::duration<double>(now - t).count();
+          t = now;
+        };
+        const int64_t b0 = batch * k / shards, b1 = batch * (k + 1) / shards, n = b1 - b0;
+        const at::Tensor sidx = index.narrow(0, b0, n);
+        uint64_t seed = shard_seed[static_cast<size_t>(k)];
+        auto next_seed = [&seed] { return seed = quant::splitmix64(seed); };
+        rt::TensorMap feed;
+        for (size_t j = 0; j < u.inputs.size(); ++j) {
+          at::Tensor q = q_in[j].index_select(0, sidx).to(device_);
+          if (pass.input_mix > 0) q = quant::random_select(q, fp_in[j].index_select(0, sidx).to(device_), pass.input_mix, next_seed());
+          feed[u.inputs[j]] = q;
+        }
+        slap(sh.ph.data);
+        rt::RunOptions ro;
+        ro.record_autograd = true;
+        ro.overrides = &overrides;
+        if (pass.act_on)
+          ro.value_hook = [&](const std::string& name, const at::Tensor& x) -> at::Tensor {
+            auto g = act_group_.find(name);
+            if (g == act_group_.end()) return x;
+            const auto t0 = clock_type::now();
+            const ActGroup& grp = groups_.at(g->second);
+            // LSQ's gradient scale counts the elements of the whole mini-batch, not of the shard.
+            const double gs = grp.scale.requires_grad() ? quant::lsq_grad_scale(x.numel() / n * batch, grp.qp) : 1.0;
+            at::Tensor y = quant::fake_quant_dropout(x, grp.scale, grp.zero, grp.qn, grp.qp, gs, pass.quant_prob,
+                                                     pass.quant_prob < 1 ? next_seed() : 0);
+            sh.fake_quant += std::chrono::duration<double>(clock_type::now() - t0).count();
+            return y;
+          };
+        auto out = ex.run(feed, ro);
+        slap(sh.ph.forward);
+        at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
+        for (size_t j = 0; j < u.outputs.size(); ++j)
+          rec = rec + lp_loss_sum(out.at(u.outputs[j]), targets[j].index_select(0, sidx).to(device_), pass.p,
+                                  fisher.empty() ? at::Tensor() : fisher[j].index_select(0, sidx).to(device_),
+                                  volume.empty() ? at::Tensor() : volume[j].index_select(0, sidx).to(device_)) /
+                          norm[j];
+        sh.rec = rec.item<double>();
+        slap(sh.ph.loss);
+        sh.grads = torch::autograd::grad({rec}, grad_inputs, {}, false, false, /*allow_unused=*/true);
+        slap(sh.ph.backward);
+      };
+      if (pool) pool->run(shards, run_shard);
+      else
+        for (int k = 0; k < shards; ++k) run_shard(k);
+      lap(ph.total);  // the shards' wall time (their phases are summed from the shards below)
+      double rec_v = 0;
+      for (const auto& sh : shard) rec_v += sh.rec;
       if (!std::isfinite(rec_v))
         throw Error(fmt::format("unit '{}': reconstruction loss became {} at iteration {}", u.name, rec_v, it));
       if (it < avg_window) first_sum += rec_v, ++first_n;
       if (it >= pass.iters - avg_window) last_sum += rec_v, ++last_n;
-      std::vector<at::Tensor> params;
-      for (auto& r : roundings) params.push_back(r.v);
-      for (auto& s : steps) params.push_back(s.first->scale);
-      for (auto& prm : params) if (prm.grad().defined()) prm.mutable_grad().zero_();
-      loss.backward();
+      // Gradients summed over the shards in shard order: the same for any thread count.
+      std::vector<at::Tensor> grad(grad_inputs.size());
+      for (size_t j = 0; j < grad_inputs.size(); ++j)
+        for (const auto& sh : shard)
+          if (sh.grads[j].defined()) grad[j] = grad[j].defined() ? grad[j] + sh.grads[j] : sh.grads[j];
+      if (!roundings.empty()) {
+        std::vector<at::Tensor> outs, gouts;
+        for (size_t r = 0; r < roundings.size(); ++r)
+          if (grad[r].defined()) outs.push_back(soft[r]), gouts.push_back(grad[r]);
+        if (regularizer_active(it, pass.iters, cfg)) {
+          const double beta = beta_at(it, pass.iters, cfg);
+          at::Tensor reg = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
+          for (auto& r : roundings) reg = reg + cfg.lambda * rounding_regularizer(r.v, beta, cfg);
+          outs.push_back(reg), gouts.push_back(at::ones_like(reg));
+        }
+        for (auto& r : roundings)
+          if (r.v.grad().defined()) r.v.mutable_grad().zero_();
+        if (!outs.empty()) torch::autograd::backward(outs, gouts);
+      }
+      lap(ph.soft_weights);
       for (auto& r : roundings)
         if (r.v.grad().defined()) r.adam.step(r.v, r.v.grad(), opts_.lr_rounding);
       // Cosine decay of the step learning rate to 0 over the pass.
       const double lr_act = pass.lr_act * 0.5 * (1 + std::cos(M_PI * static_cast<double>(it) / static_cast<double>(pass.iters)));
-      for (auto& s : steps) {
-        at::Tensor& sc = s.first->scale;
-        if (sc.grad().defined()) s.second.step(sc, sc.grad(), lr_act);
+      for (size_t j = 0; j < steps.size(); ++j) {
+        at::Tensor& sc = steps[j].first->scale;
+        const at::Tensor& g = grad[roundings.size() + j];
+        if (g.defined()) steps[j].second.step(sc, g, lr_act);
         at::NoGradGuard ng;
         sc.clamp_min_(1e-8);
       }
@@ -680,11 +799,61 @@ class Reconstructor {
         opts_.progress(pr);
       }
     }
+    lap(ph.optimizer);
+    if (pass.iters > 0) {
+      const double n = static_cast<double>(pass.iters);
+      // total: wall per iteration; the shard phases: CPU time summed over the shards.
+      ph.total = std::chrono::duration<double>(clock_type::now() - t_loop).count();
+      for (const auto& sh : shard) {
+        ph.data += sh.ph.data, ph.forward += sh.ph.forward - sh.fake_quant, ph.fake_quant += sh.fake_quant;
+        ph.loss += sh.ph.loss, ph.backward += sh.ph.backward;
+      }
+      ph.fake_quant_backward = quant::fused_fake_quant_backward_seconds() - fqb0;
+      for (double* v : {&ph.data, &ph.soft_weights, &ph.forward, &ph.fake_quant, &ph.loss, &ph.backward, &ph.fake_quant_backward,
+                        &ph.optimizer, &ph.total})
+        *v *= 1e3 / n;
+      if (opts_.measure_fp_reference) ph.fp_reference = fp_reference_ms(ui, q_in, targets, batch);
+    }
+    rep.phase_ms = ph;
     for (auto& r : roundings) r.p->hard = hard_weight(r.p->w, r.v.detach(), r.p->scale, r.p->zero, r.p->qn, r.p->qp);
     for (auto& s : steps) s.first->scale = s.first->scale.detach();
     rep.iters = pass.iters;
     rep.loss_first = first_n ? first_sum / first_n : 0;
     rep.loss_last = last_n ? last_sum / last_n : 0;
+  }
+
+  // Median wall time of a plain FP forward + backward of the unit through ATen autograd at the training
+  // batch: FP weights as leaves, no quantizers, MSE to the target. What an iteration would cost with none of
+  // reconstruction's machinery.
+  double fp_reference_ms(size_t ui, const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& targets, int64_t batch) {
+    const auto& u = units_[ui];
+    auto& ex = executor(ui);
+    rt::TensorMap overrides;
+    std::vector<at::Tensor> leaves;
+    for (const auto& n : unit_weights_[ui]) {
+      at::Tensor w = weights_.at(n).w.detach().clone().requires_grad_(true);
+      overrides[weights_.at(n).tensor] = w;
+      leaves.push_back(w);
+    }
+    rt::RunOptions ro;
+    ro.record_autograd = true;
+    ro.overrides = &overrides;
+    rt::TensorMap feed;
+    for (size_t k = 0; k < u.inputs.size(); ++k) feed[u.inputs[k]] = inputs[k].narrow(0, 0, batch).to(device_);
+    std::vector<at::Tensor> tg;
+    for (const auto& t : targets) tg.push_back(t.narrow(0, 0, batch).to(device_));
+    std::vector<double> ms;
+    for (int rep = 0; rep < 7; ++rep) {
+      const auto t0 = clock_type::now();
+      auto out = ex.run(feed, ro);
+      at::Tensor loss = at::zeros({}, at::kFloat);
+      for (size_t k = 0; k < u.outputs.size(); ++k) loss = loss + (out.at(u.outputs[k]) - tg[k]).pow(2).mean();
+      loss.backward();
+      for (auto& l : leaves) l.mutable_grad().reset();
+      ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
   }
 
   // ---- checkpoints: state.json + weights-<k>.bin (raw float32 of every hardened weight)
@@ -694,7 +863,7 @@ class Reconstructor {
                      {"lr_act", opts_.lr_act}, {"brecq_lr_act", opts_.brecq_lr_act}, {"brecq_act_iters", opts_.brecq_act_iters},
                      {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
-                     {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute},
+                     {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()},
                      {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
                      {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
                      {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
@@ -799,6 +968,20 @@ class Reconstructor {
   std::map<std::string, size_t> last_reader_;
   std::map<size_t, std::unique_ptr<rt::Executor>> executors_;
   uint64_t mask_seed_ = 0;
+  std::unique_ptr<ShardPool> pool_;
+  const int intra_threads_ = at::get_num_threads();  // the process's, before any OneIntraOpThread
+  int shard_count() const { return opts_.shards > 0 ? opts_.shards : device_.is_cpu() ? 2 : 1; }
+  // Threads for the shards: as many as intra-op threads allow, created once and kept for all units.
+  ShardPool* shard_pool(int shards) {
+    const int threads = std::min(shards, intra_threads_);
+    if (threads <= 1 || !device_.is_cpu()) return nullptr;
+    if (!pool_ || pool_->threads() != threads)
+      pool_ = std::make_unique<ShardPool>(threads, [] {
+        (void)at::get_num_threads();  // ATen's lazy per-thread init first, or it would undo the next line
+        at::set_num_threads(1);
+      });
+    return pool_.get();
+  }
   uint64_t next_mask_seed() { return mask_seed_ = quant::splitmix64(mask_seed_); }
   int64_t total_iters_ = 0, done_iters_ = 0, trained_iters_ = 0;
   clock_type::time_point t_start_ = clock_type::now();

@@ -1,4 +1,5 @@
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -68,6 +69,17 @@ void init_runtime(int threads) {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   if (threads > 0) at::set_num_threads(threads);
+  single_threaded_blas();
+}
+
+void single_threaded_blas() {
+  // Debian's LibTorch runs the GEMMs of its non-oneDNN convolutions (1×1 convs at one intra-op thread, and
+  // every conv backward) through OpenBLAS, whose own pthread pool ignores at::set_num_threads and spins
+  // (sched_yield) between calls. On 2 cores it took the second core from everything else: --threads 1
+  // ran at 177 % CPU, and two reconstruction shards calling it at once barely overlapped
+  // (docs/BENCHMARKS.md, "Cost of a reconstruction iteration").
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
 }
 
 void reexec_with_passive_openmp(char** argv) {
