@@ -289,6 +289,49 @@ TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
     EXPECT_NEAR(a.scale, s4.second.activations.at(v).scale, 1e-3 * a.scale) << v;
 }
 
+// A pass that makes a unit worse on the held-out images is undone: with a step learning rate far too large,
+// units go back to their start, and the final network is no worse than the calibrated one there.
+TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
+  std::mt19937 rng(12);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(16, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  auto opts = fast_options("brecq");
+  opts.iters = 20;
+  opts.brecq_act_iters = 30;
+  opts.brecq_lr_act = 0.5;  // Adam moves every step by ~0.5 per iteration: destroys the calibrated steps
+  opts.holdout = 4;
+  Graph gq = g;
+  quant::Encodings enc = enc0;
+  const auto res = recon::reconstruct(gq, plan, enc, xs, opts);
+  int kept = 0;
+  for (const auto& r : res.reports) {
+    EXPECT_GT(r.holdout_before, 0) << r.name;
+    if (r.kept_start) {
+      ++kept;
+      EXPECT_GT(r.holdout_after, r.holdout_before) << r.name;
+    } else {
+      EXPECT_LE(r.holdout_after, r.holdout_before) << r.name;
+    }
+  }
+  EXPECT_GT(kept, 0) << "the sabotaged step learning should have been undone somewhere";
+  const std::vector<TensorData> held(xs.end() - 4, xs.end());
+  const double calibrated = output_mse(g, quant::make_qdq_graph(g, plan, enc0), held);
+  const double learned = output_mse(g, quant::make_qdq_graph(gq, plan, enc), held);
+  std::printf("  held-out output MSE: calibrated %.4f, after the guarded sabotage %.4f (%d unit passes kept the start)\n",
+              calibrated, learned, kept);
+  EXPECT_LT(learned, 1.05 * calibrated);
+  // Without held-out images nothing is checked or undone.
+  opts.holdout = 0;
+  Graph g0 = g;
+  quant::Encodings e0 = enc0;
+  for (const auto& r : recon::reconstruct(g0, plan, e0, xs, opts).reports) EXPECT_FALSE(r.kept_start);
+  const double unguarded = output_mse(g, quant::make_qdq_graph(g0, plan, e0), held);
+  std::printf("  without the check: %.4f\n", unguarded);
+  EXPECT_GT(unguarded, 1.05 * calibrated) << "the sabotage must hurt, or this test shows nothing";
+}
+
 TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
   std::mt19937 rng(4);
   const Graph g = two_block_net(rng);

@@ -896,6 +896,7 @@ int main(int argc, char** argv) {
   quantize->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);
   quantize->add_option("--topk-selection", rc.topk_selection, "per_class | global | max_class")->default_val(rc.topk_selection);
   quantize->add_option("--recon-shards", rc.shards, "split each mini-batch into N shards run on separate threads (0 = 2 on CPU, 1 on CUDA); results depend on N, not on --threads")->default_val(rc.shards);
+  quantize->add_option("--holdout", rc.holdout, "calibration images held out of reconstruction training; each unit keeps its start state unless the learned one is better on them (-1 = 1/8 of the set)")->default_val(rc.holdout);
   quantize->add_flag("--recon-timing", rc.measure_fp_reference, "also time a plain FP forward+backward of every unit (per-phase costs are in --json and the encodings)");
   quantize->add_option("--max-unit-convs", rc.max_block_compute, "blocks with more compute nodes are split into layers")->default_val(rc.max_block_compute);
   quantize->add_option("--max-cache-mb", rc.max_cache_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.max_cache_mb);

@@ -79,6 +79,9 @@ struct ReconOptions {
   // each, as far as --threads allows) and their gradients summed in shard order: results depend on the
   // shard count, never on the thread count. 0: 2 on the CPU, 1 on CUDA.
   int shards = 0;
+  // The last N calibration images never train; each unit checks on them that its learned state beats the
+  // state it started from, and keeps the start otherwise. -1: N/8 of the set (none below 8 images).
+  int64_t holdout = -1;
   // units
   int max_block_compute = 12;
   // caches: FP inputs/outputs and quantized-prefix inputs of the live units
@@ -112,6 +115,10 @@ struct UnitReport {
   int64_t iters = 0;
   double sqnr_before_db = 0, sqnr_after_db = 0;  // unit output vs FP, on the quantized-prefix inputs
   double loss_first = 0, loss_last = 0;
+  // Reconstruction loss on the held-out images with the pass's start state and with the learned one; when
+  // the learned one is worse the unit keeps the start (kept_start).
+  double holdout_before = 0, holdout_after = 0;
+  bool kept_start = false;
   double seconds = 0;
   // Mean milliseconds per training iteration, by phase (CPU wall clock). "forward" excludes the activation
   // fake-quant it calls; "backward" includes the fake-quant backward, also listed alone.

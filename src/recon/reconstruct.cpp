@@ -58,6 +58,7 @@ void validate_options(const ReconOptions& o) {
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
+  if (o.holdout < -1) throw Error("--holdout must be ≥ 0, or -1 for 1/8 of the calibration set");
   if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
   if (o.topk < 1) throw Error("--topk must be ≥ 1");
   if (o.em_max_iters < 1 || !(o.em_tolerance > 0) || !(o.em_variance_floor > 0) || !(o.em_min_prior >= 0 && o.em_min_prior < 0.5) ||
@@ -81,6 +82,7 @@ nlohmann::json ReconResult::to_json() const {
     reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
                     {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
                     {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds},
+                    {"holdout_loss_before", r.holdout_before}, {"holdout_loss_after", r.holdout_after}, {"kept_start", r.kept_start},
                     {"phase_ms", {{"data", r.phase_ms.data}, {"soft_weights", r.phase_ms.soft_weights},
                                   {"forward", r.phase_ms.forward}, {"fake_quant", r.phase_ms.fake_quant},
                                   {"loss", r.phase_ms.loss}, {"backward", r.phase_ms.backward},
@@ -214,6 +216,8 @@ class Reconstructor {
     for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
     images_ = at::cat(xs, 0);
     num_ = images_.size(0);
+    holdout_ = opts.holdout >= 0 ? std::min<int64_t>(opts.holdout, num_ - 1) : (num_ >= 8 ? std::max<int64_t>(1, num_ / 8) : 0);
+    num_train_ = num_ - holdout_;
     network_input_ = g.inputs[0].name;
 
     for (const auto& w : plan.weights) {
@@ -555,27 +559,51 @@ class Reconstructor {
     rep.kind = u.kind;
     rep.pass = pass.index;
     const bool has_params = !unit_weights_[ui].empty() || owns_groups(ui);
+    const bool learns = !done && has_params && pass.iters > 0;
+    std::map<std::string, at::Tensor> start_weights;          // hardened weights before the pass (undefined: nearest)
+    std::map<int, std::pair<at::Tensor, at::Tensor>> start_steps;  // owned step and zero point before the pass
     if (!done) {
-      const auto before = signal_noise(run_full(ui, "q:", true, pass.act_on), fp_out);
+      const auto q_before = run_full(ui, "q:", true, pass.act_on);
+      const auto before = signal_noise(q_before, fp_out);
       rep.sqnr_before_db = sqnr_db(before.first, before.second);
-      if (has_params && pass.iters > 0) train(ui, pass, passes, fp_out, rep);
-      else done_iters_ += pass.iters;
+      if (learns) {
+        rep.holdout_before = holdout_loss(ui, q_before, fp_out, pass.p);
+        for (const auto& n : unit_weights_[ui]) start_weights[n] = weights_.at(n).hard;
+        for (auto& [gid, grp] : groups_)
+          if (grp.owner == static_cast<int>(ui)) start_steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+        train(ui, pass, passes, fp_out, rep);
+      } else {
+        done_iters_ += pass.iters;
+      }
       for (const auto& n : unit_weights_[ui]) {
         auto& p = weights_.at(n);
         if (!p.hard.defined()) p.hard = harden_nearest(p);
       }
     }
     auto q_out = run_full(ui, "q:", true, pass.act_on);
+    if (learns && holdout_ > 0) {
+      // Never worse than the start: on the held-out images, the learned state must not lose to the state the
+      // pass began with, or the unit goes back to it.
+      rep.holdout_after = holdout_loss(ui, q_out, fp_out, pass.p);
+      if (!(rep.holdout_after <= rep.holdout_before)) {
+        for (auto& [n, w] : start_weights) weights_.at(n).hard = w.defined() ? w : harden_nearest(weights_.at(n));
+        for (auto& [gid, sz] : start_steps) groups_.at(gid).scale = sz.first, groups_.at(gid).zero = sz.second;
+        rep.kept_start = true;
+        q_out = run_full(ui, "q:", true, pass.act_on);
+      }
+    }
     if (!done) {
       const auto after = signal_noise(q_out, fp_out);
       rep.sqnr_after_db = sqnr_db(after.first, after.second);
       rep.seconds = std::chrono::duration<double>(clock_type::now() - t_unit).count();
       res.reports.push_back(rep);
       if (opts_.log)
-        opts_.log(fmt::format("[{}{}/{}] {} '{}' ({} conv{}): {} it, loss {:.4g} -> {:.4g}, SQNR {:.1f} -> {:.1f} dB, {:.1f} s",
+        opts_.log(fmt::format("[{}{}/{}] {} '{}' ({} conv{}): {} it, loss {:.4g} -> {:.4g}, {}SQNR {:.1f} -> {:.1f} dB, {:.1f} s{}",
                               passes > 1 ? fmt::format("pass {} ", pass.index) : "", ui + 1, units_.size(), u.kind, u.name,
                               u.compute_nodes, u.compute_nodes == 1 ? "" : "s", rep.iters, rep.loss_first, rep.loss_last,
-                              rep.sqnr_before_db, rep.sqnr_after_db, rep.seconds));
+                              learns && holdout_ > 0 ? fmt::format("held-out {:.4g} -> {:.4g}, ", rep.holdout_before, rep.holdout_after) : "",
+                              rep.sqnr_before_db, rep.sqnr_after_db, rep.seconds,
+                              rep.kept_start ? " (kept the start: the learned state was worse on the held-out images)" : ""));
     }
     // Caches: drop the inputs no later unit reads, add the outputs later units read.
     for (const auto& v : u.inputs)
@@ -585,6 +613,25 @@ class Reconstructor {
         store_.put("fp:" + v, fp_out.at(v));
         store_.put("q:" + v, q_out.at(v));
       }
+  }
+
+  // The reconstruction loss of unit outputs `got` against `ref` on the held-out images (the last holdout_ of
+  // the calibration set), with the training loss's Fisher and inlier weights.
+  double holdout_loss(size_t ui, const std::map<std::string, at::Tensor>& got, const std::map<std::string, at::Tensor>& ref, double p) {
+    if (holdout_ <= 0) return 0;
+    at::NoGradGuard ng;
+    double total = 0;
+    for (const auto& v : units_[ui].outputs) {
+      const at::Tensor r = ref.at(v).narrow(0, num_train_, holdout_), q = got.at(v).narrow(0, num_train_, holdout_);
+      at::Tensor f, w;
+      if (fisher_store_.has("f:" + v)) f = fisher_store_.get("f:" + v).narrow(0, num_train_, holdout_).to(at::kFloat);
+      if (opts_.inlier && fisher_store_.has("w:" + v)) w = fisher_store_.get("w:" + v).narrow(0, num_train_, holdout_).to(at::kFloat);
+      double norm;
+      if (w.defined() && r.dim() >= 2) norm = std::max(1e-12, w.sum().item<double>());
+      else norm = static_cast<double>(r.numel()) / (r.dim() >= 2 ? static_cast<double>(r.size(1)) : 1.0);
+      total += lp_loss_sum(q, r, p, f, w).item<double>() / norm;
+    }
+    return total;
   }
 
   bool owns_groups(size_t ui) const {
@@ -637,12 +684,12 @@ class Reconstructor {
         }
     if (roundings.empty() && steps.empty()) { done_iters_ += pass.iters; return; }
 
-    const int64_t batch = std::min<int64_t>(opts_.batch, num_);
+    const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
     const int shards = static_cast<int>(std::min<int64_t>(shard_count(), batch));
     ShardPool* pool = shard_pool(shards);
     // Shards run with one intra-op thread each; the calling thread is one of them.
     OneIntraOpThread one(pool != nullptr);
-    std::vector<int64_t> order(num_);
+    std::vector<int64_t> order(num_train_);  // the held-out images never enter a mini-batch
     size_t cursor = order.size();
     double first_sum = 0, last_sum = 0;
     int64_t first_n = 0, last_n = 0;
@@ -863,7 +910,7 @@ class Reconstructor {
                      {"lr_act", opts_.lr_act}, {"brecq_lr_act", opts_.brecq_lr_act}, {"brecq_act_iters", opts_.brecq_act_iters},
                      {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
-                     {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()},
+                     {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()}, {"holdout", holdout_},
                      {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
                      {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
                      {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
@@ -942,6 +989,8 @@ class Reconstructor {
       u.name = r.at("unit"), u.kind = r.at("kind"), u.pass = r.at("pass"), u.iters = r.at("iters");
       u.sqnr_before_db = r.at("sqnr_before_db"), u.sqnr_after_db = r.at("sqnr_after_db");
       u.loss_first = r.at("loss_first"), u.loss_last = r.at("loss_last"), u.seconds = r.at("seconds");
+      u.holdout_before = r.value("holdout_loss_before", 0.0), u.holdout_after = r.value("holdout_loss_after", 0.0);
+      u.kept_start = r.value("kept_start", false);
       res.reports.push_back(u);
     }
     const int pass = st.at("pass");
@@ -960,6 +1009,7 @@ class Reconstructor {
   std::vector<Unit> units_;
   at::Tensor images_;
   int64_t num_ = 0;
+  int64_t holdout_ = 0, num_train_ = 0;  // the last holdout_ images check each unit; the first num_train_ train it
   std::string network_input_;
   std::map<std::string, WeightParam> weights_;  // by node
   std::map<int, ActGroup> groups_;
