@@ -271,6 +271,7 @@ TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
     opts.iters = 30;
     opts.brecq_act_iters = 10;
     opts.shards = shards;
+    opts.threads = threads;
     std::pair<Graph, quant::Encodings> r{g, enc0};
     recon::reconstruct(r.first, plan, r.second, xs, opts);
     at::set_num_threads(threads0);
@@ -330,6 +331,35 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
   const double unguarded = output_mse(g, quant::make_qdq_graph(g0, plan, e0), held);
   std::printf("  without the check: %.4f\n", unguarded);
   EXPECT_GT(unguarded, 1.05 * calibrated) << "the sabotage must hurt, or this test shows nothing";
+}
+
+// --time-limit picks the iteration count from measured speed: more time, more iterations; the run ends
+// near the limit (loose bounds: CI machines are shared), and the ETA never goes negative.
+TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
+  std::mt19937 rng(13);
+  const Graph g = two_block_net(rng);
+  const auto plan = w4a4_plan(g);
+  const auto xs = images(16, rng);
+  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  auto run = [&](double seconds, std::vector<double>* etas) {
+    auto opts = fast_options("qdrop");
+    opts.time_limit_s = seconds;
+    if (etas) opts.progress = [etas](const recon::ReconOptions::Progress& p) { etas->push_back(p.eta_seconds); };
+    Graph gq = g;
+    quant::Encodings enc = enc0;
+    return recon::reconstruct(gq, plan, enc, xs, opts);
+  };
+  std::vector<double> etas;
+  const auto shorter = run(1.5, nullptr), longer = run(4.0, &etas);
+  std::printf("  1.5 s: %lld iterations per unit in %.2f s; 4 s: %lld in %.2f s\n", static_cast<long long>(shorter.iters),
+              shorter.seconds, static_cast<long long>(longer.iters), longer.seconds);
+  EXPECT_GE(shorter.iters, 10);
+  EXPECT_GT(longer.iters, shorter.iters);
+  EXPECT_LT(longer.seconds, 2 * 4.0 + 1);
+  EXPECT_GT(longer.seconds, 0.3 * 4.0);
+  for (const auto& r : longer.reports) EXPECT_EQ(r.iters, longer.iters);
+  ASSERT_FALSE(etas.empty());
+  for (double e : etas) EXPECT_GE(e, 0);
 }
 
 TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {

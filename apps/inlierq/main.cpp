@@ -247,6 +247,7 @@ struct QuantizeArgs {
   // reconstruction (--method adaround | brecq | qdrop)
   std::string init_method = "mse";
   recon::ReconOptions recon;
+  double time_limit_min = 0;
   std::string checkpoint_dir;
   bool resume = false;
   std::string base = "qdrop";
@@ -393,6 +394,8 @@ int cmd_quantize(const QuantizeArgs& a) {
   }
   if (recon_method) recon::validate_options(recon_options(a));
   if (a.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq, qdrop or inlierq");
+  if (a.time_limit_min < 0) throw Error("--time-limit must be > 0 minutes");
+  if (a.time_limit_min > 0 && !recon_method) throw Error("--time-limit applies to --method adaround, brecq, qdrop or inlierq");
   if (a.resume) {
     const auto state = fs::path(checkpoint_dir) / "state.json";
     std::ifstream f(state);
@@ -504,7 +507,15 @@ int cmd_quantize(const QuantizeArgs& a) {
                  p.iter, p.iters, p.loss, eta / 3600, eta / 60 % 60, eta % 60, isatty(2) ? "" : "\n");
     };
     ro.log = [&](const std::string& line) { fmt::print(stderr, "{}{}\n", isatty(2) ? "\r\033[K" : "", line); };
-    fmt::print(stderr, "[recon] {}: {} iterations per unit, batch {}, seed {}\n", a.method, ro.iters, ro.batch, ro.seed);
+    if (a.time_limit_min > 0) {
+      // The limit covers the whole command: what calibration took is spent; export and the report take ~2 %.
+      const double spent = std::chrono::duration<double>(clock::now() - t0).count();
+      ro.time_limit_s = std::max(1.0, a.time_limit_min * 60 * 0.98 - spent);
+      fmt::print(stderr, "[recon] {}: time limit {:g} min ({:.0f} s left for reconstruction), batch {}, seed {}\n", a.method,
+                 a.time_limit_min, ro.time_limit_s, ro.batch, ro.seed);
+    } else {
+      fmt::print(stderr, "[recon] {}: {} iterations per unit, batch {}, seed {}\n", a.method, ro.iters, ro.batch, ro.seed);
+    }
     recon::ReconResult rr = recon::reconstruct(quantized_weights, final_plan, enc, inputs, ro);
     if (!rr.completed) {
       fmt::print(stderr, "[recon] stopped after {} units as asked; checkpoint in {} (continue with --resume)\n",
@@ -514,7 +525,8 @@ int cmd_quantize(const QuantizeArgs& a) {
     nlohmann::json rj = rr.to_json();
     rj["method"] = a.method;
     rj["init_method"] = act_method;
-    rj["iters"] = ro.iters;
+    rj["iters"] = rr.iters;
+    if (a.time_limit_min > 0) rj["time_limit_min"] = a.time_limit_min;
     rj["batch"] = ro.batch;
     rj["seed"] = ro.seed;
     rj["max_cache_mb"] = ro.max_cache_mb;
@@ -598,7 +610,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (recon_method) {
     j["reconstruction_seconds"] = t_reconstructed - t_calibrated;
     j["init_method"] = act_method;
-    j["iters"] = a.recon.iters;
+    j["iters"] = enc.meta["reconstruction"].value("iters", a.recon.iters);
     j["seed"] = a.seed;
     j["peak_cache_mb"] = enc.meta["reconstruction"]["peak_cache_mb"];
   }
@@ -785,7 +797,7 @@ int main(int argc, char** argv) {
   CLI::App app{"inlierq: post-training quantization for object detectors"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (0 = all cores)");
+  app.add_option("--threads", threads, "intra-op threads (0 = ATen's default, which is 1 on some VMs); reconstruction runs its shards on this many threads (0 = every core)");
 
   std::string model, profile_name;
   bool as_json = false;
@@ -867,7 +879,8 @@ int main(int argc, char** argv) {
   quantize->add_option("--method", qa.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop | inlierq (reconstruction)")->default_val("minmax");
   quantize->add_option("--init-method", qa.init_method, "with adaround/brecq/qdrop: activation range initialisation (a calibrator)")->default_val("mse");
   auto& rc = qa.recon;
-  quantize->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
+  auto* iters_opt = quantize->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
+  quantize->add_option("--time-limit", qa.time_limit_min, "reconstruction: choose the iterations per unit so that the whole command takes about this many minutes (replaces --iters; the count is printed)")->excludes(iters_opt);
   quantize->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);
   quantize->add_option("--lr-round", rc.lr_rounding, "Adam learning rate of the rounding logits V")->default_val(rc.lr_rounding);
   quantize->add_option("--lr-act", rc.lr_act, "Adam learning rate of the activation steps (QDrop; cosine decay)")->default_val(rc.lr_act);
@@ -948,7 +961,10 @@ int main(int argc, char** argv) {
     }
     if (*inspect && show_plan) return cmd_plan(model, profile_name, plan_preset, quantize_head, exclude, plan_layout, as_json);
     if (*inspect) return cmd_inspect(model, as_json);
-    if (*quantize) return cmd_quantize(qa);
+    if (*quantize) {
+      qa.recon.threads = threads;
+      return cmd_quantize(qa);
+    }
     if (*infer) return cmd_infer(model, input_specs, out_dir, device, force);
     if (*eval) return cmd_eval(model, profile_name, images_dir, annotations, limit, results, as_json, force, device);
     if (*saliency) return cmd_saliency(sa);

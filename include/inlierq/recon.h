@@ -41,6 +41,9 @@ std::string format_units(const std::vector<Unit>& units);
 struct ReconOptions {
   std::string method = "qdrop";  // adaround | brecq | qdrop
   int64_t iters = 20000;         // per unit (AdaRound pass / QDrop joint pass)
+  // > 0: choose the iterations per unit (replacing `iters`; BRECQ's pass 2 keeps its ratio to it) so that
+  // reconstruct() returns within this many seconds, from the units' measured costs. Chosen once, logged.
+  double time_limit_s = 0;
   int batch = 32;                // calibration samples per iteration
   uint64_t seed = 0;
   // AdaRound (ALGORITHMS §4)
@@ -79,6 +82,9 @@ struct ReconOptions {
   // each, as far as --threads allows) and their gradients summed in shard order: results depend on the
   // shard count, never on the thread count. 0: 2 on the CPU, 1 on CUDA.
   int shards = 0;
+  // Threads for the shards (at most `shards` are used); 0: every core (std::thread::hardware_concurrency —
+  // ATen's own default intra-op count is 1 on this class of VM).
+  int threads = 0;
   // The last N calibration images never train; each unit checks on them that its learned state beats the
   // state it started from, and keeps the start otherwise. -1: N/8 of the set (none below 8 images).
   int64_t holdout = -1;
@@ -120,6 +126,7 @@ struct UnitReport {
   double holdout_before = 0, holdout_after = 0;
   bool kept_start = false;
   double seconds = 0;
+  double predicted_seconds = 0;  // the cost model's figure for this unit pass, before it ran (ETA, --time-limit)
   // Mean milliseconds per training iteration, by phase (CPU wall clock). "forward" excludes the activation
   // fake-quant it calls; "backward" includes the fake-quant backward, also listed alone.
   struct Phases {
@@ -132,6 +139,7 @@ struct UnitReport {
 struct ReconResult {
   std::vector<Unit> units;
   std::vector<UnitReport> reports;
+  int64_t iters = 0;       // per unit in the first pass (the --time-limit choice when one was given)
   bool completed = false;  // false when stopped by stop_after_units
   double seconds = 0;
   size_t peak_cache_bytes = 0;

@@ -21,6 +21,8 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
+#include <tuple>
 
 #ifdef __GLIBC__
 #include <malloc.h>  // malloc_trim
@@ -50,6 +52,7 @@ void validate_options(const ReconOptions& o) {
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
     throw Error("unknown reconstruction method '" + o.method + "' (expected adaround, brecq or qdrop)");
   if (o.iters < 0) throw Error("--iters must be ≥ 0");
+  if (!(o.time_limit_s >= 0)) throw Error("--time-limit must be ≥ 0 minutes");
   if (o.brecq_act_iters < 0) throw Error("--brecq-act-iters must be ≥ 0");
   if (o.batch < 1) throw Error("--recon-batch must be ≥ 1");
   if (!(o.drop_prob > 0 && o.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
@@ -59,6 +62,7 @@ void validate_options(const ReconOptions& o) {
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
   if (o.holdout < -1) throw Error("--holdout must be ≥ 0, or -1 for 1/8 of the calibration set");
+  if (o.threads < 0) throw Error("--threads must be ≥ 0");
   if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
   if (o.topk < 1) throw Error("--topk must be ≥ 1");
   if (o.em_max_iters < 1 || !(o.em_tolerance > 0) || !(o.em_variance_floor > 0) || !(o.em_min_prior >= 0 && o.em_min_prior < 0.5) ||
@@ -82,14 +86,14 @@ nlohmann::json ReconResult::to_json() const {
     reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
                     {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
                     {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds},
-                    {"holdout_loss_before", r.holdout_before}, {"holdout_loss_after", r.holdout_after}, {"kept_start", r.kept_start},
+                    {"predicted_seconds", r.predicted_seconds}, {"holdout_loss_before", r.holdout_before}, {"holdout_loss_after", r.holdout_after}, {"kept_start", r.kept_start},
                     {"phase_ms", {{"data", r.phase_ms.data}, {"soft_weights", r.phase_ms.soft_weights},
                                   {"forward", r.phase_ms.forward}, {"fake_quant", r.phase_ms.fake_quant},
                                   {"loss", r.phase_ms.loss}, {"backward", r.phase_ms.backward},
                                   {"fake_quant_backward", r.phase_ms.fake_quant_backward},
                                   {"optimizer", r.phase_ms.optimizer}, {"total", r.phase_ms.total},
                                   {"fp_reference", r.phase_ms.fp_reference}}}});
-  nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"completed", completed}, {"seconds", seconds},
+  nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"iters", iters}, {"completed", completed}, {"seconds", seconds},
                    {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
   if (!inlier.is_null()) j["inlier"] = inlier;
   return j;
@@ -275,15 +279,30 @@ class Reconstructor {
     } else {
       passes.push_back({1, true, true, true, opts_.drop_prob, opts_.input_mix, opts_.rec_p, opts_.lr_act, it});
     }
-    total_iters_ = 0;
-    for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
-
     if (opts_.fisher || opts_.inlier) compute_gradient_weights(res);
     if (opts_.inlier && opts_.inlier_init != "none") init_inlier_ranges(res);
     release_free_heap();
     int resume_pass = 0;
     size_t resume_units = 0;
-    if (opts_.resume) std::tie(resume_pass, resume_units) = load_checkpoint(res);
+    int64_t resumed_iters = -1;
+    if (opts_.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
+    probe_unit_costs();
+    if (opts_.time_limit_s > 0) {
+      // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
+      // reproducible with --iters set to the printed count.
+      const int64_t n = resumed_iters >= 0 ? resumed_iters : iters_for_time_limit(passes, t0);
+      for (auto& p : passes) p.iters = p.index == 1 ? n : std::max<int64_t>(1, n * opts_.brecq_act_iters / std::max<int64_t>(1, opts_.iters));
+    }
+    chosen_iters_ = passes.front().iters;
+    res.iters = chosen_iters_;
+    total_iters_ = 0;
+    for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
+    // What is left, in the cost model's units (unit cost × (iterations + evaluation)).
+    work_left_ = 0;
+    for (const auto& p : passes)
+      for (size_t ui = 0; ui < units_.size(); ++ui)
+        if (p.index > resume_pass || (p.index == resume_pass && ui >= resume_units)) work_left_ += unit_work(ui, p.iters);
+    t_units_ = clock_type::now();
     int64_t finished_units = static_cast<int64_t>(res.reports.size());
     for (const auto& pass : passes) {
       if (pass.index < resume_pass) { done_iters_ += pass.iters * static_cast<int64_t>(units_.size()); continue; }
@@ -296,6 +315,10 @@ class Reconstructor {
         if (done) done_iters_ += pass.iters;
         process_unit(ui, pass, static_cast<int>(passes.size()), done, res);
         release_free_heap();
+        if (!done) {
+          work_done_ += unit_work(ui, pass.iters);
+          res.reports.back().predicted_seconds = ms_rate_prior_ * unit_work(ui, pass.iters) * 1e-3;
+        }
         if (!done) {
           ++finished_units;
           if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
@@ -835,14 +858,12 @@ class Reconstructor {
         sc.clamp_min_(1e-8);
       }
       ++done_iters_, ++trained_iters_;
-      if (opts_.progress && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
+      if (opts_.progress && !quiet_ && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
         t_last = clock_type::now();
         ReconOptions::Progress pr;
         pr.pass = pass.index, pr.passes = passes, pr.unit = ui + 1, pr.units = units_.size(), pr.unit_name = u.name;
         pr.iter = it + 1, pr.iters = pass.iters, pr.loss = rec_v;
-        const double elapsed = std::chrono::duration<double>(clock_type::now() - t_start_).count();
-        const int64_t trained = trained_iters_;
-        pr.eta_seconds = trained > 0 ? elapsed / trained * static_cast<double>(total_iters_ - done_iters_) : 0;
+        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * static_cast<double>(it + 1));
         opts_.progress(pr);
       }
     }
@@ -869,10 +890,114 @@ class Reconstructor {
     rep.loss_last = last_n ? last_sum / last_n : 0;
   }
 
+  // ---- cost model: ETA and --time-limit
+  // Every unit's plain FP forward + backward at the training batch, measured once on FP inputs from one
+  // forward of the network: the relative cost of the units' iterations. (Their absolute cost is what the
+  // run measures as it goes, or what the --time-limit probe measures on the first unit.)
+  void probe_unit_costs() {
+    unit_cost_ms_.assign(units_.size(), 1.0);
+    const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
+    rt::ExecutorOptions eo;
+    eo.device = device_;
+    eo.fuse_silu = false;  // unit inputs must exist as tensors
+    rt::Executor ex(g_, eo);
+    rt::RunOptions ro;
+    std::set<std::string> keep;
+    for (const auto& u : units_)
+      for (const auto& v : u.inputs) keep.insert(v);
+    ro.keep.assign(keep.begin(), keep.end());
+    rt::TensorMap values;
+    {
+      at::NoGradGuard ng;
+      values = ex.run({{network_input_, images_.narrow(0, 0, batch).to(device_)}}, ro);
+    }
+    values[network_input_] = images_.narrow(0, 0, batch).to(device_);
+    for (size_t ui = 0; ui < units_.size(); ++ui) {
+      std::vector<at::Tensor> ins;
+      bool ok = true;
+      for (const auto& v : units_[ui].inputs) {
+        auto it = values.find(v);
+        if (it == values.end()) { ok = false; break; }
+        ins.push_back(it->second.clone());  // a normal tensor: the forward above may hand out inference tensors
+      }
+      if (!ok) continue;
+      unit_cost_ms_[ui] = std::max(1e-3, fp_reference_ms(ui, ins, {}, batch, 3));
+    }
+  }
+  // A unit pass in the cost model: iterations, plus the three evaluations over the calibration set
+  // (FP, quantized before and after), each about one forward per image, a third of a forward + backward.
+  double unit_work(size_t ui, int64_t iters) const {
+    return unit_cost_ms_[ui] * (static_cast<double>(iters) + static_cast<double>(num_) / std::max(1, opts_.batch));
+  }
+  // Remaining seconds: the rate measured so far (all the time since the first unit, evaluation and cache
+  // handling included) applied to the work left; before any measurement, the cost model alone.
+  double eta_seconds(double current_unit_done) const {
+    const double done = work_done_ + current_unit_done;
+    const double elapsed = std::chrono::duration<double>(clock_type::now() - t_units_).count();
+    const double rate = done > 0 && elapsed > 0.5 ? elapsed / done : ms_rate_prior_ * 1e-3;
+    return std::max(0.0, (work_left_ - done) * rate);
+  }
+
+  // Iterations per unit that fit the time limit: the first trainable unit trains a few real iterations
+  // (state restored afterwards) to measure seconds per unit of cost; the evaluations are costed the same way.
+  int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, clock_type::time_point t0) {
+    size_t probe = units_.size();
+    for (size_t ui = 0; ui < units_.size() && probe == units_.size(); ++ui) {
+      bool from_input = true;
+      for (const auto& v : units_[ui].inputs) from_input &= v == network_input_;
+      if (from_input && !unit_weights_[ui].empty()) probe = ui;
+    }
+    double rate = ms_rate_prior_;  // ms of wall per unit of cost
+    if (probe < units_.size()) {
+      store_.put("q:" + network_input_, quantized_network_input());
+      store_.put("fp:" + network_input_, images_);
+      std::map<std::string, at::Tensor> hard;
+      for (const auto& n : unit_weights_[probe]) hard[n] = weights_.at(n).hard;
+      std::map<int, std::pair<at::Tensor, at::Tensor>> steps;
+      for (auto& [gid, grp] : groups_) steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+      const uint64_t seed = mask_seed_;
+      const int64_t done = done_iters_, trained = trained_iters_;
+      const auto te = clock_type::now();
+      const auto fp_out = run_full(probe, "fp:", false, false);
+      const double eval_ms = std::chrono::duration<double, std::milli>(clock_type::now() - te).count();
+      PassSpec p = passes.front();
+      p.iters = 6;
+      UnitReport rep;
+      quiet_ = true;
+      train(probe, p, 1, fp_out, rep);
+      quiet_ = false;
+      for (auto& [n, h] : hard) weights_.at(n).hard = h;
+      for (auto& [gid, sz] : steps) groups_.at(gid).scale = sz.first, groups_.at(gid).zero = sz.second;
+      mask_seed_ = seed, done_iters_ = done, trained_iters_ = trained;
+      store_.clear();
+      rate = rep.phase_ms.total / unit_cost_ms_[probe];
+      eval_rate_ = eval_ms / (unit_cost_ms_[probe] * static_cast<double>(num_) / std::max(1, opts_.batch));
+    }
+    ms_rate_prior_ = rate;
+    double per_iter = 0, evals = 0;  // ms over all units and passes
+    for (const auto& p : passes) {
+      const double share = p.index == 1 ? 1.0 : static_cast<double>(opts_.brecq_act_iters) / std::max<int64_t>(1, opts_.iters);
+      for (size_t ui = 0; ui < units_.size(); ++ui) {
+        per_iter += rate * unit_cost_ms_[ui] * share;
+        evals += 3 * eval_rate_ * unit_cost_ms_[ui] * static_cast<double>(num_) / std::max(1, opts_.batch);
+      }
+    }
+    const double left_ms = opts_.time_limit_s * 1e3 - std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+    const int64_t n = static_cast<int64_t>(std::floor((left_ms - evals) / per_iter));
+    const int64_t chosen = std::max<int64_t>(10, n);
+    if (opts_.log)
+      opts_.log(fmt::format("[recon] time limit {:.1f} min: {} iterations per unit{} (measured {:.0f} ms per iteration over all units, "
+                            "{:.0f} s of evaluation; reproduce with --iters {})",
+                            opts_.time_limit_s / 60, chosen, n < 10 ? fmt::format(" (the limit allows {}; using the minimum)", std::max<int64_t>(0, n)) : "",
+                            per_iter, evals * 1e-3, chosen));
+    return chosen;
+  }
+
   // Median wall time of a plain FP forward + backward of the unit through ATen autograd at the training
   // batch: FP weights as leaves, no quantizers, MSE to the target. What an iteration would cost with none of
   // reconstruction's machinery.
-  double fp_reference_ms(size_t ui, const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& targets, int64_t batch) {
+  double fp_reference_ms(size_t ui, const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& targets, int64_t batch,
+                         int reps = 7) {
     const auto& u = units_[ui];
     auto& ex = executor(ui);
     rt::TensorMap overrides;
@@ -890,11 +1015,12 @@ class Reconstructor {
     std::vector<at::Tensor> tg;
     for (const auto& t : targets) tg.push_back(t.narrow(0, 0, batch).to(device_));
     std::vector<double> ms;
-    for (int rep = 0; rep < 7; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
       const auto t0 = clock_type::now();
       auto out = ex.run(feed, ro);
       at::Tensor loss = at::zeros({}, at::kFloat);
-      for (size_t k = 0; k < u.outputs.size(); ++k) loss = loss + (out.at(u.outputs[k]) - tg[k]).pow(2).mean();
+      for (size_t k = 0; k < u.outputs.size(); ++k)
+        loss = loss + (tg.empty() ? out.at(u.outputs[k]).pow(2).mean() : (out.at(u.outputs[k]) - tg[k]).pow(2).mean());
       loss.backward();
       for (auto& l : leaves) l.mutable_grad().reset();
       ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
@@ -911,6 +1037,7 @@ class Reconstructor {
                      {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
                      {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()}, {"holdout", holdout_},
+                     {"time_limit_s", opts_.time_limit_s},
                      {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
                      {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
                      {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
@@ -939,7 +1066,7 @@ class Reconstructor {
       std::memcpy(&bits, &s, 4);
       scales[std::to_string(gid)] = bits;  // exact float bits
     }
-    nlohmann::json state{{"run", run_key()}, {"pass", pass}, {"units_done", units_done}, {"weights_file", wfile},
+    nlohmann::json state{{"run", run_key()}, {"pass", pass}, {"units_done", units_done}, {"iters", chosen_iters_}, {"weights_file", wfile},
                          {"weights", wj}, {"act_scale_bits", scales}, {"reports", res.to_json()["reports"]}};
     const std::string state_path = (fs::path(opts_.checkpoint_dir) / "state.json").string();
     write_file_atomically(state_path, state.dump(1));
@@ -950,7 +1077,7 @@ class Reconstructor {
     }
   }
 
-  std::pair<int, size_t> load_checkpoint(ReconResult& res) {
+  std::tuple<int, size_t, int64_t> load_checkpoint(ReconResult& res) {
     if (opts_.checkpoint_dir.empty()) throw Error("--resume needs a checkpoint directory");
     const auto state_path = fs::path(opts_.checkpoint_dir) / "state.json";
     std::ifstream f(state_path);
@@ -996,7 +1123,7 @@ class Reconstructor {
     const int pass = st.at("pass");
     const size_t done = st.at("units_done");
     if (opts_.log) opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint_dir, pass, done, units_.size()));
-    return {pass, done};
+    return {pass, done, st.value("iters", static_cast<int64_t>(-1))};
   }
 
   Graph& g_;
@@ -1019,7 +1146,7 @@ class Reconstructor {
   std::map<size_t, std::unique_ptr<rt::Executor>> executors_;
   uint64_t mask_seed_ = 0;
   std::unique_ptr<ShardPool> pool_;
-  const int intra_threads_ = at::get_num_threads();  // the process's, before any OneIntraOpThread
+  const int intra_threads_ = opts_.threads > 0 ? opts_.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   int shard_count() const { return opts_.shards > 0 ? opts_.shards : device_.is_cpu() ? 2 : 1; }
   // Threads for the shards: as many as intra-op threads allow, created once and kept for all units.
   ShardPool* shard_pool(int shards) {
@@ -1034,7 +1161,14 @@ class Reconstructor {
   }
   uint64_t next_mask_seed() { return mask_seed_ = quant::splitmix64(mask_seed_); }
   int64_t total_iters_ = 0, done_iters_ = 0, trained_iters_ = 0;
-  clock_type::time_point t_start_ = clock_type::now();
+  // cost model (probe_unit_costs): per unit FP forward+backward ms; work in ms of that cost
+  std::vector<double> unit_cost_ms_;
+  double work_left_ = 0, work_done_ = 0;
+  double ms_rate_prior_ = 1.5;  // wall ms per cost ms before anything is measured (QDrop, 1 thread: ~1.2)
+  double eval_rate_ = 1.0;
+  int64_t chosen_iters_ = 0;
+  bool quiet_ = false;  // no progress callbacks (the time-limit probe)
+  clock_type::time_point t_units_ = clock_type::now();
 };
 
 }  // namespace
