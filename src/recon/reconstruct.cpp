@@ -735,6 +735,7 @@ class Reconstructor {
     const auto t_loop = clock_type::now();
     for (int64_t it = 0; it < pass.iters; ++it) {
       lap(ph.optimizer);  // progress reporting of the previous iteration
+      const auto t_iter = clock_type::now();
       // Mini-batch: walk a shuffled order of the calibration set, reshuffling when it runs out.
       std::vector<int64_t> idx;
       while (static_cast<int64_t>(idx.size()) < batch) {
@@ -858,12 +859,14 @@ class Reconstructor {
         sc.clamp_min_(1e-8);
       }
       ++done_iters_, ++trained_iters_;
+      if (quiet_) probe_iter_ms_.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t_iter).count());
       if (opts_.progress && !quiet_ && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
         t_last = clock_type::now();
         ReconOptions::Progress pr;
         pr.pass = pass.index, pr.passes = passes, pr.unit = ui + 1, pr.units = units_.size(), pr.unit_name = u.name;
         pr.iter = it + 1, pr.iters = pass.iters, pr.loss = rec_v;
-        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * static_cast<double>(it + 1));
+        // Done in this unit: its iterations so far and two of its three evaluations (FP and quantized before).
+        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * (static_cast<double>(it + 1) + 2.0 / 3.0 * static_cast<double>(num_) / std::max(1, opts_.batch)));
         opts_.progress(pr);
       }
     }
@@ -938,7 +941,7 @@ class Reconstructor {
     return std::max(0.0, (work_left_ - done) * rate);
   }
 
-  // Iterations per unit that fit the time limit: the first trainable unit trains a few real iterations
+  // Iterations per unit that fit the time limit: the first trainable unit trains 12 real iterations
   // (state restored afterwards) to measure seconds per unit of cost; the evaluations are costed the same way.
   int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, clock_type::time_point t0) {
     size_t probe = units_.size();
@@ -961,16 +964,20 @@ class Reconstructor {
       const auto fp_out = run_full(probe, "fp:", false, false);
       const double eval_ms = std::chrono::duration<double, std::milli>(clock_type::now() - te).count();
       PassSpec p = passes.front();
-      p.iters = 6;
+      p.iters = 12;
       UnitReport rep;
       quiet_ = true;
+      probe_iter_ms_.clear();
       train(probe, p, 1, fp_out, rep);
       quiet_ = false;
       for (auto& [n, h] : hard) weights_.at(n).hard = h;
       for (auto& [gid, sz] : steps) groups_.at(gid).scale = sz.first, groups_.at(gid).zero = sz.second;
       mask_seed_ = seed, done_iters_ = done, trained_iters_ = trained;
       store_.clear();
-      rate = rep.phase_ms.total / unit_cost_ms_[probe];
+      // The median iteration: the first ones fault pages in and warm caches, and a busy neighbour can stall any.
+      std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
+      const double iter_ms = probe_iter_ms_.empty() ? rep.phase_ms.total : probe_iter_ms_[probe_iter_ms_.size() / 2];
+      rate = iter_ms / unit_cost_ms_[probe];
       eval_rate_ = eval_ms / (unit_cost_ms_[probe] * static_cast<double>(num_) / std::max(1, opts_.batch));
     }
     ms_rate_prior_ = rate;
@@ -1168,6 +1175,7 @@ class Reconstructor {
   double eval_rate_ = 1.0;
   int64_t chosen_iters_ = 0;
   bool quiet_ = false;  // no progress callbacks (the time-limit probe)
+  std::vector<double> probe_iter_ms_;  // wall ms of each iteration while quiet_
   clock_type::time_point t_units_ = clock_type::now();
 };
 

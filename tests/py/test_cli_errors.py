@@ -160,6 +160,13 @@ def main():
         expect_error("quantize unknown weight method", qbase + ["--preset", "w8a8", "--weight-method", "kl"], ["'kl'", "weight"], rc=1)
         expect_error("quantize unknown layout", qbase + ["--preset", "w8a8", "--layout", "nhwc"], ["'nhwc'", "auto, ort or block"], rc=1)
         expect_error("quantize unknown weight type", qbase + ["--preset", "w8a8", "--weight-type", "int4"], ["'int4'", "int8 or uint8"], rc=1)
+        expect_error("quantize negative time limit", qbase + ["--preset", "w4a4", "--method", "qdrop", "--time-limit", "-1"], ["--time-limit"], rc=1)
+        expect_error("quantize time limit without reconstruction", qbase + ["--preset", "w4a4", "--method", "mse", "--time-limit", "5"],
+                     ["--time-limit", "qdrop"], rc=1)
+        expect_error("quantize time limit and iterations", qbase + ["--preset", "w4a4", "--method", "qdrop", "--time-limit", "5", "--iters", "10"],
+                     ["--time-limit", "--iters"])
+        expect_error("quantize bad holdout", qbase + ["--preset", "w4a4", "--method", "qdrop", "--holdout", "-2"], ["--holdout"], rc=1)
+        expect_error("quantize bad shard count", qbase + ["--preset", "w4a4", "--method", "qdrop", "--recon-shards", "100"], ["--recon-shards"], rc=1)
         expect_error("quantize zero calibration images", qbase + ["--preset", "w8a8", "--num-calib", "0"], ["--num-calib"], rc=1)
         expect_error("quantize negative fallback", qbase + ["--preset", "w8a8", "--fallback", "-1"], ["--fallback"], rc=1)
         expect_error("quantize unknown profile", ["quantize", fd, "--profile", "nosuch", "--calib", calib_dir, "-o", qout,
