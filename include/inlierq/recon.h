@@ -144,6 +144,9 @@ struct ReconResult {
   double seconds = 0;
   size_t peak_cache_bytes = 0;
   size_t spilled_bytes = 0;
+  // Per pass, when images are held out: the network's output SQNR on them at the start and at the end of
+  // the pass (every quantizer on), and whether the pass was undone because it made that worse.
+  nlohmann::json passes = nlohmann::json::array();
   nlohmann::json inlier;  // per unit output: EM fit, inlier mass; per activation group: full vs inlier range
   nlohmann::json to_json() const;
 };

@@ -96,6 +96,7 @@ nlohmann::json ReconResult::to_json() const {
   nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"iters", iters}, {"completed", completed}, {"seconds", seconds},
                    {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
   if (!inlier.is_null()) j["inlier"] = inlier;
+  if (!passes.empty()) j["passes"] = passes;
   return j;
 }
 
@@ -285,6 +286,7 @@ class Reconstructor {
     int resume_pass = 0;
     size_t resume_units = 0;
     int64_t resumed_iters = -1;
+    initial_steps_ = snapshot().steps;
     if (opts_.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
     probe_unit_costs();
     if (opts_.time_limit_s > 0) {
@@ -330,6 +332,24 @@ class Reconstructor {
             return res;
           }
         }
+      }
+      // Never worse than the start, for the whole network: on the held-out images with every quantizer on,
+      // the pass's result against the state it began from (rebuilt, so that a resumed run decides alike).
+      if (holdout_ > 0 && pass.iters > 0) {
+        const Snapshot learned = snapshot(), start = pass_start_state(pass);
+        restore(start);
+        const double sqnr_start = network_holdout_sqnr();
+        restore(learned);
+        const double sqnr_end = network_holdout_sqnr();
+        const bool worse = !(sqnr_end >= sqnr_start);
+        res.passes.push_back({{"pass", pass.index}, {"holdout_output_sqnr_start_db", sqnr_start},
+                              {"holdout_output_sqnr_end_db", sqnr_end}, {"kept_start", worse}});
+        if (worse) restore(start);
+        if (opts_.log)
+          opts_.log(fmt::format("[recon] pass {}: network output SQNR on the {} held-out images {:.2f} -> {:.2f} dB{}", pass.index,
+                                holdout_, sqnr_start, sqnr_end,
+                                worse ? fmt::format("; worse, so the pass is undone (the state it started from is kept)") : ""));
+        if (worse && !opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, units_.size(), res);
       }
     }
     store_.clear();
@@ -636,6 +656,63 @@ class Reconstructor {
         store_.put("fp:" + v, fp_out.at(v));
         store_.put("q:" + v, q_out.at(v));
       }
+  }
+
+  // ---- the network-level check: weights and steps of every unit, and the output SQNR they give
+  struct Snapshot {
+    std::map<std::string, at::Tensor> hard;  // undefined: nearest rounding
+    std::map<int, std::pair<at::Tensor, at::Tensor>> steps;
+  };
+  Snapshot snapshot() const {
+    Snapshot s;
+    for (const auto& [n, p] : weights_) s.hard[n] = p.hard;
+    for (const auto& [gid, grp] : groups_) s.steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+    return s;
+  }
+  // Every pass starts from the calibrated (or InlierQ-initialised) steps, as no pass before a step-learning
+  // one changes them, and pass 1 from nearest rounding; later passes keep the weights pass 1 hardened.
+  Snapshot pass_start_state(const PassSpec& pass) const {
+    Snapshot s;
+    for (const auto& [n, p] : weights_) s.hard[n] = pass.index == 1 ? at::Tensor() : p.hard;
+    s.steps = initial_steps_;
+    return s;
+  }
+  void restore(const Snapshot& s) {
+    for (const auto& [n, h] : s.hard) weights_.at(n).hard = h;
+    for (const auto& [gid, sz] : s.steps) groups_.at(gid).scale = sz.first.clone(), groups_.at(gid).zero = sz.second.clone();
+  }
+  // SQNR (dB) of the network's outputs on the held-out images with the current weights and steps and every
+  // activation quantizer on (the exported model), against the FP network.
+  double network_holdout_sqnr() {
+    if (!net_exec_) {
+      rt::ExecutorOptions eo;
+      eo.device = device_;
+      for (const auto& [n, p] : weights_) eo.replaceable.insert(p.tensor);
+      for (const auto& a : plan_.activations) eo.hooked.insert(a.value);
+      eo.check_finite = false;
+      net_exec_ = std::make_unique<rt::Executor>(g_, eo);
+    }
+    at::NoGradGuard ng;
+    rt::TensorMap overrides;
+    for (const auto& [n, p] : weights_) overrides[p.tensor] = p.hard.defined() ? p.hard : harden_nearest(p);
+    rt::RunOptions rq;
+    rq.overrides = &overrides;
+    rq.value_hook = act_hook(true, 1.0);
+    rq.hook_inputs = true;
+    double sig = 0, noise = 0;
+    const int64_t eb = 8;
+    for (int64_t b = num_train_; b < num_; b += eb) {
+      const int64_t nb = std::min(eb, num_ - b);
+      const rt::TensorMap feed{{network_input_, images_.narrow(0, b, nb).to(device_)}};
+      const auto fp = net_exec_->run(feed);
+      const auto q = net_exec_->run(feed, rq);
+      for (const auto& o : g_.outputs) {
+        const at::Tensor r = fp.at(o.name).to(at::kDouble), d = q.at(o.name).to(at::kDouble) - r;
+        sig += r.pow(2).sum().item<double>();
+        noise += d.pow(2).sum().item<double>();
+      }
+    }
+    return sqnr_db(sig, noise);
   }
 
   // The reconstruction loss of unit outputs `got` against `ref` on the held-out images (the last holdout_ of
@@ -1153,6 +1230,8 @@ class Reconstructor {
   std::map<size_t, std::unique_ptr<rt::Executor>> executors_;
   uint64_t mask_seed_ = 0;
   std::unique_ptr<ShardPool> pool_;
+  std::unique_ptr<rt::Executor> net_exec_;  // the whole graph, for the network-level held-out check
+  std::map<int, std::pair<at::Tensor, at::Tensor>> initial_steps_;  // steps before any pass (after InlierQ's init)
   const int intra_threads_ = opts_.threads > 0 ? opts_.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   int shard_count() const { return opts_.shards > 0 ? opts_.shards : device_.is_cpu() ? 2 : 1; }
   // Threads for the shards: as many as intra-op threads allow, created once and kept for all units.
