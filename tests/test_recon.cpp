@@ -317,10 +317,11 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
     }
   }
   EXPECT_GT(kept, 0) << "the sabotaged step learning should have been undone somewhere";
-  // The network-level check of every pass: a pass that lowered the held-out output SQNR is undone.
+  // The network-level check of every pass: a pass that lowered the held-out output SQNR by > 0.1 dB is undone.
   ASSERT_EQ(res.passes.size(), 2u);
   for (const auto& p : res.passes)
-    EXPECT_EQ(p.at("kept_start").get<bool>(), p.at("holdout_output_sqnr_end_db").get<double>() < p.at("holdout_output_sqnr_start_db").get<double>());
+    EXPECT_EQ(p.at("kept_start").get<bool>(),
+              p.at("holdout_output_sqnr_end_db").get<double>() < p.at("holdout_output_sqnr_start_db").get<double>() - 0.1);
   const std::vector<TensorData> held(xs.end() - 4, xs.end());
   const double calibrated = output_mse(g, quant::make_qdq_graph(g, plan, enc0), held);
   const double learned = output_mse(g, quant::make_qdq_graph(gq, plan, enc), held);

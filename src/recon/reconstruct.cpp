@@ -204,6 +204,9 @@ struct OneIntraOpThread {
   OneIntraOpThread& operator=(const OneIntraOpThread&) = delete;
 };
 
+// A pass is undone when it lowers the network's held-out output SQNR by more than this.
+constexpr double kPassCheckToleranceDb = 0.1;
+
 class Reconstructor {
  public:
   Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
@@ -341,7 +344,9 @@ class Reconstructor {
         const double sqnr_start = network_holdout_sqnr();
         restore(learned);
         const double sqnr_end = network_holdout_sqnr();
-        const bool worse = !(sqnr_end >= sqnr_start);
+        // 8 images resolve about a tenth of a dB: FastestDet W4A4 AdaRound at 100 iterations moved the output
+        // SQNR by −0.003 dB (0.192 → 0.188) while gaining mAP on 500 images; collapses lose dB (BRECQ above: −3.4).
+        const bool worse = !(sqnr_end >= sqnr_start - kPassCheckToleranceDb);
         res.passes.push_back({{"pass", pass.index}, {"holdout_output_sqnr_start_db", sqnr_start},
                               {"holdout_output_sqnr_end_db", sqnr_end}, {"kept_start", worse}});
         if (worse) restore(start);
