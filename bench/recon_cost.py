@@ -40,12 +40,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from eval_accuracy import write_section  # noqa: E402
+from recon_results import CLI, MODELS as RESULT_MODELS  # noqa: E402
 
-CLI = os.environ.get("INLIERQ_CLI", os.path.join(ROOT, "build", "inlierq"))
 ASSETS = os.environ.get("INLIERQ_ASSETS", os.path.join(ROOT, "..", "shared", "assets"))
 SECTION = "## Cost of a reconstruction iteration"
-MODELS = {"fastestdet": ("fastestdet_352.onnx", "fastestdet"), "nanodet": ("nanodet_m_416.onnx", "nanodet"),
-          "yolox": ("yolox_nano.onnx", "yolox")}
+MODELS = {m: RESULT_MODELS[m] for m in ("fastestdet", "nanodet", "yolox")}  # cheapest first
 PHASES = ["data", "soft_weights", "forward", "fake_quant", "loss", "backward", "fake_quant_backward", "optimizer",
           "total", "fp_reference"]
 

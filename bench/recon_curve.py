@@ -24,13 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from eval_accuracy import write_section  # noqa: E402
+from recon_results import CLI, MODELS, REFERENCE_LR  # noqa: E402
 
-CLI = os.environ.get("INLIERQ_CLI", os.path.join(ROOT, "build", "inlierq"))
 ASSETS = os.environ.get("INLIERQ_ASSETS", os.path.join(ROOT, "..", "shared", "assets"))
 SECTION = "## Reconstruction budget: mAP against iterations per unit"
-MODELS = {"yolox": ("yolox_nano.onnx", "yolox"), "nanodet": ("nanodet_m_416.onnx", "nanodet"),
-          "fastestdet": ("fastestdet_352.onnx", "fastestdet")}
-REFERENCE_LR = {"--lr-round": 1e-3, "--lr-act": 4e-5, "--brecq-lr-act": 4e-4}
 
 
 def key(r):

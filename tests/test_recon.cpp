@@ -94,6 +94,23 @@ recon::ReconOptions fast_options(const std::string& method) {
   return o;
 }
 
+// The tiny two-block W4A4 network, calibrated: what most reconstruction tests start from.
+struct TinyNet {
+  Graph g;
+  quant::QuantPlan plan;
+  std::vector<TensorData> xs;
+  quant::Encodings enc0;
+};
+TinyNet tiny_net(unsigned seed, int images_n) {
+  std::mt19937 rng(seed);
+  TinyNet t;
+  t.g = two_block_net(rng);
+  t.plan = w4a4_plan(t.g);
+  t.xs = images(images_n, rng);
+  t.enc0 = mse_calibration(t.g, t.plan, t.xs);
+  return t;
+}
+
 }  // namespace
 
 TEST(ReconUnits, ResidualBlocksAndLayers) {
@@ -259,11 +276,11 @@ TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
 // Shards make the result independent of the thread count (each shard, and each eval batch, runs on one
 // intra-op thread wherever it runs); splitting a batch into shards changes the sums' order, not the maths.
 TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
-  std::mt19937 rng(9);
-  const Graph g = two_block_net(rng);
-  const auto plan = w4a4_plan(g);
-  const auto xs = images(16, rng);
-  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const TinyNet t = tiny_net(9, 16);
+  const Graph& g = t.g;
+  const auto& plan = t.plan;
+  const auto& xs = t.xs;
+  const quant::Encodings& enc0 = t.enc0;
   const int threads0 = at::get_num_threads();
   auto run = [&](int threads, int shards, const std::string& method) {
     at::set_num_threads(threads);
@@ -293,11 +310,11 @@ TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
 // A pass that makes a unit worse on the held-out images is undone: with a step learning rate far too large,
 // units go back to their start, and the final network is no worse than the calibrated one there.
 TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
-  std::mt19937 rng(12);
-  const Graph g = two_block_net(rng);
-  const auto plan = w4a4_plan(g);
-  const auto xs = images(16, rng);
-  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const TinyNet t = tiny_net(12, 16);
+  const Graph& g = t.g;
+  const auto& plan = t.plan;
+  const auto& xs = t.xs;
+  const quant::Encodings& enc0 = t.enc0;
   auto opts = fast_options("brecq");
   opts.iters = 20;
   opts.brecq_act_iters = 30;
@@ -341,11 +358,11 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
 // --time-limit picks the iteration count from measured speed: more time, more iterations; the run ends
 // near the limit (loose bounds: CI machines are shared), and the ETA never goes negative.
 TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
-  std::mt19937 rng(13);
-  const Graph g = two_block_net(rng);
-  const auto plan = w4a4_plan(g);
-  const auto xs = images(16, rng);
-  const quant::Encodings enc0 = mse_calibration(g, plan, xs);
+  const TinyNet t = tiny_net(13, 16);
+  const Graph& g = t.g;
+  const auto& plan = t.plan;
+  const auto& xs = t.xs;
+  const quant::Encodings& enc0 = t.enc0;
   auto run = [&](double seconds, std::vector<double>* etas) {
     auto opts = fast_options("qdrop");
     opts.time_limit_s = seconds;
