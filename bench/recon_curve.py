@@ -3,6 +3,7 @@
 Usage: python3 bench/recon_curve.py [--models fastestdet] [--presets w4a4] [--methods qdrop,adaround]
            [--iters 100,500,2000] [--seeds 0] [--recon-batch 8] [--lr-scale 10] [--num-calib 64] [--limit 0]
            [--threads 2] [--workdir /tmp/inlierq_recon_curve] [--out docs/RESULTS.md] [--report-only]
+           [--note-file bench/recon_curve_note.md]
 
 Each point is `inlierq --threads T quantize MODEL --profile P --calib coco128/images/train2017 --num-calib N
 --preset C --method M --seed S --iters I --recon-batch B --lr-round/--lr-act/--brecq-lr-act (reference ×
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from eval_accuracy import write_section  # noqa: E402
-from recon_results import CLI, MODELS, REFERENCE_LR  # noqa: E402
+from recon_results import CLI, MODELS, REFERENCE_LR, calibrator_table  # noqa: E402
 
 ASSETS = os.environ.get("INLIERQ_ASSETS", os.path.join(ROOT, "..", "shared", "assets"))
 SECTION = "## Reconstruction budget: mAP against iterations per unit"
@@ -66,7 +67,7 @@ def point(args, model, preset, method, iters, seed):
             "command": " ".join(cmd)}
 
 
-def table(rows):
+def table(rows, best, fp32):
     groups = {}
     for r in rows:
         groups.setdefault((r["model"], r["preset"], r["method"]), {}).setdefault(r["iters"], []).append(r)
@@ -85,7 +86,9 @@ def table(rows):
             sd = f" ± {statistics.stdev(maps):.4f}" if len(maps) > 1 else f" ({len(maps)} seed)"
             wall = statistics.mean(r["wall_s"] for r in rs)
             kept = sum(r["kept_start"] for r in rs) / len(rs)
-            cells.append(f"{mean:.4f}{sd}, {wall / 60:.1f} min{f', {kept:.0f} kept' if kept else ''}")
+            b, f = best.get((m, p)), fp32.get(m)
+            rec = f", {100 * (mean - b[0]) / (f - b[0]):.0f} %" if b and f and f > b[0] else ""
+            cells.append(f"{mean:.4f}{sd}{rec}, {wall / 60:.1f} min{f', {kept:.0f} kept' if kept else ''}")
         lines.append(f"| {m} | {p.upper()} | {me} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,6 +108,7 @@ def main():
     ap.add_argument("--workdir", default="/tmp/inlierq_recon_curve")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--note-file", default="", help="markdown appended to the section (provenance, verdicts)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     rows_path = os.path.join(args.workdir, "rows.jsonl")
@@ -128,6 +132,9 @@ def main():
                             print(json.dumps({k: r[k] for k in ("model", "preset", "method", "iters", "seed", "map", "wall_s")}),
                                   flush=True)
     r0 = rows[0]
+    best, fp32 = calibrator_table(args.out)
+    base = "; ".join(f"{m} {p.upper()}: best calibrator {best[(m, p)][1]} {best[(m, p)][0]:.4f}, FP32 {fp32[m]:.4f}"
+                     for (m, p) in sorted({(r["model"], r["preset"]) for r in rows}) if (m, p) in best and m in fp32)
     text = (f"{SECTION}\n\n"
             f"`python3 bench/recon_curve.py --models {','.join(sorted({r['model'] for r in rows}))} --presets "
             f"{','.join(sorted({r['preset'] for r in rows}))} --methods {','.join(sorted({r['method'] for r in rows}))} "
@@ -135,7 +142,11 @@ def main():
             f"--lr-scale {r0['lr_scale']:g} --threads {r0['threads']}` (64 coco128 calibration images, 8 of them held out "
             f"for the per-unit check; all 500 coco_val500 images, `inlierq eval`; learning rates = reference × "
             f"{r0['lr_scale']:g}). Each cell: mAP, wall time of the quantize command on 2 cores, and how many unit "
-            f"passes kept their start state.\n\n" + table(rows) + "\n")
+            f"passes kept their start state. The percentage is the share of the best calibrator's loss recovered, "
+            f"(method − best calibrator) / (FP32 − best calibrator), with both from the calibration table of "
+            f"this file ({base}).\n\n" + table(rows, best, fp32) + "\n")
+    if args.note_file:
+        text += "\n" + open(args.note_file).read().strip() + "\n"
     write_section(args.out, SECTION, text)
     print(text)
 

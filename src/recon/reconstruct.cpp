@@ -307,6 +307,13 @@ class Reconstructor {
     for (const auto& p : passes)
       for (size_t ui = 0; ui < units_.size(); ++ui)
         if (p.index > resume_pass || (p.index == resume_pass && ui >= resume_units)) work_left_ += unit_work(ui, p.iters);
+    if (opts_.log && opts_.time_limit_s <= 0) {
+      // The reference budgets take days on a small CPU: say so before the first unit, not after it.
+      const int64_t eta = static_cast<int64_t>(work_left_ * ms_rate_prior_ * 1e-3);
+      opts_.log(fmt::format("[recon] estimated {}:{:02d}:{:02d} for {} iterations per unit ({} units; from their measured costs){}", eta / 3600,
+                            eta / 60 % 60, eta % 60, chosen_iters_, units_.size(),
+                            eta > 3600 ? "; --time-limit MINUTES chooses the iterations that fit a budget" : ""));
+    }
     t_units_ = clock_type::now();
     int64_t finished_units = static_cast<int64_t>(res.reports.size());
     for (const auto& pass : passes) {
@@ -1255,7 +1262,9 @@ class Reconstructor {
   // cost model (probe_unit_costs): per unit FP forward+backward ms; work in ms of that cost
   std::vector<double> unit_cost_ms_;
   double work_left_ = 0, work_done_ = 0;
-  double ms_rate_prior_ = 1.5;  // wall ms per cost ms before anything is measured (QDrop, 1 thread: ~1.2)
+  // Wall ms per cost ms before anything is measured: QDrop's iteration over the units' FP forward + backward
+  // on one thread was 0.90-1.13 (docs/BENCHMARKS.md), and two shard threads ran 1.55-1.63x faster.
+  double ms_rate_prior_ = 1.05 / (1 + 0.6 * (std::min(shard_count(), intra_threads_) - 1));
   double eval_rate_ = 1.0;
   int64_t chosen_iters_ = 0;
   bool quiet_ = false;  // no progress callbacks (the time-limit probe)
