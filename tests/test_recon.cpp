@@ -276,11 +276,7 @@ TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
 // Shards make the result independent of the thread count (each shard, and each eval batch, runs on one
 // intra-op thread wherever it runs); splitting a batch into shards changes the sums' order, not the maths.
 TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
-  const TinyNet t = tiny_net(9, 16);
-  const Graph& g = t.g;
-  const auto& plan = t.plan;
-  const auto& xs = t.xs;
-  const quant::Encodings& enc0 = t.enc0;
+  const auto [g, plan, xs, enc0] = tiny_net(9, 16);
   const int threads0 = at::get_num_threads();
   auto run = [&](int threads, int shards, const std::string& method) {
     at::set_num_threads(threads);
@@ -310,11 +306,7 @@ TEST(Reconstruction, ThreadCountDoesNotChangeTheResultAndShardsSumToTheBatch) {
 // A pass that makes a unit worse on the held-out images is undone: with a step learning rate far too large,
 // units go back to their start, and the final network is no worse than the calibrated one there.
 TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
-  const TinyNet t = tiny_net(12, 16);
-  const Graph& g = t.g;
-  const auto& plan = t.plan;
-  const auto& xs = t.xs;
-  const quant::Encodings& enc0 = t.enc0;
+  const auto [g, plan, xs, enc0] = tiny_net(12, 16);
   auto opts = fast_options("brecq");
   opts.iters = 20;
   opts.brecq_act_iters = 30;
@@ -358,11 +350,7 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
 // --time-limit picks the iteration count from measured speed: more time, more iterations; the run ends
 // near the limit (loose bounds: CI machines are shared), and the ETA never goes negative.
 TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
-  const TinyNet t = tiny_net(13, 16);
-  const Graph& g = t.g;
-  const auto& plan = t.plan;
-  const auto& xs = t.xs;
-  const quant::Encodings& enc0 = t.enc0;
+  const auto [g, plan, xs, enc0] = tiny_net(13, 16);
   auto run = [&](double seconds, std::vector<double>* etas) {
     auto opts = fast_options("qdrop");
     opts.time_limit_s = seconds;

@@ -167,6 +167,24 @@ at::Tensor lp_loss_sum(const at::Tensor& pred, const at::Tensor& target, double 
   return d.sum();
 }
 
+// The denominator that makes lp_loss_sum over `rows` samples shaped like `like` a mean: Σ of those rows'
+// inlier weights when given, else rows × positions.
+double lp_normaliser(const at::Tensor& like, int64_t rows, const at::Tensor& volume_rows = {}) {
+  if (volume_rows.defined() && like.dim() >= 2) return std::max(1e-12, volume_rows.sum().item<double>());
+  const double per_sample = static_cast<double>(like.numel() / std::max<int64_t>(1, like.size(0)));
+  return static_cast<double>(rows) * per_sample / (like.dim() >= 2 ? static_cast<double>(like.size(1)) : 1.0);
+}
+
+// Adds the wall time since the previous call (or construction) to a counter.
+struct Lap {
+  clock_type::time_point t = clock_type::now();
+  void operator()(double& seconds) {
+    const auto now = clock_type::now();
+    seconds += std::chrono::duration<double>(now - t).count();
+    t = now;
+  }
+};
+
 double sqnr_db(double signal, double noise) { return 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30)); }
 
 Graph unit_graph(const Graph& g, const Unit& u) {
@@ -300,8 +318,6 @@ class Reconstructor {
     }
     chosen_iters_ = passes.front().iters;
     res.iters = chosen_iters_;
-    total_iters_ = 0;
-    for (const auto& p : passes) total_iters_ += p.iters * static_cast<int64_t>(units_.size());
     // What is left, in the cost model's units (unit cost × (iterations + evaluation)).
     work_left_ = 0;
     for (const auto& p : passes)
@@ -317,21 +333,18 @@ class Reconstructor {
     t_units_ = clock_type::now();
     int64_t finished_units = static_cast<int64_t>(res.reports.size());
     for (const auto& pass : passes) {
-      if (pass.index < resume_pass) { done_iters_ += pass.iters * static_cast<int64_t>(units_.size()); continue; }
+      if (pass.index < resume_pass) continue;
       const size_t skip = pass.index == resume_pass ? resume_units : 0;
       store_.clear();
       store_.put("q:" + network_input_, quantized_network_input());
       store_.put("fp:" + network_input_, images_);
       for (size_t ui = 0; ui < units_.size(); ++ui) {
         const bool done = ui < skip;
-        if (done) done_iters_ += pass.iters;
         process_unit(ui, pass, static_cast<int>(passes.size()), done, res);
         release_free_heap();
         if (!done) {
           work_done_ += unit_work(ui, pass.iters);
           res.reports.back().predicted_seconds = ms_rate_prior_ * unit_work(ui, pass.iters) * 1e-3;
-        }
-        if (!done) {
           ++finished_units;
           if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
           if (opts_.stop_after_units >= 0 && finished_units >= opts_.stop_after_units &&
@@ -360,7 +373,7 @@ class Reconstructor {
         if (opts_.log)
           opts_.log(fmt::format("[recon] pass {}: network output SQNR on the {} held-out images {:.2f} -> {:.2f} dB{}", pass.index,
                                 holdout_, sqnr_start, sqnr_end,
-                                worse ? fmt::format("; worse, so the pass is undone (the state it started from is kept)") : ""));
+                                worse ? "; worse, so the pass is undone (the state it started from is kept)" : ""));
         if (worse && !opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, units_.size(), res);
       }
     }
@@ -541,15 +554,23 @@ class Reconstructor {
   }
 
   // A value hook quantizing the unit's activation sites (none when act_on is false).
-  std::function<at::Tensor(const std::string&, const at::Tensor&)> act_hook(bool act_on, double quant_prob) {
+  // quant_prob: probability of quantizing an element (1 outside QDrop's training), masks seeded by next_seed.
+  // A shard of `rows` samples from a mini-batch of `batch` gives LSQ's gradient scale the whole batch's
+  // element count. `seconds` (optional) accumulates the time spent quantizing.
+  std::function<at::Tensor(const std::string&, const at::Tensor&)> act_hook(bool act_on, double quant_prob = 1.0,
+                                                                             std::function<uint64_t()> next_seed = {},
+                                                                             int64_t batch = 1, int64_t rows = 1,
+                                                                             double* seconds = nullptr) {
     if (!act_on) return {};
-    return [this, quant_prob](const std::string& name, const at::Tensor& x) -> at::Tensor {
+    return [this, quant_prob, next_seed, batch, rows, seconds](const std::string& name, const at::Tensor& x) -> at::Tensor {
       auto it = act_group_.find(name);
       if (it == act_group_.end()) return x;
+      const auto t0 = clock_type::now();
       const ActGroup& grp = groups_.at(it->second);
-      const double gs = grp.scale.requires_grad() ? quant::lsq_grad_scale(x.numel(), grp.qp) : 1.0;
-      // quant_prob: probability of quantizing an element (1 outside QDrop's training).
-      return quant::fake_quant_dropout(x, grp.scale, grp.zero, grp.qn, grp.qp, gs, quant_prob, quant_prob < 1 ? next_mask_seed() : 0);
+      const double gs = grp.scale.requires_grad() ? quant::lsq_grad_scale(x.numel() / rows * batch, grp.qp) : 1.0;
+      at::Tensor y = quant::fake_quant_dropout(x, grp.scale, grp.zero, grp.qn, grp.qp, gs, quant_prob, quant_prob < 1 ? next_seed() : 0);
+      if (seconds) *seconds += std::chrono::duration<double>(clock_type::now() - t0).count();
+      return y;
     };
   }
 
@@ -567,7 +588,7 @@ class Reconstructor {
         overrides[p.tensor] = p.hard.defined() ? p.hard : harden_nearest(p);
       }
     rt::RunOptions ro;
-    if (quantized) ro.overrides = &overrides, ro.value_hook = act_hook(act_on, 1.0);
+    if (quantized) ro.overrides = &overrides, ro.value_hook = act_hook(act_on);
     const int64_t eb = 8;
     const int batches = static_cast<int>((num_ + eb - 1) / eb);
     std::vector<rt::TensorMap> outs(static_cast<size_t>(batches));
@@ -615,20 +636,15 @@ class Reconstructor {
     rep.pass = pass.index;
     const bool has_params = !unit_weights_[ui].empty() || owns_groups(ui);
     const bool learns = !done && has_params && pass.iters > 0;
-    std::map<std::string, at::Tensor> start_weights;          // hardened weights before the pass (undefined: nearest)
-    std::map<int, std::pair<at::Tensor, at::Tensor>> start_steps;  // owned step and zero point before the pass
+    Snapshot start;  // the unit's weights and owned steps before the pass
     if (!done) {
       const auto q_before = run_full(ui, "q:", true, pass.act_on);
       const auto before = signal_noise(q_before, fp_out);
       rep.sqnr_before_db = sqnr_db(before.first, before.second);
       if (learns) {
         rep.holdout_before = holdout_loss(ui, q_before, fp_out, pass.p);
-        for (const auto& n : unit_weights_[ui]) start_weights[n] = weights_.at(n).hard;
-        for (auto& [gid, grp] : groups_)
-          if (grp.owner == static_cast<int>(ui)) start_steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+        start = unit_state(ui);
         train(ui, pass, passes, fp_out, rep);
-      } else {
-        done_iters_ += pass.iters;
       }
       for (const auto& n : unit_weights_[ui]) {
         auto& p = weights_.at(n);
@@ -641,8 +657,7 @@ class Reconstructor {
       // pass began with, or the unit goes back to it.
       rep.holdout_after = holdout_loss(ui, q_out, fp_out, pass.p);
       if (!(rep.holdout_after <= rep.holdout_before)) {
-        for (auto& [n, w] : start_weights) weights_.at(n).hard = w.defined() ? w : harden_nearest(weights_.at(n));
-        for (auto& [gid, sz] : start_steps) groups_.at(gid).scale = sz.first, groups_.at(gid).zero = sz.second;
+        restore(start);
         rep.kept_start = true;
         q_out = run_full(ui, "q:", true, pass.act_on);
       }
@@ -681,6 +696,15 @@ class Reconstructor {
     for (const auto& [gid, grp] : groups_) s.steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
     return s;
   }
+  // What one unit's pass can change: its weights and the steps it owns.
+  Snapshot unit_state(size_t ui) const {
+    Snapshot s;
+    if (auto it = unit_weights_.find(ui); it != unit_weights_.end())
+      for (const auto& n : it->second) s.hard[n] = weights_.at(n).hard;
+    for (const auto& [gid, grp] : groups_)
+      if (grp.owner == static_cast<int>(ui)) s.steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+    return s;
+  }
   // Every pass starts from the calibrated (or InlierQ-initialised) steps, as no pass before a step-learning
   // one changes them, and pass 1 from nearest rounding; later passes keep the weights pass 1 hardened.
   Snapshot pass_start_state(const PassSpec& pass) const {
@@ -709,14 +733,16 @@ class Reconstructor {
     for (const auto& [n, p] : weights_) overrides[p.tensor] = p.hard.defined() ? p.hard : harden_nearest(p);
     rt::RunOptions rq;
     rq.overrides = &overrides;
-    rq.value_hook = act_hook(true, 1.0);
+    rq.value_hook = act_hook(true);
     rq.hook_inputs = true;
     double sig = 0, noise = 0;
     const int64_t eb = 8;
-    for (int64_t b = num_train_; b < num_; b += eb) {
+    const bool first = holdout_fp_.empty();
+    for (int64_t b = num_train_, k = 0; b < num_; b += eb, ++k) {
       const int64_t nb = std::min(eb, num_ - b);
       const rt::TensorMap feed{{network_input_, images_.narrow(0, b, nb).to(device_)}};
-      const auto fp = net_exec_->run(feed);
+      if (first) holdout_fp_.push_back(net_exec_->run(feed));  // the FP outputs never change
+      const auto& fp = holdout_fp_[static_cast<size_t>(k)];
       const auto q = net_exec_->run(feed, rq);
       for (const auto& o : g_.outputs) {
         const at::Tensor r = fp.at(o.name).to(at::kDouble), d = q.at(o.name).to(at::kDouble) - r;
@@ -738,10 +764,7 @@ class Reconstructor {
       at::Tensor f, w;
       if (fisher_store_.has("f:" + v)) f = fisher_store_.get("f:" + v).narrow(0, num_train_, holdout_).to(at::kFloat);
       if (opts_.inlier && fisher_store_.has("w:" + v)) w = fisher_store_.get("w:" + v).narrow(0, num_train_, holdout_).to(at::kFloat);
-      double norm;
-      if (w.defined() && r.dim() >= 2) norm = std::max(1e-12, w.sum().item<double>());
-      else norm = static_cast<double>(r.numel()) / (r.dim() >= 2 ? static_cast<double>(r.size(1)) : 1.0);
-      total += lp_loss_sum(q, r, p, f, w).item<double>() / norm;
+      total += lp_loss_sum(q, r, p, f, w).item<double>() / lp_normaliser(r, holdout_, w);
     }
     return total;
   }
@@ -794,7 +817,7 @@ class Reconstructor {
           grp.scale = grp.scale.detach().requires_grad_(true);
           steps.push_back({&grp, {}});
         }
-    if (roundings.empty() && steps.empty()) { done_iters_ += pass.iters; return; }
+    if (roundings.empty() && steps.empty()) return;
 
     const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
     const int shards = static_cast<int>(std::min<int64_t>(shard_count(), batch));
@@ -808,11 +831,7 @@ class Reconstructor {
     const int64_t avg_window = std::max<int64_t>(1, std::min<int64_t>(20, pass.iters / 5));
     auto t_last = clock_type::now();
     UnitReport::Phases ph;
-    auto lap = [t = clock_type::now()](double& acc) mutable {
-      const auto now = clock_type::now();
-      acc += std::chrono::duration<double>(now - t).count();
-      t = now;
-    };
+    Lap lap;
     struct Shard {
       double rec = 0;
       std::vector<at::Tensor> grads;
@@ -847,25 +866,14 @@ class Reconstructor {
       for (auto& st : steps) grad_inputs.push_back(st.first->scale);
       // Loss normalisers over the whole mini-batch, so that the shards' sums add up to the batch loss.
       std::vector<double> norm;
-      for (size_t k = 0; k < u.outputs.size(); ++k) {
-        const at::Tensor& t = targets[k];
-        if (!volume.empty() && t.dim() >= 2) {
-          norm.push_back(std::max(1e-12, volume[k].index_select(0, index).sum().item<double>()));
-        } else {
-          const double per_sample = static_cast<double>(t.numel() / std::max<int64_t>(1, t.size(0)));
-          norm.push_back(static_cast<double>(batch) * per_sample / (t.dim() >= 2 ? static_cast<double>(t.size(1)) : 1.0));
-        }
-      }
+      for (size_t k = 0; k < u.outputs.size(); ++k)
+        norm.push_back(lp_normaliser(targets[k], batch, volume.empty() ? at::Tensor() : volume[k].index_select(0, index)));
       std::vector<uint64_t> shard_seed(static_cast<size_t>(shards));
       for (auto& sd : shard_seed) sd = next_mask_seed();
       lap(ph.soft_weights);
       auto run_shard = [&](int k) {
         Shard& sh = shard[static_cast<size_t>(k)];
-        auto slap = [t = clock_type::now()](double& acc) mutable {
-          const auto now = clock_type::now();
-          acc += std::chrono::duration<double>(now - t).count();
-          t = now;
-        };
+        Lap slap;
         const int64_t b0 = batch * k / shards, b1 = batch * (k + 1) / shards, n = b1 - b0;
         const at::Tensor sidx = index.narrow(0, b0, n);
         uint64_t seed = shard_seed[static_cast<size_t>(k)];
@@ -880,19 +888,7 @@ class Reconstructor {
         rt::RunOptions ro;
         ro.record_autograd = true;
         ro.overrides = &overrides;
-        if (pass.act_on)
-          ro.value_hook = [&](const std::string& name, const at::Tensor& x) -> at::Tensor {
-            auto g = act_group_.find(name);
-            if (g == act_group_.end()) return x;
-            const auto t0 = clock_type::now();
-            const ActGroup& grp = groups_.at(g->second);
-            // LSQ's gradient scale counts the elements of the whole mini-batch, not of the shard.
-            const double gs = grp.scale.requires_grad() ? quant::lsq_grad_scale(x.numel() / n * batch, grp.qp) : 1.0;
-            at::Tensor y = quant::fake_quant_dropout(x, grp.scale, grp.zero, grp.qn, grp.qp, gs, pass.quant_prob,
-                                                     pass.quant_prob < 1 ? next_seed() : 0);
-            sh.fake_quant += std::chrono::duration<double>(clock_type::now() - t0).count();
-            return y;
-          };
+        ro.value_hook = act_hook(pass.act_on, pass.quant_prob, next_seed, batch, n, &sh.fake_quant);
         auto out = ex.run(feed, ro);
         slap(sh.ph.forward);
         at::Tensor rec = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device_));
@@ -947,7 +943,6 @@ class Reconstructor {
         at::NoGradGuard ng;
         sc.clamp_min_(1e-8);
       }
-      ++done_iters_, ++trained_iters_;
       if (quiet_) probe_iter_ms_.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t_iter).count());
       if (opts_.progress && !quiet_ && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
         t_last = clock_type::now();
@@ -955,7 +950,7 @@ class Reconstructor {
         pr.pass = pass.index, pr.passes = passes, pr.unit = ui + 1, pr.units = units_.size(), pr.unit_name = u.name;
         pr.iter = it + 1, pr.iters = pass.iters, pr.loss = rec_v;
         // Done in this unit: its iterations so far and two of its three evaluations (FP and quantized before).
-        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * (static_cast<double>(it + 1) + 2.0 / 3.0 * static_cast<double>(num_) / std::max(1, opts_.batch)));
+        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * (static_cast<double>(it + 1) + 2.0 / 3.0 * eval_share()));
         opts_.progress(pr);
       }
     }
@@ -1019,8 +1014,10 @@ class Reconstructor {
   // A unit pass in the cost model: iterations, plus the three evaluations over the calibration set
   // (FP, quantized before and after), each about one forward per image, a third of a forward + backward.
   double unit_work(size_t ui, int64_t iters) const {
-    return unit_cost_ms_[ui] * (static_cast<double>(iters) + static_cast<double>(num_) / std::max(1, opts_.batch));
+    return unit_cost_ms_[ui] * (static_cast<double>(iters) + eval_share());
   }
+  // One evaluation over the calibration set, in training iterations' worth of a unit's cost.
+  double eval_share() const { return static_cast<double>(num_) / std::max(1, opts_.batch); }
   // Remaining seconds: the rate measured so far (all the time since the first unit, evaluation and cache
   // handling included) applied to the work left; before any measurement, the cost model alone.
   double eta_seconds(double current_unit_done) const {
@@ -1040,15 +1037,12 @@ class Reconstructor {
       if (from_input && !unit_weights_[ui].empty()) probe = ui;
     }
     double rate = ms_rate_prior_;  // ms of wall per unit of cost
+    double eval_rate = 1.0;         // the same for the evaluations
     if (probe < units_.size()) {
       store_.put("q:" + network_input_, quantized_network_input());
       store_.put("fp:" + network_input_, images_);
-      std::map<std::string, at::Tensor> hard;
-      for (const auto& n : unit_weights_[probe]) hard[n] = weights_.at(n).hard;
-      std::map<int, std::pair<at::Tensor, at::Tensor>> steps;
-      for (auto& [gid, grp] : groups_) steps[gid] = {grp.scale.detach().clone(), grp.zero.clone()};
+      const Snapshot saved = unit_state(probe);
       const uint64_t seed = mask_seed_;
-      const int64_t done = done_iters_, trained = trained_iters_;
       const auto te = clock_type::now();
       const auto fp_out = run_full(probe, "fp:", false, false);
       const double eval_ms = std::chrono::duration<double, std::milli>(clock_type::now() - te).count();
@@ -1059,15 +1053,14 @@ class Reconstructor {
       probe_iter_ms_.clear();
       train(probe, p, 1, fp_out, rep);
       quiet_ = false;
-      for (auto& [n, h] : hard) weights_.at(n).hard = h;
-      for (auto& [gid, sz] : steps) groups_.at(gid).scale = sz.first, groups_.at(gid).zero = sz.second;
-      mask_seed_ = seed, done_iters_ = done, trained_iters_ = trained;
+      restore(saved);
+      mask_seed_ = seed;
       store_.clear();
       // The median iteration: the first ones fault pages in and warm caches, and a busy neighbour can stall any.
       std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
       const double iter_ms = probe_iter_ms_.empty() ? rep.phase_ms.total : probe_iter_ms_[probe_iter_ms_.size() / 2];
       rate = iter_ms / unit_cost_ms_[probe];
-      eval_rate_ = eval_ms / (unit_cost_ms_[probe] * static_cast<double>(num_) / std::max(1, opts_.batch));
+      eval_rate = eval_ms / (unit_cost_ms_[probe] * eval_share());
     }
     ms_rate_prior_ = rate;
     double per_iter = 0, evals = 0;  // ms over all units and passes
@@ -1075,7 +1068,7 @@ class Reconstructor {
       const double share = p.index == 1 ? 1.0 : static_cast<double>(opts_.brecq_act_iters) / std::max<int64_t>(1, opts_.iters);
       for (size_t ui = 0; ui < units_.size(); ++ui) {
         per_iter += rate * unit_cost_ms_[ui] * share;
-        evals += 3 * eval_rate_ * unit_cost_ms_[ui] * static_cast<double>(num_) / std::max(1, opts_.batch);
+        evals += 3 * eval_rate * unit_cost_ms_[ui] * eval_share();
       }
     }
     const double left_ms = opts_.time_limit_s * 1e3 - std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
@@ -1243,6 +1236,7 @@ class Reconstructor {
   uint64_t mask_seed_ = 0;
   std::unique_ptr<ShardPool> pool_;
   std::unique_ptr<rt::Executor> net_exec_;  // the whole graph, for the network-level held-out check
+  std::vector<rt::TensorMap> holdout_fp_;   // its FP outputs on the held-out images, per batch of 8
   std::map<int, std::pair<at::Tensor, at::Tensor>> initial_steps_;  // steps before any pass (after InlierQ's init)
   const int intra_threads_ = opts_.threads > 0 ? opts_.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   int shard_count() const { return opts_.shards > 0 ? opts_.shards : device_.is_cpu() ? 2 : 1; }
@@ -1258,14 +1252,12 @@ class Reconstructor {
     return pool_.get();
   }
   uint64_t next_mask_seed() { return mask_seed_ = quant::splitmix64(mask_seed_); }
-  int64_t total_iters_ = 0, done_iters_ = 0, trained_iters_ = 0;
   // cost model (probe_unit_costs): per unit FP forward+backward ms; work in ms of that cost
   std::vector<double> unit_cost_ms_;
   double work_left_ = 0, work_done_ = 0;
   // Wall ms per cost ms before anything is measured: QDrop's iteration over the units' FP forward + backward
   // on one thread was 0.90-1.13 (docs/BENCHMARKS.md), and two shard threads ran 1.55-1.63x faster.
   double ms_rate_prior_ = 1.05 / (1 + 0.6 * (std::min(shard_count(), intra_threads_) - 1));
-  double eval_rate_ = 1.0;
   int64_t chosen_iters_ = 0;
   bool quiet_ = false;  // no progress callbacks (the time-limit probe)
   std::vector<double> probe_iter_ms_;  // wall ms of each iteration while quiet_
