@@ -1,7 +1,7 @@
 """Independent FP32 reference pipeline: PIL + numpy + ONNX Runtime + pycocotools (no inlierq code).
 
 Usage:
-  python3 bench/reference_pipeline.py [--model yolox|nanodet|fastestdet|all] [--limit N] [--threads T]
+  python3 bench/reference_pipeline.py [--model yolox|nanodet|fastestdet|yolov5|all] [--limit N] [--threads T]
                                       [--results OUT.json] [--json] [--assets DIR] [--no-spin]
                                       [--yolox-box-scale ratio|resized] [--onnx MODEL.onnx]
 
@@ -51,6 +51,7 @@ MODELS = {
     "yolox": ("yolox_nano.onnx", 416, 0.65),
     "nanodet": ("nanodet_m_416.onnx", 416, 0.6),
     "fastestdet": ("fastestdet_352.onnx", 352, 0.45),
+    "yolov5": ("yolov5n.onnx", 640, 0.65),
 }
 
 
@@ -166,6 +167,21 @@ def preprocess_fastestdet(rgb, size):
     return x, {"sx": size / w, "sy": size / h, "ox": 0.0, "oy": 0.0}
 
 
+def preprocess_yolov5(rgb, size):
+    """Assets README: RGB, /255, letterbox r = min(640/h, 640/w), new size round(w·r) × round(h·r), bilinear,
+    centred, pad 114. As YOLOv5's letterbox(): Python's round() (ties to even), and the offsets
+    round(d/2 − 0.1) for a padding of d pixels, which is d // 2."""
+    h, w = rgb.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = int(round(w * r)), int(round(h * r))
+    ox, oy = (size - nw) // 2, (size - nh) // 2
+    x = np.full((1, 3, size, size), 114.0 / 255.0, np.float32)
+    x[0, :, oy:oy + nh, ox:ox + nw] = resize_bilinear(rgb, nw, nh).transpose(2, 0, 1) / np.float32(255.0)
+    # Boxes are mapped back as documented: subtract the pad offset, divide by r. (YOLOv5's scale_coords
+    # subtracts the unrounded (640 − w·r)/2 instead, at most half a pixel away.)
+    return x, {"sx": r, "sy": r, "ox": float(ox), "oy": float(oy)}
+
+
 # ---- decoding (boxes in network-input pixels, xyxy; scores; labels) ----------------------------------
 
 def decode_yolox(outputs, size):
@@ -240,10 +256,32 @@ def decode_fastestdet(outputs, size):
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep]
 
 
+YOLOV5_CLASS_MODE = "all"  # "all" (every class above the threshold, YOLOv5 val.py's multi_label) or "best"
+
+
+def decode_yolov5(outputs, size):
+    """[1, 25200, 85], decoded in the graph: cx, cy, w, h in network-input pixels, objectness (sigmoid),
+    80 class scores (sigmoid); score = obj · cls. Every class whose score passes the threshold gives a
+    detection, as YOLOv5's COCO evaluation (val.py, multi_label=True); inlierq's yolov5 profile says the
+    same with class_mode "all"."""
+    p = outputs[0][0].astype(np.float32)
+    xy, wh = p[:, :2], p[:, 2:4]
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
+    scores = p[:, 4:5] * p[:, 5:]
+    if YOLOV5_CLASS_MODE == "best":
+        labels = scores.argmax(1)
+        s = scores[np.arange(len(scores)), labels]
+        keep = s > SCORE_THRESHOLD
+        return boxes[keep], s[keep], labels[keep]
+    pos, cls = np.nonzero(scores > SCORE_THRESHOLD)
+    return boxes[pos], scores[pos, cls], cls
+
+
 PIPELINES = {
     "yolox": (preprocess_yolox, decode_yolox),
     "nanodet": (preprocess_nanodet, decode_nanodet),
     "fastestdet": (preprocess_fastestdet, decode_fastestdet),
+    "yolov5": (preprocess_yolov5, decode_yolov5),
 }
 
 
@@ -410,15 +448,18 @@ def main():
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime: session.intra_op.allow_spinning=0")
     ap.add_argument("--yolox-box-scale", choices=["ratio", "resized"], default="ratio",
                     help="map YOLOX boxes back with r (documented) or with the resize actually done")
+    ap.add_argument("--yolov5-class-mode", choices=["all", "best"], default="all",
+                    help="YOLOv5: every class above the threshold (val.py's multi_label) or the best class per anchor")
     ap.add_argument("--onnx", help="evaluate this ONNX file (e.g. a QDQ model) with --model's pre- and "
                     "post-processing; needs a single --model")
     args = ap.parse_args()
     if args.onnx and args.model == "all":
-        ap.error("--onnx needs a single --model (yolox, nanodet or fastestdet)")
+        ap.error("--onnx needs a single --model (" + ", ".join(MODELS) + ")")
     if args.onnx and not os.path.isfile(args.onnx):
         ap.error(f"--onnx: no such file: {args.onnx}")
-    global YOLOX_BOX_SCALE
+    global YOLOX_BOX_SCALE, YOLOV5_CLASS_MODE
     YOLOX_BOX_SCALE = args.yolox_box_scale
+    YOLOV5_CLASS_MODE = args.yolov5_class_mode
     gt = load_gt(os.path.join(args.assets, "coco_val500", "instances_val500.json"))
     models = list(MODELS) if args.model == "all" else [args.model]
     all_results = {}

@@ -3,6 +3,7 @@
 // A PreprocessSpec round-trips through JSON, so a model's input convention can live in a config file.
 #include <array>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -21,6 +22,9 @@ enum class Interp { Pil, Cv2 };
 enum class Align { TopLeft, Center };  // letterbox placement; centred offsets round down
 enum class ChannelOrder { RGB, BGR };
 enum class Layout { NCHW, NHWC };
+// Letterbox size from r = min(H/h, W/w): int(w·r) (YOLOX, NanoDet) or round(w·r), ties to even like
+// Python's round() (YOLOv5's letterbox).
+enum class LetterboxRound { Floor, Nearest };
 
 // Pipeline: decoded RGB uint8 → resize (rounded to uint8, as the reference pipelines do) → pad → reorder
 // channels → value = (pixel·scale − mean[c]) / std[c], with c in the OUTPUT channel order.
@@ -31,6 +35,7 @@ struct PreprocessSpec {
   ResizeMode resize = ResizeMode::Stretch;
   Interp interp = Interp::Cv2;
   Align align = Align::TopLeft;
+  LetterboxRound letterbox_round = LetterboxRound::Floor;
   float pad_value = 0;
   bool pad_after_normalize = false;
   ChannelOrder channels = ChannelOrder::RGB;
@@ -42,12 +47,14 @@ struct PreprocessSpec {
   void validate() const;  // throws Error
 };
 
-// The three bundled detectors' conventions (see shared/assets/README.md); size 0 keeps the default
-// (yolox 416, nanodet 416, fastestdet 352).
-//  yolox:      letterbox top-left, pad 114, BGR, 0..255         (reference: cv2 INTER_LINEAR)
-//  nanodet:    letterbox centred, pad 0 after normalisation, BGR, (x − mean) / std
-//  fastestdet: stretch, BGR, /255                                (reference: cv2 INTER_LINEAR)
+// The bundled detectors' conventions (see shared/assets/README.md); size 0 keeps the default
+// (yolox 416, nanodet 416, fastestdet 352, yolov5 640). All use cv2 INTER_LINEAR, as their demos do.
+//  yolox:      letterbox int(w·r), top-left, pad 114, BGR, 0..255
+//  nanodet:    letterbox int(w·r), centred, pad 0 after normalisation, BGR, (x − mean) / std
+//  fastestdet: stretch, BGR, /255
+//  yolov5:     letterbox round(w·r), centred, pad 114, RGB, /255
 PreprocessSpec preprocess_preset(const std::string& name, int size = 0);
+std::vector<std::string> preprocess_preset_names();
 
 // "yolox" / "yolox:640" (a preset), inline JSON ("{...}"), or the path of a JSON file. JSON objects may
 // name a "preset" and override some of its fields; unknown keys are an error, so typos do not pass silently.

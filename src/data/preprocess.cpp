@@ -154,6 +154,7 @@ struct EnumName { E value; const char* name; };
 const EnumName<ResizeMode> kResize[] = {{ResizeMode::Stretch, "stretch"}, {ResizeMode::Letterbox, "letterbox"}};
 const EnumName<Interp> kInterp[] = {{Interp::Pil, "pil"}, {Interp::Cv2, "cv2"}};
 const EnumName<Align> kAlign[] = {{Align::TopLeft, "top_left"}, {Align::Center, "center"}};
+const EnumName<LetterboxRound> kRound[] = {{LetterboxRound::Floor, "floor"}, {LetterboxRound::Nearest, "nearest"}};
 const EnumName<ChannelOrder> kOrder[] = {{ChannelOrder::RGB, "rgb"}, {ChannelOrder::BGR, "bgr"}};
 const EnumName<Layout> kLayout[] = {{Layout::NCHW, "nchw"}, {Layout::NHWC, "nhwc"}};
 
@@ -195,30 +196,71 @@ void PreprocessSpec::validate() const {
   if (!std::isfinite(pad_value)) fail("pad_value must be finite");
 }
 
+namespace {
+
+struct Preset {
+  const char* name;
+  int size;
+  void (*apply)(PreprocessSpec&);
+};
+const Preset kPresets[] = {
+    {"yolox", 416,
+     [](PreprocessSpec& s) {
+       s.channels = ChannelOrder::BGR;
+       s.resize = ResizeMode::Letterbox;
+       s.pad_value = 114;
+     }},
+    {"nanodet", 416,
+     [](PreprocessSpec& s) {
+       s.channels = ChannelOrder::BGR;
+       s.resize = ResizeMode::Letterbox;
+       s.align = Align::Center;
+       s.pad_after_normalize = true;
+       s.mean = {103.53f, 116.28f, 123.675f};
+       s.std = {57.375f, 57.12f, 58.395f};
+     }},
+    {"fastestdet", 352,
+     [](PreprocessSpec& s) {
+       s.channels = ChannelOrder::BGR;
+       s.scale = 1.0f / 255.0f;
+     }},
+    {"yolov5", 640,
+     [](PreprocessSpec& s) {
+       s.resize = ResizeMode::Letterbox;
+       s.letterbox_round = LetterboxRound::Nearest;
+       s.align = Align::Center;
+       s.pad_value = 114;
+       s.scale = 1.0f / 255.0f;
+     }},
+};
+
+std::string preset_list() {
+  std::string names;
+  for (const auto& p : kPresets) names += (names.empty() ? "" : ", ") + std::string(p.name);
+  return names;
+}
+
+const Preset* find_preset(const std::string& name) {
+  for (const auto& p : kPresets)
+    if (name == p.name) return &p;
+  return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::string> preprocess_preset_names() {
+  std::vector<std::string> v;
+  for (const auto& p : kPresets) v.push_back(p.name);
+  return v;
+}
+
 PreprocessSpec preprocess_preset(const std::string& name, int size) {
+  const Preset* p = find_preset(name);
+  if (!p) throw Error("unknown preprocessing preset '" + name + "' (known: " + preset_list() + ")");
   PreprocessSpec s;
-  s.channels = ChannelOrder::BGR;
   s.interp = Interp::Cv2;
-  if (name == "yolox") {
-    s.width = s.height = size ? size : 416;
-    s.resize = ResizeMode::Letterbox;
-    s.align = Align::TopLeft;
-    s.pad_value = 114;
-  } else if (name == "nanodet") {
-    s.width = s.height = size ? size : 416;
-    s.resize = ResizeMode::Letterbox;
-    s.align = Align::Center;
-    s.pad_value = 0;
-    s.pad_after_normalize = true;
-    s.mean = {103.53f, 116.28f, 123.675f};
-    s.std = {57.375f, 57.12f, 58.395f};
-  } else if (name == "fastestdet") {
-    s.width = s.height = size ? size : 352;
-    s.resize = ResizeMode::Stretch;
-    s.scale = 1.0f / 255.0f;
-  } else {
-    throw Error("unknown preprocessing preset '" + name + "' (known: yolox, nanodet, fastestdet)");
-  }
+  p->apply(s);
+  s.width = s.height = size ? size : p->size;
   return s;
 }
 
@@ -228,6 +270,7 @@ void to_json(json& j, const PreprocessSpec& s) {
            {"resize", enum_name(kResize, s.resize)},
            {"interp", enum_name(kInterp, s.interp)},
            {"align", enum_name(kAlign, s.align)},
+           {"letterbox_round", enum_name(kRound, s.letterbox_round)},
            {"pad_value", s.pad_value},
            {"pad_after_normalize", s.pad_after_normalize},
            {"channel_order", enum_name(kOrder, s.channels)},
@@ -248,6 +291,7 @@ void from_json(const json& j, PreprocessSpec& s) {
       else if (key == "resize") s.resize = enum_value(kResize, v, "resize");
       else if (key == "interp") s.interp = enum_value(kInterp, v, "interp");
       else if (key == "align") s.align = enum_value(kAlign, v, "align");
+      else if (key == "letterbox_round") s.letterbox_round = enum_value(kRound, v, "letterbox_round");
       else if (key == "pad_value") s.pad_value = v.get<float>();
       else if (key == "pad_after_normalize") s.pad_after_normalize = v.get<bool>();
       else if (key == "channel_order") s.channels = enum_value(kOrder, v, "channel_order");
@@ -255,7 +299,9 @@ void from_json(const json& j, PreprocessSpec& s) {
       else if (key == "mean") s.mean = three_floats(v, "mean");
       else if (key == "std") s.std = three_floats(v, "std");
       else if (key == "layout") s.layout = enum_value(kLayout, v, "layout");
-      else throw Error("preprocessing spec: unknown key '" + key + "'");
+      else
+        throw Error("preprocessing spec: unknown key '" + key + "' (known: preset, width, height, resize, interp, align, "
+                    "letterbox_round, pad_value, pad_after_normalize, channel_order, scale, mean, std, layout)");
     }
   } catch (const json::exception& e) {
     throw Error(std::string("preprocessing spec: ") + e.what());
@@ -265,7 +311,7 @@ void from_json(const json& j, PreprocessSpec& s) {
 
 PreprocessSpec load_preprocess_spec(const std::string& arg) {
   const std::string name = arg.substr(0, arg.find(':'));
-  if (name == "yolox" || name == "nanodet" || name == "fastestdet") {
+  if (find_preset(name)) {
     int size = 0;
     if (name.size() != arg.size()) {
       const std::string num = arg.substr(name.size() + 1);
@@ -281,7 +327,7 @@ PreprocessSpec load_preprocess_spec(const std::string& arg) {
                            arg[arg.find_first_not_of(" \t\n")] == '{';
   if (!inline_json) {
     std::ifstream f(arg);
-    if (!f) throw Error("preprocessing spec '" + arg + "': not a preset (yolox, nanodet, fastestdet) and cannot open it as a file: " + std::strerror(errno));
+    if (!f) throw Error("preprocessing spec '" + arg + "': not a preset (" + preset_list() + ") and cannot open it as a file: " + std::strerror(errno));
     text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
   }
   json j;
@@ -340,10 +386,14 @@ Preprocessed preprocess(const Image& img, const PreprocessSpec& spec) {
   t.resized_height = H;
   int ox = 0, oy = 0;
   if (spec.resize == ResizeMode::Letterbox) {
-    // YOLOX's rule, in double like Python: r = min(H/h, W/w), size = (int(w·r), int(h·r)).
+    // In double like Python: r = min(H/h, W/w), size = int(w·r) (YOLOX) or round(w·r) (YOLOv5).
     const double r = std::min(static_cast<double>(H) / img.height, static_cast<double>(W) / img.width);
-    t.resized_width = std::clamp(static_cast<int>(img.width * r), 1, W);
-    t.resized_height = std::clamp(static_cast<int>(img.height * r), 1, H);
+    const auto size = [&](int n) {
+      const double v = n * r;
+      return static_cast<int>(spec.letterbox_round == LetterboxRound::Nearest ? std::nearbyint(v) : v);
+    };
+    t.resized_width = std::clamp(size(img.width), 1, W);
+    t.resized_height = std::clamp(size(img.height), 1, H);
     if (spec.align == Align::Center) {
       ox = (W - t.resized_width) / 2;
       oy = (H - t.resized_height) / 2;

@@ -15,7 +15,18 @@ class Decoder {
   virtual ~Decoder() = default;
   virtual std::vector<std::vector<BoxDetection>> decode(const rt::TensorMap& outputs, int input_w, int input_h,
                                                         float score_threshold) const = 0;
+  // True when the outputs are already the final detections (after NMS inside the graph): the detector
+  // then keeps the best max_detections without running NMS again.
+  virtual bool final_detections() const { return false; }
 };
+
+// Appends the detections of one image whose score passes thr: boxes [P, 4] xyxy, and either scores [P]
+// with labels [P] (one class per position) or scores [P, C] with no labels (every class).
+void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes, const at::Tensor& scores,
+             const at::Tensor& labels, float thr);
+
+std::unique_ptr<Decoder> make_decoded_boxes_decoder(const nlohmann::json& config, const Graph& g,
+                                                    const std::string& profile_name);
 
 // Throws inlierq::Error naming the profile field when the decoder config does not fit the graph.
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& config, const Graph& g, const std::string& profile_name);

@@ -1,8 +1,10 @@
 // Decoder kinds: "yolox" (anchor-free grid, exp(wh)), "gfl" (generalised focal loss distributions,
-// NanoDet), "fastestdet" (single map with tanh offsets and image-relative sizes).
+// NanoDet), "fastestdet" (single map with tanh offsets and image-relative sizes); "decoded" (boxes
+// decoded inside the graph) lives in decoded_boxes.cpp.
 #include <cmath>
 
 #include "detect/decoder.h"
+#include "detect/output_view.h"
 #include "inlierq/error.h"
 
 namespace inlierq::detect {
@@ -33,31 +35,6 @@ const at::Tensor& output(const rt::TensorMap& outs, const std::string& name) {
   return it->second;
 }
 
-// boxes [P,4] xyxy, scores [P,K] (K=1 with labels [P] for Best, or K classes for All), per image.
-void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes_in, const at::Tensor& scores_in,
-             const at::Tensor& labels_in, float thr) {
-  at::Tensor boxes = boxes_in.to(at::kCPU, at::kFloat).contiguous();
-  at::Tensor scores = scores_in.to(at::kCPU, at::kFloat).contiguous();
-  at::Tensor idx = (scores > thr).nonzero();  // [M, 2] (position, class) or [M, 1]
-  if (idx.size(0) == 0) return;
-  idx = idx.contiguous();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  const float* bp = boxes.data_ptr<float>();
-  const float* sp = scores.data_ptr<float>();
-  const int64_t K = scores.dim() == 2 ? scores.size(1) : 1;
-  at::Tensor labels = labels_in.defined() ? labels_in.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
-  const int64_t* lp = labels.defined() ? labels.data_ptr<int64_t>() : nullptr;
-  for (int64_t m = 0; m < idx.size(0); ++m) {
-    int64_t p = ip[m * idx.size(1)];
-    int64_t c = idx.size(1) > 1 ? ip[m * idx.size(1) + 1] : 0;
-    BoxDetection d;
-    for (int k = 0; k < 4; ++k) d.xyxy[k] = bp[p * 4 + k];
-    d.score = sp[p * K + c];
-    d.label = static_cast<int>(lp ? lp[p] : c);
-    dst.push_back(d);
-  }
-}
-
 std::vector<int64_t> strides_of(const json& c, const std::string& where) {
   if (!c.contains("strides") || !c["strides"].is_array() || c["strides"].empty())
     throw Error(where + ": decoder.strides must be a non-empty array");
@@ -68,6 +45,7 @@ class YoloxDecoder : public Decoder {
  public:
   YoloxDecoder(const json& c, const Graph& g, const std::string& where)
       : output_(c.value("output", "")), strides_(strides_of(c, where)), mode_(class_mode(c, where)) {
+    check_keys(c, {"kind", "output", "strides", "class_mode"}, where + ": decoder");
     require_output(g, output_, where + ": decoder.output");
   }
   std::vector<std::vector<BoxDetection>> decode(const rt::TensorMap& outs, int W, int H, float thr) const override {
@@ -110,6 +88,7 @@ class YoloxDecoder : public Decoder {
 class GflDecoder : public Decoder {
  public:
   GflDecoder(const json& c, const Graph& g, const std::string& where) : mode_(class_mode(c, where)) {
+    check_keys(c, {"kind", "levels", "reg_max", "center", "class_mode"}, where + ": decoder");
     if (!c.contains("levels") || !c["levels"].is_array() || c["levels"].empty())
       throw Error(where + ": decoder.levels must be a non-empty array of {scores, boxes, stride}");
     for (const auto& l : c["levels"]) {
@@ -173,6 +152,9 @@ class FastestDetDecoder : public Decoder {
   FastestDetDecoder(const json& c, const Graph& g, const std::string& where)
       : output_(c.value("output", "")), obj_pow_(c.value("objectness_power", 0.6)),
         cls_pow_(c.value("class_power", 0.4)), mode_(class_mode(c, where)) {
+    check_keys(c, {"kind", "output", "offset_activation", "size_activation", "objectness_power", "class_power",
+                   "class_mode"},
+               where + ": decoder");
     require_output(g, output_, where + ": decoder.output");
     // FastestDet's head applies sigmoid (objectness) and softmax (classes) in the graph but leaves the
     // four box channels raw; its demo applies tanh to the offsets and sigmoid to the sizes.
@@ -218,13 +200,38 @@ class FastestDetDecoder : public Decoder {
 
 }  // namespace
 
+void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes_in, const at::Tensor& scores_in,
+             const at::Tensor& labels_in, float thr) {
+  at::Tensor boxes = boxes_in.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor scores = scores_in.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor idx = (scores > thr).nonzero();  // [M, 2] (position, class) or [M, 1]
+  if (idx.size(0) == 0) return;
+  idx = idx.contiguous();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const float* bp = boxes.data_ptr<float>();
+  const float* sp = scores.data_ptr<float>();
+  const int64_t K = scores.dim() == 2 ? scores.size(1) : 1;
+  at::Tensor labels = labels_in.defined() ? labels_in.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  const int64_t* lp = labels.defined() ? labels.data_ptr<int64_t>() : nullptr;
+  for (int64_t m = 0; m < idx.size(0); ++m) {
+    int64_t p = ip[m * idx.size(1)];
+    int64_t c = idx.size(1) > 1 ? ip[m * idx.size(1) + 1] : 0;
+    BoxDetection d;
+    for (int k = 0; k < 4; ++k) d.xyxy[k] = bp[p * 4 + k];
+    d.score = sp[p * K + c];
+    d.label = static_cast<int>(lp ? lp[p] : c);
+    dst.push_back(d);
+  }
+}
+
 std::unique_ptr<Decoder> make_decoder(const json& c, const Graph& g, const std::string& where) {
   if (!c.is_object() || !c.contains("kind")) throw Error(where + ": decoder must be an object with a 'kind'");
   const std::string kind = c["kind"].get<std::string>();
   if (kind == "yolox") return std::make_unique<YoloxDecoder>(c, g, where);
   if (kind == "gfl") return std::make_unique<GflDecoder>(c, g, where);
   if (kind == "fastestdet") return std::make_unique<FastestDetDecoder>(c, g, where);
-  throw Error(where + ": unknown decoder kind '" + kind + "' (known: yolox, gfl, fastestdet)");
+  if (kind == "decoded") return make_decoded_boxes_decoder(c, g, where);
+  throw Error(where + ": unknown decoder kind '" + kind + "' (known: yolox, gfl, fastestdet, decoded)");
 }
 
 }  // namespace inlierq::detect

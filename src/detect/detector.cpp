@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "detect/decoder.h"
+#include "detect/output_view.h"
 #include "inlierq/detect.h"
 #include "inlierq/error.h"
 #include "runtime/tensor_convert.h"
@@ -52,6 +53,9 @@ ModelProfile parse_profile(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": a profile must be a JSON object");
   ModelProfile p;
   p.source = source;
+  detect::check_keys(j, {"name", "description", "preprocess", "decoder", "heatmap", "score_threshold", "nms_iou",
+                         "max_detections", "box_scale", "class_ids", "class_names"},
+                     source + ": profile");
   try {
     p.name = j.value("name", source);
     if (!j.contains("preprocess")) throw Error(source + ": profile has no 'preprocess' section");
@@ -181,7 +185,14 @@ std::vector<std::vector<BoxDetection>> Detector::detect(const std::vector<Image>
       t.scale_x = t.scale_y = static_cast<float>(r);
     }
     for (auto& d : raw[i]) d.xyxy = transforms[i].to_original(d.xyxy, true);
-    result[i] = class_wise_nms(std::move(raw[i]), impl_->profile.nms_iou, impl_->profile.max_detections);
+    if (impl_->decoder->final_detections()) {
+      auto& dets = raw[i];
+      std::stable_sort(dets.begin(), dets.end(), [](const BoxDetection& a, const BoxDetection& b) { return a.score > b.score; });
+      if (static_cast<int>(dets.size()) > impl_->profile.max_detections) dets.resize(impl_->profile.max_detections);
+      result[i] = std::move(dets);
+    } else {
+      result[i] = class_wise_nms(std::move(raw[i]), impl_->profile.nms_iou, impl_->profile.max_detections);
+    }
   }
   return result;
 }

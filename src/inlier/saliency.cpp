@@ -4,7 +4,9 @@
 
 #include <unordered_set>
 
+#include "detect/output_view.h"
 #include "inlierq/error.h"
+#include "inlierq/graph.h"
 
 namespace inlierq::inlier {
 
@@ -20,28 +22,33 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
     throw Error("the model profile declares no heatmap (\"heatmap\": {\"sources\": [...]}); InlierQ and Fisher weighting need it");
   std::vector<at::Tensor> parts;
   for (const auto& src : definition["sources"]) {
+    detect::check_keys(src, {"output", "layout", "channels", "objectness_channel", "objectness_output", "values"},
+                       "heatmap source");
     const std::string name = src.at("output").get<std::string>();
-    auto it = outputs.find(name);
-    if (it == outputs.end()) throw Error("heatmap source '" + name + "' is not an output of the model");
-    at::Tensor t = it->second;
-    const std::string layout = src.value("layout", "positions_channels");
-    if (layout == "channels_positions") {
-      if (t.dim() < 3) throw Error("heatmap source '" + name + "': layout channels_positions needs [N, C, ...]");
-      t = t.flatten(2);  // [N, C, M]
-    } else if (layout == "positions_channels") {
-      if (t.dim() != 3) throw Error("heatmap source '" + name + "': layout positions_channels needs [N, M, C]");
-      t = t.transpose(1, 2);  // [N, C, M]
-    } else {
-      throw Error("heatmap source '" + name + "': unknown layout '" + layout + "'");
-    }
+    const std::string where = "heatmap source '" + name + "'";
+    const auto find = [&](const std::string& n) {
+      auto it = outputs.find(n);
+      if (it == outputs.end()) throw Error(where + ": '" + n + "' is not an output of the model");
+      return it->second;
+    };
+    const detect::OutputLayout layout = detect::parse_layout(src.value("layout", "positions_channels"), where);
+    at::Tensor t = detect::positions_channels(find(name), layout, where).transpose(1, 2);  // [N, C, M]
     const auto ch = src.at("channels").get<std::vector<int64_t>>();
     if (ch.size() != 2 || ch[0] < 0 || ch[1] > t.size(1) || ch[0] >= ch[1])
       throw Error("heatmap source '" + name + "': channels range out of bounds for " + std::to_string(t.size(1)) + " channels");
     at::Tensor cls = t.narrow(1, ch[0], ch[1] - ch[0]);
     const bool probs = src.value("values", "probabilities") == "probabilities";
     if (src.contains("objectness_channel")) {
+      // The objectness channel is in the same output unless objectness_output names another one with the
+      // same layout and positions.
       const int64_t oc = src["objectness_channel"].get<int64_t>();
-      at::Tensor obj = t.narrow(1, oc, 1);
+      at::Tensor o = src.contains("objectness_output")
+                         ? detect::positions_channels(find(src["objectness_output"].get<std::string>()), layout, where)
+                               .transpose(1, 2)
+                         : t;
+      if (oc < 0 || oc >= o.size(1) || o.size(2) != t.size(2))
+        throw Error(where + ": objectness_channel " + std::to_string(oc) + " does not fit " + shape_str(o.sizes().vec()));
+      at::Tensor obj = o.narrow(1, oc, 1);
       if (!probs) obj = at::sigmoid(obj), cls = at::sigmoid(cls);
       parts.push_back(logit_of_probability(obj * cls));
     } else if (probs) {

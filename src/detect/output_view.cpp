@@ -1,0 +1,37 @@
+#include "detect/output_view.h"
+
+#include "inlierq/error.h"
+#include "inlierq/graph.h"
+
+namespace inlierq::detect {
+
+OutputLayout parse_layout(const std::string& s, const std::string& where) {
+  if (s == "positions_channels") return OutputLayout::PositionsChannels;
+  if (s == "channels_positions") return OutputLayout::ChannelsPositions;
+  throw Error(where + ": layout must be 'positions_channels' or 'channels_positions', got '" + s + "'");
+}
+
+at::Tensor positions_channels(const at::Tensor& t, OutputLayout layout, const std::string& where) {
+  if (layout == OutputLayout::PositionsChannels) {
+    if (t.dim() == 2) return t.unsqueeze(2);
+    if (t.dim() == 3) return t;
+    if (t.dim() > 3) return t.reshape({t.size(0), -1, t.size(-1)});
+    throw Error(where + ": layout positions_channels needs [N, P] or [N, P, C], got " + shape_str(t.sizes().vec()));
+  }
+  if (t.dim() < 3) throw Error(where + ": layout channels_positions needs [N, C, P...], got " + shape_str(t.sizes().vec()));
+  return t.flatten(2).transpose(1, 2);
+}
+
+void check_keys(const nlohmann::json& j, std::initializer_list<const char*> known, const std::string& where) {
+  if (!j.is_object()) throw Error(where + " must be a JSON object");
+  for (const auto& [key, _] : j.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    if (ok) continue;
+    std::string list;
+    for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+    throw Error(where + ": unknown key '" + key + "' (known: " + list + ")");
+  }
+}
+
+}  // namespace inlierq::detect
