@@ -209,3 +209,20 @@ TEST(Saliency, InlierPosteriorIsHigherInsideGroundTruthBoxes) {
     EXPECT_GE(higher, 2) << file << ": the posterior is not higher inside boxes at most neck outputs";
   }
 }
+
+TEST(Saliency, HeatmapReadsDecodedBoxLayouts) {
+  // YOLOv8-style [N, 4 + C, P]: class probabilities in channels 4.., positions last.
+  const at::Tensor v8 = at::rand({2, 4 + 3, 5}).clamp(0.01, 0.99);
+  const nlohmann::json h8 = {{"sources", {{{"output", "o"}, {"layout", "channels_positions"}, {"channels", {4, 7}}}}}};
+  const at::Tensor c8 = v8.narrow(1, 4, 3);
+  EXPECT_TRUE(at::allclose(inlier::heatmap_logits(h8, {{"o", v8}}), at::log(c8) - at::log1p(-c8), 1e-4, 1e-4));
+  // Separate outputs: scores [N, P, C] and objectness [N, P] in another output.
+  const at::Tensor cls = at::rand({2, 5, 3}).clamp(0.01, 0.99), obj = at::rand({2, 5}).clamp(0.01, 0.99);
+  const nlohmann::json hs = {{"sources", {{{"output", "scores"}, {"channels", {0, 3}}, {"objectness_output", "obj"},
+                                           {"objectness_channel", 0}}}}};
+  const at::Tensor prod = (obj.unsqueeze(2) * cls).transpose(1, 2);
+  EXPECT_TRUE(at::allclose(inlier::heatmap_logits(hs, {{"scores", cls}, {"obj", obj}}), at::log(prod) - at::log1p(-prod),
+                           1e-4, 1e-4));
+  EXPECT_THROW(inlier::heatmap_logits({{"sources", {{{"output", "o"}, {"channels", {4, 7}}, {"layuot", "x"}}}}}, {{"o", v8}}),
+               Error);
+}
