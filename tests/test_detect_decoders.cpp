@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
 #include "graph_builders.h"
@@ -278,4 +279,60 @@ TEST(Preprocess, YoloV5LetterboxRoundsTheSize) {
   EXPECT_EQ(preprocess(img, s).transform.offset_y, (640 - 398) / 2);
   s.letterbox_round = LetterboxRound::Floor;
   EXPECT_EQ(preprocess(img, s).transform.resized_height, 397);
+}
+
+namespace {
+
+// Every string an "output"-like key names, anywhere in the decoder config.
+void referenced_outputs(const nlohmann::json& j, std::vector<std::string>& names) {
+  if (j.is_object()) {
+    for (const auto& [k, v] : j.items()) {
+      if (v.is_string() && (k == "output" || k == "scores" || k == "boxes" || k == "objectness_output"))
+        names.push_back(v.get<std::string>());
+      else
+        referenced_outputs(v, names);
+    }
+  } else if (j.is_array()) {
+    for (const auto& v : j) referenced_outputs(v, names);
+  }
+}
+
+}  // namespace
+
+TEST(Profiles, EverySnippetInTheDocsLoads) {
+  std::ifstream f(std::string(INLIERQ_SOURCE_DIR) + "/docs/PROFILES.md");
+  ASSERT_TRUE(f) << "docs/PROFILES.md not found";
+  std::vector<std::string> snippets;
+  std::string line, block;
+  bool in_json = false;
+  while (std::getline(f, line)) {
+    if (!in_json && line.rfind("```json", 0) == 0) {
+      in_json = true;
+      block.clear();
+    } else if (in_json && line.rfind("```", 0) == 0) {
+      in_json = false;
+      snippets.push_back(block);
+    } else if (in_json) {
+      block += line + "\n";
+    }
+  }
+  ASSERT_GE(snippets.size(), 8u);
+  // Fragments (a decoder, a preprocessing override, class ids) are laid over a minimal profile.
+  const nlohmann::json base = {{"preprocess", {{"preset", "yolox"}}},
+                               {"decoder", {{"kind", "yolox"}, {"output", "output"}, {"strides", {8}}}}};
+  for (size_t i = 0; i < snippets.size(); ++i) {
+    SCOPED_TRACE("snippet " + std::to_string(i + 1) + ":\n" + snippets[i]);
+    nlohmann::json j;
+    ASSERT_NO_THROW(j = nlohmann::json::parse(snippets[i]));
+    nlohmann::json full = base;
+    full.merge_patch(j);
+    if (j.contains("decoder")) full["decoder"] = j["decoder"];
+    ModelProfile p;
+    ASSERT_NO_THROW(p = parse_profile(full, "docs snippet"));
+    std::vector<std::string> names;
+    referenced_outputs(p.decoder, names);
+    EXPECT_NO_THROW(detect::make_decoder(p.decoder, graph_with_outputs(names), "docs snippet"));
+  }
+  // The built-in profiles are the documented ones.
+  for (const auto& name : builtin_profile_names()) EXPECT_NO_THROW(load_profile(name)) << name;
 }

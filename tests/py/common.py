@@ -13,6 +13,7 @@ MODELS = {
     "yolox_nano": (os.path.join(ASSETS, "models", "yolox_nano.onnx"), 416),
     "nanodet_m_416": (os.path.join(ASSETS, "models", "nanodet_m_416.onnx"), 416),
     "fastestdet_352": (os.path.join(ASSETS, "models", "fastestdet_352.onnx"), 352),
+    "yolov5n": (os.path.join(ASSETS, "models", "yolov5n.onnx"), 640),
 }
 VAL_IMAGES = os.path.join(ASSETS, "coco_val500", "images")
 

@@ -1,5 +1,5 @@
 """`inlierq eval` against the independent reference pipeline (bench/reference_pipeline.py: PIL + numpy +
-ONNX Runtime + pycocotools, no inlierq code) on the first 12 images of coco_val500, for the three bundled
+ONNX Runtime + pycocotools, no inlierq code) on the first 12 images of coco_val500, for the four bundled
 detectors. Both sides run one thread: this is an accuracy test, and one thread keeps it quick on a busy
 machine.
 
