@@ -1,7 +1,7 @@
 """FP32 COCO accuracy and evaluation time on coco_val500: `inlierq eval` vs the independent reference
 pipeline (bench/reference_pipeline.py: PIL + numpy + ONNX Runtime + pycocotools), same thread count.
 
-Usage: python3 bench/eval_accuracy.py [--threads 2] [--repeats 2] [--limit 0] [--models yolox,nanodet,fastestdet]
+Usage: python3 bench/eval_accuracy.py [--threads 2] [--repeats 2] [--limit 0] [--models yolox,nanodet,fastestdet,yolov5]
                                       [--out docs/RESULTS.md] [--no-write]
 
 Each model is evaluated `repeats` times by each pipeline, alternating (reference, inlierq, reference, ...),
@@ -92,7 +92,7 @@ def markdown(rows, args, meta):
         f" {k} {v}" for k, v in (("--threads", args.threads), ("--repeats", args.repeats)))
     if args.limit:
         cmd += f" --limit {args.limit}"
-    if args.models != "yolox,nanodet,fastestdet":
+    if args.models != "yolox,nanodet,fastestdet,yolov5":
         cmd += f" --models {args.models}"
     if args.no_spin:
         cmd += " --no-spin"
@@ -145,7 +145,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="first N images (0 = all 500)")
-    ap.add_argument("--models", default="yolox,nanodet,fastestdet")
+    ap.add_argument("--models", default="yolox,nanodet,fastestdet,yolov5")
     ap.add_argument("--assets", default=ref.ASSETS)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--no-spin", action="store_true",

@@ -7,7 +7,7 @@ Usage: python3 bench/quant_results.py [--models yolox,nanodet,fastestdet] [--con
            [--methods minmax,percentile,entropy,mse] [--ort-methods minmax,entropy,percentile]
            [--limit 0] [--threads 2] [--repeats 1] [--num-calib 64] [--also-ort-eval]
            [--workdir /tmp/inlierq_quant_results] [--out docs/RESULTS.md] [--no-write]
-           [--no-inlierq] [--no-ort] [--resume] [--allow-failures]
+           [--no-inlierq] [--no-ort] [--resume] [--allow-failures] [--section-suffix ', YOLOv5n']
 
 Per model, every row is evaluated by the same evaluator, `inlierq eval` (COCO mAP@[.5:.95] and AP50 on
 the first --limit images of coco_val500, all 500 by default):
@@ -324,10 +324,12 @@ def markdown(rows, args, meta):
                      ("--no-ort", args.no_ort), ("--ort-skip-optimization", args.ort_skip_optimization)):
         if on:
             cmd += f" {flag}"
+    if args.section_suffix:
+        cmd += f" --section-suffix '{args.section_suffix}'"
     v = meta["versions"]
     images = next((r["images"] for r in rows if r.get("images")), "?")
     lines = [
-        SECTION,
+        SECTION + args.section_suffix,
         "",
         f"Measured {meta['date']} with `{cmd}` on {meta['machine']} ({meta['cpus']} CPUs; load average "
         f"{meta['load_before']} before, {meta['load_after']} after, at most {meta['load_max']} between runs), "
@@ -425,6 +427,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write --out")
     ap.add_argument("--note", default="", help="a paragraph to put under the table")
+    ap.add_argument("--section-suffix", default="",
+                    help="appended to the section title, so that a run over other models gets its own section")
     args = ap.parse_args()
 
     models = args.models.split(",")
@@ -503,7 +507,7 @@ def main():
             print(f"{len(bad)} row(s) failed: {args.out} not written (--allow-failures writes it anyway)",
                   file=sys.stderr)
         else:
-            write_section(args.out, SECTION, text)
+            write_section(args.out, SECTION + args.section_suffix, text)
             print(f"wrote {args.out}", file=sys.stderr)
     return 1 if bad else 0
 
