@@ -2,7 +2,7 @@
 
 Usage: python3 bench/recon_curve.py [--models fastestdet] [--presets w4a4] [--methods qdrop,adaround]
            [--iters 100,500,2000] [--seeds 0] [--recon-batch 8] [--lr-scale 10] [--num-calib 64] [--limit 0]
-           [--threads 2] [--workdir /tmp/inlierq_recon_curve] [--out docs/RESULTS.md] [--report-only]
+           [--threads 2] [--max-cache-mb MB] [--workdir /tmp/inlierq_recon_curve] [--out docs/RESULTS.md] [--report-only]
            [--note-file bench/recon_curve_note.md]
 
 Each point is `inlierq --threads T quantize MODEL --profile P --calib coco128/images/train2017 --num-calib N
@@ -33,7 +33,7 @@ SECTION = "## Reconstruction budget: mAP against iterations per unit"
 
 def key(r):
     return (r["model"], r["preset"], r["method"], r["iters"], r["seed"], r["batch"], r["lr_scale"], r["num_calib"],
-            r["limit"], r["threads"])
+            r["limit"], r["threads"], r.get("max_cache_mb", 0))
 
 
 def point(args, model, preset, method, iters, seed):
@@ -45,11 +45,16 @@ def point(args, model, preset, method, iters, seed):
            str(args.recon_batch), "--no-ort-latency", "-o", out, "--force", "--json"]
     for flag, lr in REFERENCE_LR.items():
         cmd += [flag, f"{lr * args.lr_scale:g}"]
+    if args.max_cache_mb:
+        cmd += ["--max-cache-mb", str(args.max_cache_mb)]
     t0 = time.time()
-    q = subprocess.run(cmd, capture_output=True, text=True)
+    # GNU time reports the quantize process's peak resident memory (its last stderr line).
+    q = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb=%M", *cmd], capture_output=True, text=True)
     wall = time.time() - t0
     if q.returncode != 0:
         sys.exit(f"quantize failed ({q.returncode}): {' '.join(cmd)}\n{q.stderr[-2000:]}")
+    rss = [l for l in q.stderr.splitlines() if l.startswith("peak_rss_kb=")]
+    peak_rss_mb = int(rss[-1].split("=")[1]) / 1024 if rss else None
     ev = [CLI, "eval", out, "--profile", profile, "--images", os.path.join(ASSETS, "coco_val500", "images"),
           "--annotations", os.path.join(ASSETS, "coco_val500", "instances_val500.json"), "--json"]
     if args.limit:
@@ -62,7 +67,8 @@ def point(args, model, preset, method, iters, seed):
     reports = enc["meta"]["reconstruction"]["reports"]
     return {"model": model, "preset": preset, "method": method, "iters": iters, "seed": seed,
             "batch": args.recon_batch, "lr_scale": args.lr_scale, "num_calib": args.num_calib, "limit": args.limit,
-            "threads": args.threads, "map": res["map"], "map50": res["map50"], "wall_s": wall,
+            "threads": args.threads, "max_cache_mb": args.max_cache_mb, "peak_rss_mb": peak_rss_mb,
+            "map": res["map"], "map50": res["map50"], "wall_s": wall,
             "kept_start": sum(1 for r in reports if r.get("kept_start")), "unit_passes": len(reports),
             "command": " ".join(cmd)}
 
@@ -70,7 +76,8 @@ def point(args, model, preset, method, iters, seed):
 def table(rows, best, fp32):
     groups = {}
     for r in rows:
-        groups.setdefault((r["model"], r["preset"], r["method"]), {}).setdefault(r["iters"], []).append(r)
+        label = r["method"] + (f", --max-cache-mb {r['max_cache_mb']}" if r.get("max_cache_mb") else "")
+        groups.setdefault((r["model"], r["preset"], label), {}).setdefault(r["iters"], []).append(r)
     iters = sorted({r["iters"] for r in rows})
     head = "| model | preset | method | " + " | ".join(f"{i} it" for i in iters) + " |"
     lines = [head, "|---" * (3 + len(iters)) + "|"]
@@ -88,7 +95,9 @@ def table(rows, best, fp32):
             kept = sum(r["kept_start"] for r in rs) / len(rs)
             b, f = best.get((m, p)), fp32.get(m)
             rec = f", {100 * (mean - b[0]) / (f - b[0]):.0f} %" if b and f and f > b[0] else ""
-            cells.append(f"{mean:.4f}{sd}{rec}, {wall / 60:.1f} min{f', {kept:.0f} kept' if kept else ''}")
+            rss = [r["peak_rss_mb"] for r in rs if r.get("peak_rss_mb")]
+            mem = f", {max(rss) / 1024:.1f} GiB" if rss else ""
+            cells.append(f"{mean:.4f}{sd}{rec}, {wall / 60:.1f} min{mem}{f', {kept:.0f} kept' if kept else ''}")
         lines.append(f"| {m} | {p.upper()} | {me} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,6 +114,7 @@ def main():
     ap.add_argument("--num-calib", type=int, default=64)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-cache-mb", type=int, default=0, help="passed to quantize (0: its default)")
     ap.add_argument("--workdir", default="/tmp/inlierq_recon_curve")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--report-only", action="store_true")
@@ -122,7 +132,7 @@ def main():
                         for seed in (int(x) for x in args.seeds.split(",")):
                             probe = {"model": model, "preset": preset, "method": method, "iters": it, "seed": seed,
                                      "batch": args.recon_batch, "lr_scale": args.lr_scale, "num_calib": args.num_calib,
-                                     "limit": args.limit, "threads": args.threads}
+                                     "limit": args.limit, "threads": args.threads, "max_cache_mb": args.max_cache_mb}
                             if key(probe) in have:
                                 continue
                             r = point(args, model, preset, method, it, seed)
@@ -138,11 +148,12 @@ def main():
     text = (f"{SECTION}\n\n"
             f"`python3 bench/recon_curve.py --models {','.join(sorted({r['model'] for r in rows}))} --presets "
             f"{','.join(sorted({r['preset'] for r in rows}))} --methods {','.join(sorted({r['method'] for r in rows}))} "
-            f"--iters {','.join(str(i) for i in sorted({r['iters'] for r in rows}))} --recon-batch {r0['batch']} "
+            f"--iters {','.join(str(i) for i in sorted({r['iters'] for r in rows}))} --seeds {','.join(str(i) for i in sorted({r['seed'] for r in rows}))} --recon-batch {r0['batch']} "
             f"--lr-scale {r0['lr_scale']:g} --threads {r0['threads']}` (64 coco128 calibration images, 8 of them held out "
             f"for the per-unit check; all 500 coco_val500 images, `inlierq eval`; learning rates = reference × "
-            f"{r0['lr_scale']:g}). Each cell: mAP, wall time of the quantize command on 2 cores, and how many unit "
-            f"passes kept their start state. The percentage is the share of the best calibrator's loss recovered, "
+            f"{r0['lr_scale']:g}). Each cell: mAP (mean ± std over the seeds run), wall time "
+            f"of the quantize command on 2 cores, its peak resident memory where recorded, and how many unit passes kept "
+            f"their start state; models and points were run over several sittings, not every point at every seed. The percentage is the share of the best calibrator's loss recovered, "
             f"(method − best calibrator) / (FP32 − best calibrator), with both from the calibration table of "
             f"this file ({base}).\n\n" + table(rows, best, fp32) + "\n")
     if args.note_file:

@@ -43,7 +43,7 @@ CLI = os.environ.get("INLIERQ_CLI", os.path.join(ROOT, "build", "inlierq"))
 SECTION = "## Block reconstruction: AdaRound / BRECQ / QDrop"
 CALIB_SECTION = "## Quantization: W8A8 / W4A8 / W4A4 on coco_val500"
 MODELS = {"yolox": ("yolox_nano.onnx", "yolox"), "nanodet": ("nanodet_m_416.onnx", "nanodet"),
-          "fastestdet": ("fastestdet_352.onnx", "fastestdet")}
+          "fastestdet": ("fastestdet_352.onnx", "fastestdet"), "yolov5": ("yolov5n.onnx", "yolov5")}
 REFERENCE_LR = {"--lr-round": 1e-3, "--lr-act": 4e-5, "--brecq-lr-act": 4e-4}
 # InlierQ ablations (ALGORITHMS.md §6 [choice] items), used as --methods inlierq:NAME; each changes one default.
 ABLATIONS = {
@@ -137,24 +137,23 @@ def calibrator_table(out_path):
     if not os.path.exists(out_path):
         return best, fp32
     text = open(out_path).read()
-    start = text.find(CALIB_SECTION)
-    if start < 0:
-        return best, fp32
-    end = text.find("\n## ", start + 1)
-    for line in text[start:end if end > 0 else None].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 4 or cells[0] not in MODELS:
-            continue
-        try:
-            m = float(cells[3])
-        except ValueError:
-            continue
-        if cells[1] == "FP32":
-            fp32[cells[0]] = m
-        elif cells[2].startswith("inlierq"):
-            key = (cells[0], cells[1].lower())
-            if key not in best or m > best[key][0]:
-                best[key] = (m, cells[2].replace("inlierq ", ""))
+    # The calibration section and its per-model siblings ("..., YOLOv5n") share the heading's start.
+    for found in re.finditer("^" + re.escape(CALIB_SECTION) + ".*$", text, re.M):
+        end = text.find("\n## ", found.end())
+        for line in text[found.start():end if end > 0 else None].splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 4 or cells[0] not in MODELS:
+                continue
+            try:
+                m = float(cells[3])
+            except ValueError:
+                continue
+            if cells[1] == "FP32":
+                fp32[cells[0]] = m
+            elif cells[2].startswith("inlierq"):
+                key = (cells[0], cells[1].lower())
+                if key not in best or m > best[key][0]:
+                    best[key] = (m, cells[2].replace("inlierq ", ""))
     return best, fp32
 
 

@@ -299,9 +299,10 @@ void referenced_outputs(const nlohmann::json& j, std::vector<std::string>& names
 
 }  // namespace
 
-TEST(Profiles, EverySnippetInTheDocsLoads) {
-  std::ifstream f(std::string(INLIERQ_SOURCE_DIR) + "/docs/PROFILES.md");
-  ASSERT_TRUE(f) << "docs/PROFILES.md not found";
+// The ```json blocks of a markdown file.
+static std::vector<std::string> json_snippets(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error(path + " not found");
   std::vector<std::string> snippets;
   std::string line, block;
   bool in_json = false;
@@ -316,7 +317,16 @@ TEST(Profiles, EverySnippetInTheDocsLoads) {
       block += line + "\n";
     }
   }
+  return snippets;
+}
+
+TEST(Profiles, EverySnippetInTheDocsLoads) {
+  const std::string root = INLIERQ_SOURCE_DIR;
+  std::vector<std::string> snippets = json_snippets(root + "/docs/PROFILES.md");
   ASSERT_GE(snippets.size(), 8u);
+  const std::vector<std::string> readme = json_snippets(root + "/README.md");
+  ASSERT_GE(readme.size(), 1u);
+  snippets.insert(snippets.end(), readme.begin(), readme.end());
   // Fragments (a decoder, a preprocessing override, class ids) are laid over a minimal profile.
   const nlohmann::json base = {{"preprocess", {{"preset", "yolox"}}},
                                {"decoder", {{"kind", "yolox"}, {"output", "output"}, {"strides", {8}}}}};
