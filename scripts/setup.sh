@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0 libonnx-dev libonnx-testdata libprotobuf-dev protobuf-compiler
-  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libstb-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libstb-dev libjpeg62-turbo-dev libpng-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 PIP_PACKAGES=(onnxruntime onnx numpy pillow pycocotools)

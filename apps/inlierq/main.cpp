@@ -173,7 +173,8 @@ std::unique_ptr<Detector> open_detector(const std::string& model, const std::str
 struct EvalOutcome {
   coco::EvalResult result;
   std::vector<coco::Detection> detections;
-  size_t images = 0;
+  std::vector<std::string> skipped;  // "cannot decode image 'path': reason"
+  size_t images = 0;                 // evaluated (decoded) images
   double seconds = 0;
 };
 
@@ -188,20 +189,44 @@ EvalOutcome evaluate_on(Detector& detector, const coco::Dataset& gt, const std::
   EvalOutcome out;
   std::vector<int64_t> ids;
   Progress progress(label, images.size());
-  // The next image is decoded on another thread while the network runs on this one.
-  auto load = [&](size_t i) { return load_image((fs::path(images_dir) / images[i].file_name).string()); };
-  std::future<Image> next = std::async(std::launch::async, load, 0);
+  // The next image is decoded on another thread while the network runs on this one. A missing file is an
+  // error (the annotations name it); one that exists but does not decode is skipped by name and left out
+  // of the evaluation, so that its ground truth does not count as missed.
+  struct Loaded {
+    Image img;
+    std::string error;
+  };
+  auto load = [&](size_t i) {
+    const std::string path = (fs::path(images_dir) / images[i].file_name).string();
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+      throw Error("image '" + path + "' named in the annotations (id " + std::to_string(images[i].id) + ") does not exist");
+    Loaded l;
+    try {
+      l.img = load_image(path);
+    } catch (const Error& e) {
+      l.error = e.what();
+    }
+    return l;
+  };
+  std::future<Loaded> next = std::async(std::launch::async, load, 0);
   for (size_t i = 0; i < images.size(); ++i) {
-    Image img = next.get();
+    Loaded l = next.get();
     if (i + 1 < images.size()) next = std::async(std::launch::async, load, i + 1);
-    auto boxes = detector.detect({img})[0];
+    progress.update(i + 1);
+    if (!l.error.empty()) {
+      fmt::print(stderr, "warning: {}; skipped, left out of the evaluation\n", l.error);
+      out.skipped.push_back(l.error);
+      continue;
+    }
+    auto boxes = detector.detect({l.img})[0];
     for (const auto& b : boxes) out.detections.push_back(to_coco(b, images[i].id, profile));
     ids.push_back(images[i].id);
-    progress.update(i + 1);
   }
+  if (ids.empty()) throw Error("none of the " + std::to_string(images.size()) + " images in '" + images_dir + "' decodes");
   out.result = coco::evaluate(gt, out.detections, ids);
   out.seconds = progress.seconds();
-  out.images = images.size();
+  out.images = ids.size();
   return out;
 }
 
@@ -221,7 +246,8 @@ int cmd_eval(const std::string& model, const std::string& profile_name, const st
   fmt::print("images: {}, detections: {}, seconds: {:.2f}\n", e.images, e.detections.size(), e.seconds);
   if (as_json) {
     nlohmann::json j{{"model", model}, {"profile", profile.name}, {"map", r.stats[0]}, {"map50", r.stats[1]},
-                     {"map75", r.stats[2]}, {"images", e.images}, {"detections", e.detections.size()}, {"seconds", e.seconds}};
+                     {"map75", r.stats[2]}, {"images", e.images}, {"detections", e.detections.size()}, {"seconds", e.seconds},
+                     {"skipped_images", e.skipped}};
     std::cout << j.dump() << std::endl;
   }
   return 0;
@@ -424,22 +450,24 @@ int cmd_quantize(const QuantizeArgs& a) {
   fmt::print(stderr, "[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point\n",
              plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size());
 
-  // Calibration images: the first N readable images of the folder in sorted path order.
-  ImageFolder folder = scan_image_folder(a.calib_dir, a.num_calib);
-  for (const auto& w : folder.warnings) fmt::print(stderr, "warning: skipped {}\n", w);
-  if (folder.paths.size() < a.num_calib)
-    fmt::print(stderr, "warning: {} has only {} readable images (asked for {})\n", a.calib_dir, folder.paths.size(), a.num_calib);
+  // Calibration images: the first N images of the folder that decode, in sorted path order; files that do
+  // not decode are skipped by name.
   std::vector<TensorData> inputs;
   std::vector<InputTransform> transforms_of_inputs;
+  ImageFolder folder;
   {
-    Progress progress("load calibration images", folder.paths.size());
-    for (size_t i = 0; i < folder.paths.size(); ++i) {
-      Preprocessed pp = preprocess(load_image(folder.paths[i]), profile.preprocess);
+    Progress progress("load calibration images", a.num_calib);
+    folder = load_image_folder(a.calib_dir, a.num_calib, [&](size_t i, const std::string&, Image&& img) {
+      Preprocessed pp = preprocess(img, profile.preprocess);
       inputs.push_back(std::move(pp.tensor));
       transforms_of_inputs.push_back(pp.transform);
       progress.update(i + 1);
-    }
+    });
   }
+  for (const auto& w : folder.warnings) fmt::print(stderr, "warning: {}; skipped\n", w);
+  if (folder.paths.size() < a.num_calib)
+    fmt::print(stderr, "warning: {} has only {} decodable images; calibrating on {} (asked for {})\n", a.calib_dir,
+               folder.paths.size(), folder.paths.size(), a.num_calib);
   const double t_images = std::chrono::duration<double>(clock::now() - t0).count();
   quant::CalibrationOptions co;
   co.method = act_method;
@@ -542,6 +570,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   enc.meta["preset"] = fmt::format("w{}a{}", wbits, abits);
   enc.meta["calibration_folder"] = a.calib_dir;
   enc.meta["calibration_files"] = folder.paths;
+  enc.meta["skipped_images"] = folder.warnings;
   enc.meta["seed"] = a.seed;
   enc.meta["folded_batchnorms"] = prep.folded_batchnorms;
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
@@ -812,6 +841,9 @@ int main(int argc, char** argv) {
   inspect->add_flag("--units", show_units, "print the reconstruction units (blocks and layers)");
   inspect->add_flag("--layerwise", layerwise_units, "with --units: one unit per layer (AdaRound's units)");
   inspect->add_option("--max-unit-convs", max_unit_convs, "with --units: blocks with more compute nodes are split into layers");
+  std::string profile_help = "built-in profile (";
+  for (const auto& n : builtin_profile_names()) profile_help += (profile_help.back() == '(' ? "" : ", ") + n;
+  profile_help += ") or JSON path (docs/PROFILES.md)";
   inspect->add_option("--profile", profile_name, "model profile (with --plan)");
   inspect->add_option("--preset", plan_preset, "bit widths for --plan (wNaM)");
   inspect->add_flag("--quantize-head", quantize_head, "with --plan: quantize the detection head too");
@@ -833,7 +865,7 @@ int main(int argc, char** argv) {
   size_t limit = 0;
   auto* eval = app.add_subcommand("eval", "COCO mAP of the FP32 (or QDQ) model on an annotated image folder");
   eval->add_option("model", model, "ONNX model")->required();
-  eval->add_option("--profile", profile_name, "built-in profile (yolox, nanodet, fastestdet) or JSON path")->required();
+  eval->add_option("--profile", profile_name, profile_help)->required();
   eval->add_option("--images", images_dir, "image folder")->required();
   eval->add_option("--annotations", annotations, "COCO instances JSON")->required();
   eval->add_option("--limit", limit, "evaluate the first N images by ascending image id");
@@ -846,7 +878,7 @@ int main(int argc, char** argv) {
   std::string draw_dir;
   auto* detect = app.add_subcommand("detect", "print detections for images, optionally drawing them");
   detect->add_option("model", model, "ONNX model")->required();
-  detect->add_option("--profile", profile_name, "built-in profile or JSON path")->required();
+  detect->add_option("--profile", profile_name, profile_help)->required();
   detect->add_option("images", image_files, "image files")->required();
   detect->add_option("--draw", draw_dir, "write PNGs with labelled boxes here");
   detect->add_flag("--force", force, "overwrite drawn PNGs");
@@ -870,7 +902,7 @@ int main(int argc, char** argv) {
   QuantizeArgs qa;
   auto* quantize = app.add_subcommand("quantize", "calibrate and write a QDQ ONNX model, its encodings and a TensorRT cache");
   quantize->add_option("model", qa.model, "FP32 ONNX model")->required();
-  quantize->add_option("--profile", qa.profile, "built-in profile (yolox, nanodet, fastestdet) or JSON path")->required();
+  quantize->add_option("--profile", qa.profile, profile_help)->required();
   quantize->add_option("--calib", qa.calib_dir, "folder of calibration images (unlabeled)")->required();
   quantize->add_option("--num-calib", qa.num_calib, "number of calibration images (first N by path)")->default_val(64);
   quantize->add_option("--preset", qa.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");

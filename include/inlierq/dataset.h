@@ -1,6 +1,7 @@
 #pragma once
 // Image datasets on disk: a folder of images (calibration / evaluation) and YOLO txt labels.
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,14 @@ struct ImageFolder {
 // A path naming a single image file gives a one-image folder. Throws Error when dir is missing or holds
 // no readable image (the message lists the first skipped files).
 ImageFolder scan_image_folder(const std::string& dir, size_t limit = 0);
+
+struct Image;
+// Decodes the images of dir in sorted path order until `count` have decoded (0 = all), handing each to
+// on_image(index, path, image). A file that cannot be read or decoded (truncated, corrupt, unsupported,
+// too large) is skipped: its reason, which names it, goes to warnings, and the next file is tried.
+// Throws Error when dir is missing or no file decodes.
+ImageFolder load_image_folder(const std::string& dir, size_t count,
+                              const std::function<void(size_t, const std::string&, Image&&)>& on_image);
 
 // One ground-truth box in pixels: top-left corner and size (COCO's xywh).
 struct LabeledBox {

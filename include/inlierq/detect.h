@@ -37,7 +37,7 @@ struct ModelProfile {
   std::vector<std::string> class_names;
 };
 
-// A built-in profile name (yolox, nanodet, fastestdet) or a path to a JSON file.
+// A built-in profile name (profiles/*.json: yolox, nanodet, fastestdet, yolov5) or a path to a JSON file.
 ModelProfile load_profile(const std::string& name_or_path);
 ModelProfile parse_profile(const nlohmann::json& j, const std::string& source);
 std::vector<std::string> builtin_profile_names();

@@ -21,29 +21,42 @@ bool has_image_extension(const fs::path& p) {
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
 }
 
+// Candidate image files of dir (or dir itself when it is a file), sorted by path.
+std::vector<std::string> list_image_files(const std::string& dir) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (ec || !fs::exists(st)) throw Error("image folder '" + dir + "' does not exist");
+  std::vector<std::string> candidates;
+  if (fs::is_regular_file(st)) {
+    candidates.push_back(dir);
+    return candidates;
+  }
+  fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
+  if (ec) throw Error("cannot list image folder '" + dir + "': " + ec.message());
+  for (; it != end; it.increment(ec)) {
+    if (ec) throw Error("cannot list image folder '" + dir + "': " + ec.message());
+    std::error_code fe;
+    if (it->is_regular_file(fe) && has_image_extension(it->path())) candidates.push_back(it->path().string());
+  }
+  std::sort(candidates.begin(), candidates.end());
+  return candidates;
+}
+
+void throw_if_empty(const ImageFolder& folder, bool had_candidates, const char* what) {
+  if (!folder.paths.empty()) return;
+  std::string msg = "image folder '" + folder.root + "' contains no " + what + " image";
+  if (!had_candidates) msg += " (looked for .jpg, .jpeg, .png, .bmp, recursively)";
+  for (size_t i = 0; i < folder.warnings.size() && i < 3; ++i) msg += "\n  skipped " + folder.warnings[i];
+  if (folder.warnings.size() > 3) msg += "\n  ... and " + std::to_string(folder.warnings.size() - 3) + " more";
+  throw Error(msg);
+}
+
 }  // namespace
 
 ImageFolder scan_image_folder(const std::string& dir, size_t limit) {
   ImageFolder folder;
   folder.root = dir;
-  std::error_code ec;
-  const fs::file_status st = fs::status(dir, ec);
-  if (ec || !fs::exists(st)) throw Error("image folder '" + dir + "' does not exist");
-
-  std::vector<std::string> candidates;
-  if (fs::is_regular_file(st)) {
-    candidates.push_back(dir);
-  } else {
-    fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
-    if (ec) throw Error("cannot list image folder '" + dir + "': " + ec.message());
-    for (; it != end; it.increment(ec)) {
-      if (ec) throw Error("cannot list image folder '" + dir + "': " + ec.message());
-      std::error_code fe;
-      if (it->is_regular_file(fe) && has_image_extension(it->path())) candidates.push_back(it->path().string());
-    }
-    std::sort(candidates.begin(), candidates.end());
-  }
-
+  const std::vector<std::string> candidates = list_image_files(dir);
   for (const auto& p : candidates) {
     if (limit && folder.paths.size() >= limit) break;
     if (std::string why = probe_image(p); why.empty())
@@ -51,13 +64,28 @@ ImageFolder scan_image_folder(const std::string& dir, size_t limit) {
     else
       folder.warnings.push_back(p + ": " + why);
   }
-  if (folder.paths.empty()) {
-    std::string msg = "image folder '" + dir + "' contains no readable image";
-    if (candidates.empty()) msg += " (looked for .jpg, .jpeg, .png, .bmp, recursively)";
-    for (size_t i = 0; i < folder.warnings.size() && i < 3; ++i) msg += "\n  skipped " + folder.warnings[i];
-    if (folder.warnings.size() > 3) msg += "\n  ... and " + std::to_string(folder.warnings.size() - 3) + " more";
-    throw Error(msg);
+  throw_if_empty(folder, !candidates.empty(), "readable");
+  return folder;
+}
+
+ImageFolder load_image_folder(const std::string& dir, size_t count,
+                              const std::function<void(size_t, const std::string&, Image&&)>& on_image) {
+  ImageFolder folder;
+  folder.root = dir;
+  const std::vector<std::string> candidates = list_image_files(dir);
+  for (const auto& p : candidates) {
+    if (count && folder.paths.size() >= count) break;
+    Image img;
+    try {
+      img = load_image(p);
+    } catch (const Error& e) {
+      folder.warnings.push_back(e.what());
+      continue;
+    }
+    folder.paths.push_back(p);
+    on_image(folder.paths.size() - 1, p, std::move(img));
   }
+  throw_if_empty(folder, !candidates.empty(), "decodable");
   return folder;
 }
 

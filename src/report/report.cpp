@@ -243,8 +243,14 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
       h += "</table>";
     }
   }
+  if (!meta.value("skipped_images", nlohmann::json::array()).empty()) {
+    h += "<h2>Calibration images skipped</h2><p>These files in the calibration folder did not decode; the next "
+         "files in path order were used instead.</p><table><tr><th class=l>file and reason</th></tr>";
+    for (const auto& w : meta["skipped_images"]) h += "<tr><td class=l>" + html_escape(w.get<std::string>()) + "</td></tr>";
+    h += "</table>";
+  }
   nlohmann::json config = meta;
-  for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity"}) config.erase(k);
+  for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity", "skipped_images"}) config.erase(k);
   h += "<h2>Configuration</h2><pre>" + html_escape(config.dump(1)) + "</pre></body></html>\n";
   return h;
 }

@@ -4,7 +4,7 @@
 //   preprocess_tool --jobs FILE      one job per line, fields separated by tabs as above
 // SPEC is a preset ("yolox", "nanodet:320"), inline JSON or a JSON file. DECODED.npy receives the decoded
 // RGB pixels (uint8 [H, W, 3]) to separate decoder differences from resize differences. Each job prints
-// one JSON line with the effective spec and the transform. --jobs exists because the binary links libtorch
+// one JSON line with the effective spec and the transform, or {"error": message}. --jobs exists because the binary links libtorch
 // (through the library) and pays about a second to start.
 #include <fstream>
 #include <iostream>
@@ -55,7 +55,11 @@ int main(int argc, char** argv) {
       std::vector<std::string> fields;
       std::stringstream ss(line);
       for (std::string field; std::getline(ss, field, '\t');) fields.push_back(field);
-      run_job(fields);
+      try {
+        run_job(fields);
+      } catch (const Error& e) {  // one line per job, so a failing job does not hide the others
+        std::cout << nlohmann::json{{"error", e.what()}}.dump() << std::endl;
+      }
     }
   } catch (const Error& e) {
     std::cerr << "error: " << e.what() << "\n";
