@@ -18,6 +18,7 @@
 #include "inlierq/coco_eval.h"
 #include "inlierq/detect.h"
 #include "inlierq/error.h"
+#include "inlierq/interrupt.h"
 #include "inlierq/image.h"
 #include "inlierq/npy.h"
 #include "inlierq/onnx_io.h"
@@ -128,6 +129,7 @@ class Progress {
   Progress(std::string what, size_t total, clock::time_point start = clock::now())
       : what_(std::move(what)), total_(total), start_(start) {}
   void update(size_t done) {
+    throw_if_interrupted();  // long loops report progress, so this is where they stop on Ctrl-C
     auto now = clock::now();
     // On a terminal, redraw one line a few times per second; in a log, one line per ~10 %.
     if (done != total_) {
@@ -411,6 +413,8 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (fs::absolute(out_onnx).lexically_normal() == fs::absolute(a.model).lexically_normal())
     throw Error("-o would overwrite the input model '" + a.model + "'");
   for (const auto& p : {out_onnx, out_enc, out_trt, out_report}) ensure_writable(p, a.force);
+  ensure_output_folder(out_onnx);
+  const OutputLock lock(out_onnx);  // held until the command returns
   const std::string checkpoint_dir = a.checkpoint_dir.empty() ? base + ".ckpt" : a.checkpoint_dir;
   if (recon_method && !a.resume && fs::exists(fs::path(checkpoint_dir) / "state.json")) {
     if (!a.force)
@@ -544,11 +548,21 @@ int cmd_quantize(const QuantizeArgs& a) {
     } else {
       fmt::print(stderr, "[recon] {}: {} iterations per unit, batch {}, seed {}\n", a.method, ro.iters, ro.batch, ro.seed);
     }
-    recon::ReconResult rr = recon::reconstruct(quantized_weights, final_plan, enc, inputs, ro);
+    recon::ReconResult rr;
+    try {
+      rr = recon::reconstruct(quantized_weights, final_plan, enc, inputs, ro);
+    } catch (const Interrupted& e) {
+      const bool have = fs::exists(fs::path(checkpoint_dir) / "state.json");
+      throw Interrupted(e.signal(), have ? fmt::format("interrupted by {}; the checkpoint in {} keeps the finished units: run the "
+                                                       "same command with --resume to continue", Interrupted::signal_name(e.signal()),
+                                                       checkpoint_dir)
+                                         : fmt::format("interrupted by {} before the first unit finished (no checkpoint yet)",
+                                                       Interrupted::signal_name(e.signal())));
+    }
     if (!rr.completed) {
       fmt::print(stderr, "[recon] stopped after {} units as asked; checkpoint in {} (continue with --resume)\n",
                  rr.reports.size(), checkpoint_dir);
-      return 3;
+      return 4;
     }
     nlohmann::json rj = rr.to_json();
     rj["method"] = a.method;
@@ -823,6 +837,7 @@ int cmd_detect(const std::string& model, const std::string& profile_name, const 
 
 int main(int argc, char** argv) {
   reexec_with_passive_openmp(argv);
+  install_interrupt_handlers();
   CLI::App app{"inlierq: post-training quantization for object detectors"};
   app.require_subcommand(1);
   int threads = 0;
@@ -1001,6 +1016,10 @@ int main(int argc, char** argv) {
     if (*eval) return cmd_eval(model, profile_name, images_dir, annotations, limit, results, as_json, force, device);
     if (*saliency) return cmd_saliency(sa);
     if (*detect) return cmd_detect(model, profile_name, image_files, draw_dir, force, device);
+  } catch (const Interrupted& e) {
+    // 128 + the signal number, as a shell reports a process the signal killed.
+    fmt::print(stderr, "{}; nothing was written (existing outputs are untouched)\n", e.what());
+    return 128 + e.signal();
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +31,7 @@
 #endif
 
 #include "inlierq/error.h"
+#include "inlierq/interrupt.h"
 #include "inlierq/recon.h"
 #include "quant/fake_quant.h"
 #include "inlier/inlier_weights.h"
@@ -842,6 +845,7 @@ class Reconstructor {
     const double fqb0 = quant::fused_fake_quant_backward_seconds();
     const auto t_loop = clock_type::now();
     for (int64_t it = 0; it < pass.iters; ++it) {
+      throw_if_interrupted();  // the unit restarts on --resume; the last checkpoint is the finished units
       lap(ph.optimizer);  // progress reporting of the previous iteration
       const auto t_iter = clock_type::now();
       // Mini-batch: walk a shuffled order of the calibration set, reshuffling when it runs out.
@@ -1148,6 +1152,10 @@ class Reconstructor {
     }
     const std::string wfile = fmt::format("weights-{}-{}.bin", pass, units_done);
     write_file_atomically((fs::path(opts_.checkpoint_dir) / wfile).string(), blob);
+    // The new weights are on disk, the state that names them is not yet: the worst moment to die. A test
+    // kills the process here (tests/py/test_signals.py); the previous state.json must still load.
+    if (const char* k = std::getenv("INLIERQ_TEST_KILL_IN_CHECKPOINT"); k && std::atoll(k) == ++checkpoints_written_)
+      std::raise(SIGKILL);
     nlohmann::json scales = nlohmann::json::object();
     for (const auto& [gid, grp] : groups_) {
       float s = grp.scale.item<float>();
@@ -1159,10 +1167,10 @@ class Reconstructor {
                          {"weights", wj}, {"act_scale_bits", scales}, {"reports", res.to_json()["reports"]}};
     const std::string state_path = (fs::path(opts_.checkpoint_dir) / "state.json").string();
     write_file_atomically(state_path, state.dump(1));
-    // Older weight files are no longer referenced.
+    // Older weight files are no longer referenced; temporary files of a killed run are litter.
     for (const auto& e : fs::directory_iterator(opts_.checkpoint_dir)) {
       const auto name = e.path().filename().string();
-      if (name.rfind("weights-", 0) == 0 && name != wfile) fs::remove(e.path());
+      if ((name.rfind("weights-", 0) == 0 && name != wfile) || name.rfind("state.json.tmp.", 0) == 0) fs::remove(e.path());
     }
   }
 
@@ -1259,6 +1267,7 @@ class Reconstructor {
   // on one thread was 0.90-1.13 (docs/BENCHMARKS.md), and two shard threads ran 1.55-1.63x faster.
   double ms_rate_prior_ = 1.05 / (1 + 0.6 * (std::min(shard_count(), intra_threads_) - 1));
   int64_t chosen_iters_ = 0;
+  int64_t checkpoints_written_ = 0;
   bool quiet_ = false;  // no progress callbacks (the time-limit probe)
   std::vector<double> probe_iter_ms_;  // wall ms of each iteration while quiet_
   clock_type::time_point t_units_ = clock_type::now();

@@ -236,7 +236,7 @@ def main():
             expect_error(f"inlierq {' '.join(flags)}", ibase + flags, [needle, "'"], rc=1)
         expect_error("recon resume without checkpoint", rbase + ["--resume"], ["--resume", "no checkpoint"], rc=1)
         stopped = run_cli(*rbase, "--stop-after-units", "3", check=False)
-        checks.check(stopped.returncode == 3 and os.path.exists(path("r.ckpt/state.json")) and not os.path.exists(rout),
+        checks.check(stopped.returncode == 4 and os.path.exists(path("r.ckpt/state.json")) and not os.path.exists(rout),
                      f"an interrupted reconstruction leaves a checkpoint and no model (rc={stopped.returncode} {stopped.stderr.strip()[-200:]})")
         expect_error("recon refuses to start over a checkpoint", rbase, ["checkpoint", "--resume", "--force"], rc=1)
         state = path("r.ckpt/state.json")
