@@ -46,7 +46,7 @@ import reference_pipeline as ref  # noqa: E402
 from eval_accuracy import versions, write_section  # noqa: E402
 
 CLI = os.environ.get("INLIERQ_CLI", os.path.join(ROOT, "build", "inlierq"))
-PROFILES = {"yolox": "yolox", "nanodet": "nanodet", "fastestdet": "fastestdet"}
+PROFILES = {m: m for m in ref.MODELS}  # the built-in profiles are named like the reference models
 SECTION = "## Exported W8A8 models in ONNX Runtime: latency, size, integer MACs"
 BUILTIN = {"inlierq": [], "inlierq_block": ["--layout", "block"]}
 

@@ -1,6 +1,7 @@
 // Decoder kind "decoded": outputs whose boxes are already decoded inside the graph (YOLOv5/v7
 // [N, P, 4+1+C], YOLOv8/11 [N, 4+C, P], separate box and score tensors, or final post-NMS detections).
 // Every layout and convention is a profile field; docs/PROFILES.md lists them.
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -153,6 +154,12 @@ class DecodedBoxesDecoder : public Decoder {
       s = s * o;
     }
     std::vector<std::vector<BoxDetection>> result(N);
+    at::Tensor labels, counts;
+    if (labels_) {
+      labels = labels_->read(outs);
+      same_positions(labels, *labels_);
+    }
+    if (count_) counts = count_->read(outs);
     for (int64_t n = 0; n < N; ++n) {
       if (!final_) {
         if (all_classes_) {
@@ -164,15 +171,12 @@ class DecodedBoxesDecoder : public Decoder {
         continue;
       }
       auto [conf, label] = s[n].max(1);
-      if (labels_) {
-        at::Tensor l = labels_->read(outs);
-        same_positions(l, *labels_);
-        label = at::round(l[n].squeeze(1)).to(at::kLong);
+      if (labels.defined()) {
+        label = at::round(labels[n].squeeze(1)).to(at::kLong);
         conf = conf.masked_fill(label < 0, 0);  // padding rows of fixed-size NMS outputs carry label -1
       }
-      if (count_) {
-        at::Tensor k = count_->read(outs);
-        const int64_t valid = std::clamp<int64_t>(static_cast<int64_t>(k[n].flatten()[0].item<float>()), 0, P);
+      if (counts.defined()) {
+        const int64_t valid = std::clamp<int64_t>(static_cast<int64_t>(counts[n].flatten()[0].item<float>()), 0, P);
         conf = conf.clone();
         conf.narrow(0, valid, P - valid).zero_();
       }

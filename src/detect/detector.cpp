@@ -41,24 +41,6 @@ std::vector<int64_t> coco80_category_ids() {
   return ids;
 }
 
-// The heatmap is read only when InlierQ or Fisher weighting runs; its shape errors are caught at load.
-void validate_heatmap(const nlohmann::json& h, const std::string& source) {
-  detect::check_keys(h, {"sources"}, source + ": heatmap");
-  if (!h.contains("sources")) return;
-  if (!h["sources"].is_array()) throw Error(source + ": heatmap.sources must be an array");
-  for (const auto& src : h["sources"]) {
-    const std::string where = source + ": heatmap.sources[]";
-    detect::check_keys(src, {"output", "layout", "channels", "objectness_channel", "objectness_output", "values"}, where);
-    if (!src.contains("output") || !src["output"].is_string()) throw Error(where + ": needs an 'output' name");
-    detect::parse_layout(src.value("layout", "positions_channels"), where);
-    if (!src.contains("channels") || !src["channels"].is_array() || src["channels"].size() != 2)
-      throw Error(where + ": needs 'channels': [begin, end)");
-    const std::string values = src.value("values", "probabilities");
-    if (values != "probabilities" && values != "logits")
-      throw Error(where + ": values must be 'probabilities' or 'logits', got '" + values + "'");
-  }
-}
-
 }  // namespace
 
 std::vector<std::string> builtin_profile_names() {
@@ -81,7 +63,8 @@ ModelProfile parse_profile(const nlohmann::json& j, const std::string& source) {
     if (!j.contains("decoder")) throw Error(source + ": profile has no 'decoder' section");
     p.decoder = j.at("decoder");
     p.heatmap = j.value("heatmap", nlohmann::json::object());
-    validate_heatmap(p.heatmap, source);
+    // The heatmap is read only when InlierQ or Fisher weighting runs; its errors are caught at load.
+    detect::validate_heatmap(p.heatmap, source + ": heatmap");
     p.score_threshold = j.value("score_threshold", 0.01f);
     p.nms_iou = j.value("nms_iou", 0.65f);
     p.max_detections = j.value("max_detections", 100);

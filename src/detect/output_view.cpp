@@ -34,4 +34,21 @@ void check_keys(const nlohmann::json& j, std::initializer_list<const char*> know
   }
 }
 
+void validate_heatmap(const nlohmann::json& h, const std::string& where) {
+  check_keys(h, {"sources"}, where);
+  if (!h.contains("sources")) return;
+  if (!h["sources"].is_array()) throw Error(where + ".sources must be an array");
+  for (const auto& src : h["sources"]) {
+    const std::string w = where + ".sources[]";
+    check_keys(src, {"output", "layout", "channels", "objectness_channel", "objectness_output", "values"}, w);
+    if (!src.contains("output") || !src["output"].is_string()) throw Error(w + ": needs an 'output' name");
+    parse_layout(src.value("layout", "positions_channels"), w);
+    if (!src.contains("channels") || !src["channels"].is_array() || src["channels"].size() != 2)
+      throw Error(w + ": needs 'channels': [begin, end)");
+    const std::string values = src.value("values", "probabilities");
+    if (values != "probabilities" && values != "logits")
+      throw Error(w + ": values must be 'probabilities' or 'logits', got '" + values + "'");
+  }
+}
+
 }  // namespace inlierq::detect

@@ -22,4 +22,8 @@ at::Tensor positions_channels(const at::Tensor& t, OutputLayout layout, const st
 // Throws inlierq::Error naming the first key of j that is not in known, with the known keys listed.
 void check_keys(const nlohmann::json& j, std::initializer_list<const char*> known, const std::string& where);
 
+// A profile's "heatmap" definition (the sources InlierQ's label-free loss reads): keys, layouts, channel
+// ranges and value kinds; where prefixes the errors.
+void validate_heatmap(const nlohmann::json& heatmap, const std::string& where);
+
 }  // namespace inlierq::detect

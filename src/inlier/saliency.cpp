@@ -21,9 +21,8 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
   if (!definition.contains("sources") || !definition["sources"].is_array() || definition["sources"].empty())
     throw Error("the model profile declares no heatmap (\"heatmap\": {\"sources\": [...]}); InlierQ and Fisher weighting need it");
   std::vector<at::Tensor> parts;
+  detect::validate_heatmap(definition, "heatmap");
   for (const auto& src : definition["sources"]) {
-    detect::check_keys(src, {"output", "layout", "channels", "objectness_channel", "objectness_output", "values"},
-                       "heatmap source");
     const std::string name = src.at("output").get<std::string>();
     const std::string where = "heatmap source '" + name + "'";
     const auto find = [&](const std::string& n) {

@@ -89,9 +89,10 @@ def main():
         results = os.path.join(tmp, "dets.json")
         p = start(["eval", MODELS["fastestdet_352"][0], "--profile", "fastestdet", "--images", os.path.join(VAL, "images"),
                    "--annotations", os.path.join(VAL, "instances_val500.json"), "--results", results])
-        time.sleep(2.5)
+        first = p.stderr.readline()  # the first progress line: the handlers are in place and images are flowing
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)
+        err = first + err
         checks.check(p.returncode == 128 + signal.SIGTERM and not os.path.exists(results),
                      f"SIGTERM during eval: exit {p.returncode}, no results file: {err.strip().splitlines()[-1] if err.strip() else ''}")
 
