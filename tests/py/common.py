@@ -18,6 +18,18 @@ MODELS = {
 VAL_IMAGES = os.path.join(ASSETS, "coco_val500", "images")
 
 
+def calibration_folder(tmp, n, name="calib"):
+    """A folder under tmp holding copies of the first n coco128 training images; returns its path."""
+    import shutil
+
+    src = os.path.join(ASSETS, "coco128", "images", "train2017")
+    folder = os.path.join(tmp, name)
+    os.makedirs(folder)
+    for f in sorted(f for f in os.listdir(src) if f.endswith(".jpg"))[:n]:
+        shutil.copy(os.path.join(src, f), folder)
+    return folder
+
+
 def real_images(n):
     files = sorted(f for f in os.listdir(VAL_IMAGES) if f.endswith(".jpg"))[:n]
     return [os.path.join(VAL_IMAGES, f) for f in files]

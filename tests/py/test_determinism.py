@@ -4,13 +4,11 @@ of ATen's convolutions, so the activation ranges move by a rounding error and a 
 from them drifts a little further (docs/QUANTIZATION.md, "Determinism"): the test bounds how much."""
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 
-from common import ASSETS, CLI, MODELS, Checks
+from common import CLI, MODELS, Checks, calibration_folder
 
-COCO128 = os.path.join(ASSETS, "coco128", "images", "train2017")
 # Calibration: a rounding error in the histograms; reconstruction learns the scales from there.
 THREAD_SCALE_TOL = {"w8a8 entropy": 1e-5, "w4a4 qdrop": 0.02}
 
@@ -18,10 +16,7 @@ THREAD_SCALE_TOL = {"w8a8 entropy": 1e-5, "w4a4 qdrop": 0.02}
 def main():
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
-        calib = os.path.join(tmp, "calib")
-        os.makedirs(calib)
-        for f in sorted(f for f in os.listdir(COCO128) if f.endswith(".jpg"))[:6]:
-            shutil.copy(os.path.join(COCO128, f), calib)
+        calib = calibration_folder(tmp, 6)
         model = MODELS["fastestdet_352"][0]
         runs = {
             "w8a8 entropy": ["--preset", "w8a8", "--method", "entropy"],

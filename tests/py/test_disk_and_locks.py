@@ -10,23 +10,17 @@ lost or left half-written.
 """
 import os
 import resource
-import shutil
 import subprocess
 import tempfile
 import time
 
-from common import ASSETS, CLI, MODELS, Checks
-
-COCO128 = os.path.join(ASSETS, "coco128", "images", "train2017")
+from common import CLI, MODELS, Checks, calibration_folder
 
 
 def main():
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
-        calib = os.path.join(tmp, "calib")
-        os.makedirs(calib)
-        for f in sorted(f for f in os.listdir(COCO128) if f.endswith(".jpg"))[:4]:
-            shutil.copy(os.path.join(COCO128, f), calib)
+        calib = calibration_folder(tmp, 4)
         out_dir = os.path.join(tmp, "out")
         os.makedirs(out_dir)
         out = os.path.join(out_dir, "q.onnx")

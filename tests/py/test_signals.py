@@ -5,15 +5,13 @@ moment of a checkpoint write (new weights on disk, state not yet replaced) leave
 loadable. A second signal ends the process at once."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 
-from common import ASSETS, CLI, MODELS, Checks
+from common import ASSETS, CLI, MODELS, Checks, calibration_folder
 
-COCO128 = os.path.join(ASSETS, "coco128", "images", "train2017")
 VAL = os.path.join(ASSETS, "coco_val500")
 
 
@@ -34,10 +32,7 @@ def wait_for(path, proc, timeout=120):
 def main():
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
-        calib = os.path.join(tmp, "calib")
-        os.makedirs(calib)
-        for f in sorted(f for f in os.listdir(COCO128) if f.endswith(".jpg"))[:8]:
-            shutil.copy(os.path.join(COCO128, f), calib)
+        calib = calibration_folder(tmp, 8)
 
         def recon_args(out):
             return ["quantize", MODELS["fastestdet_352"][0], "--profile", "fastestdet", "--calib", calib, "--preset", "w4a4",
