@@ -112,12 +112,7 @@ Image decode_jpeg(const uint8_t* data, size_t size, bool header_only) {
   if (setjmp(r->err.jump)) throw Error(r->err.message);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
-  if (static_cast<int64_t>(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
-    std::snprintf(r->err.message, sizeof r->err.message, "image is %ux%u pixels, more than the limit of %lld (PIL's "
-                  "decompression-bomb limit); refused before decoding", cinfo.image_width, cinfo.image_height,
-                  static_cast<long long>(kMaxImagePixels));
-    std::longjmp(r->err.jump, 1);
-  }
+  check_size(cinfo.image_width, cinfo.image_height);  // a plain throw: r's destructor frees the decompressor
   if (header_only) {
     r->img.width = static_cast<int>(cinfo.image_width);
     r->img.height = static_cast<int>(cinfo.image_height);
@@ -201,11 +196,7 @@ Image decode_png(const uint8_t* data, size_t size, bool header_only) {
   // PIL ignores gAMA/iCCP/sRGB and so do we: stored values, no colour management.
   png_read_info(png, info);
   const png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-  if (static_cast<int64_t>(w) * h > kMaxImagePixels) {
-    std::snprintf(r->st.message, sizeof r->st.message, "image is %ux%u pixels, more than the limit of %lld (PIL's "
-                  "decompression-bomb limit); refused before decoding", w, h, static_cast<long long>(kMaxImagePixels));
-    std::longjmp(r->st.jump, 1);
-  }
+  check_size(w, h);  // a plain throw: r's destructor frees the reader
   if (header_only) {
     r->img.width = static_cast<int>(w);
     r->img.height = static_cast<int>(h);

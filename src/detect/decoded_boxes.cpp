@@ -62,13 +62,7 @@ ChannelRef parse_ref(const json& c, const std::string& field, bool single, const
   r.field = field;
   r.output = j.value("output", c.value("output", std::string()));
   if (r.output.empty()) throw Error(w + ": no output named (set decoder.output or decoder." + field + ".output)");
-  bool found = false;
-  std::string names;
-  for (const auto& o : g.outputs) {
-    found = found || o.name == r.output;
-    names += (names.empty() ? "" : ", ") + o.name;
-  }
-  if (!found) throw Error(w + ": the model has no output '" + r.output + "' (outputs: " + names + ")");
+  require_output(g, r.output, w);
   r.layout = parse_layout(j.value("layout", c.value("layout", std::string("positions_channels"))), w);
   if (single) {
     r.begin = j.value("channel", int64_t(0));
@@ -115,9 +109,7 @@ class DecodedBoxesDecoder : public Decoder {
     obj_pow_ = c.value("objectness_power", 1.0);
     cls_pow_ = c.value("class_power", 1.0);
     if (!(obj_pow_ > 0) || !(cls_pow_ > 0)) throw Error(w + ": objectness_power and class_power must be positive");
-    const std::string mode = c.value("class_mode", "best");
-    if (mode != "best" && mode != "all") throw Error(w + ".class_mode must be 'best' or 'all', got '" + mode + "'");
-    all_classes_ = mode == "all";
+    all_classes_ = class_mode(c, where) == ClassMode::All;
     final_ = c.value("final", false);
     if (!final_ && (labels_ || count_)) throw Error(w + ": 'labels' and 'count' describe final detections; set \"final\": true");
     if (final_ && all_classes_) throw Error(w + ": final detections have one class each; class_mode 'all' does not apply");

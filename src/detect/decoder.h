@@ -20,6 +20,12 @@ class Decoder {
   virtual bool final_detections() const { return false; }
 };
 
+enum class ClassMode { Best, All };  // best class per position, or every class above threshold
+// decoder.class_mode of config c ("best" by default); where names the profile in errors.
+ClassMode class_mode(const nlohmann::json& c, const std::string& where);
+// Throws inlierq::Error naming `where` and listing the model's outputs when it has no output `name`.
+void require_output(const Graph& g, const std::string& name, const std::string& where);
+
 // Appends the detections of one image whose score passes thr: boxes [P, 4] xyxy, and either scores [P]
 // with labels [P] (one class per position) or scores [P, C] with no labels (every class).
 void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes, const at::Tensor& scores,

@@ -12,23 +12,6 @@ namespace {
 
 using nlohmann::json;
 
-enum class ClassMode { Best, All };  // best class per position, or every class above threshold
-
-ClassMode class_mode(const json& c, const std::string& where) {
-  std::string m = c.value("class_mode", "best");
-  if (m == "best") return ClassMode::Best;
-  if (m == "all") return ClassMode::All;
-  throw Error(where + ": decoder.class_mode must be 'best' or 'all', got '" + m + "'");
-}
-
-void require_output(const Graph& g, const std::string& name, const std::string& where) {
-  for (const auto& o : g.outputs)
-    if (o.name == name) return;
-  std::string names;
-  for (const auto& o : g.outputs) names += (names.empty() ? "" : ", ") + o.name;
-  throw Error(where + ": the model has no output '" + name + "' (outputs: " + names + ")");
-}
-
 const at::Tensor& output(const rt::TensorMap& outs, const std::string& name) {
   auto it = outs.find(name);
   if (it == outs.end()) throw Error("decoder: output '" + name + "' was not produced");
@@ -199,6 +182,21 @@ class FastestDetDecoder : public Decoder {
 };
 
 }  // namespace
+
+ClassMode class_mode(const json& c, const std::string& where) {
+  std::string m = c.value("class_mode", "best");
+  if (m == "best") return ClassMode::Best;
+  if (m == "all") return ClassMode::All;
+  throw Error(where + ": decoder.class_mode must be 'best' or 'all', got '" + m + "'");
+}
+
+void require_output(const Graph& g, const std::string& name, const std::string& where) {
+  for (const auto& o : g.outputs)
+    if (o.name == name) return;
+  std::string names;
+  for (const auto& o : g.outputs) names += (names.empty() ? "" : ", ") + o.name;
+  throw Error(where + ": the model has no output '" + name + "' (outputs: " + names + ")");
+}
 
 void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes_in, const at::Tensor& scores_in,
              const at::Tensor& labels_in, float thr) {

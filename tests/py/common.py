@@ -30,6 +30,48 @@ def calibration_folder(tmp, n, name="calib"):
     return folder
 
 
+def png_bytes(arr, bit_depth, color_type, interlace=False, size=None):
+    """A minimal PNG writer (PIL cannot write 16-bit RGB, 2-bit gray or interlaced files). size=(w, h)
+    overrides the header's dimensions (for a file that lies about its size)."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    channels = {0: 1, 2: 3}[color_type]
+
+    def pack_rows(a):
+        rows = []
+        for y in range(a.shape[0]):
+            row = a[y].reshape(-1)
+            if bit_depth == 16:
+                data = row.astype(">u2").tobytes()
+            elif bit_depth == 8:
+                data = row.astype(np.uint8).tobytes()
+            else:  # sub-byte gray
+                per = 8 // bit_depth
+                padded = np.zeros(-(-len(row) // per) * per, np.uint8)
+                padded[:len(row)] = row
+                v = padded.reshape(-1, per)
+                data = bytes(int(sum(int(x) << (8 - bit_depth * (k + 1)) for k, x in enumerate(g))) for g in v)
+            rows.append(b"\x00" + data)
+        return b"".join(rows)
+
+    if interlace:
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        raw = b"".join(pack_rows(arr[y0::dy, x0::dx]) for x0, y0, dx, dy in passes
+                       if arr[y0::dy, x0::dx].size)
+    else:
+        raw = pack_rows(arr)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    hw, hh = size or (w, h)
+    ihdr = struct.pack(">IIBBBBB", hw, hh, bit_depth, color_type, 0, 0, 1 if interlace else 0)
+    assert arr.reshape(h, w, -1).shape[2] == channels
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
 def real_images(n):
     files = sorted(f for f in os.listdir(VAL_IMAGES) if f.endswith(".jpg"))[:n]
     return [os.path.join(VAL_IMAGES, f) for f in files]

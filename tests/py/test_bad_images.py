@@ -10,29 +10,15 @@
 import json
 import os
 import shutil
-import struct
 import tempfile
-import zlib
 
 import numpy as np
 from PIL import Image
 
-from common import ASSETS, MODELS, Checks, run_cli
+from common import ASSETS, MODELS, Checks, png_bytes, run_cli
 
 COCO128 = os.path.join(ASSETS, "coco128", "images", "train2017")
 VAL = os.path.join(ASSETS, "coco_val500")
-
-
-def png16(arr):
-    """16-bit RGB PNG (PIL cannot write one)."""
-    h, w, _ = arr.shape
-    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def main():
@@ -53,7 +39,7 @@ def main():
         src.convert("CMYK").save(os.path.join(calib, "cmyk.jpg"), quality=90)
         src.convert("L").save(os.path.join(calib, "gray.jpg"), quality=90)
         with open(os.path.join(calib, "deep16.png"), "wb") as f:
-            f.write(png16(np.asarray(src.resize((160, 120))).astype(np.uint16) * 257))
+            f.write(png_bytes(np.asarray(src.resize((160, 120))).astype(np.uint16) * 257, 16, 2))
 
         out = os.path.join(tmp, "q.onnx")
         p = run_cli("quantize", MODELS["fastestdet_352"][0], "--profile", "fastestdet", "--calib", calib, "--preset", "w8a8",

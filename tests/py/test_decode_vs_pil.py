@@ -14,12 +14,11 @@ import os
 import struct
 import subprocess
 import tempfile
-import zlib
 
 import numpy as np
 from PIL import Image
 
-from common import ASSETS, SOURCE_DIR, Checks
+from common import ASSETS, SOURCE_DIR, Checks, png_bytes
 
 TOOL = os.environ.get("INLIERQ_PREPROCESS_TOOL", os.path.join(SOURCE_DIR, "build", "tests", "preprocess_tool"))
 CHUNK = 64  # images per tool run: bounds the temporary .npy files
@@ -49,45 +48,6 @@ def decode_ours(paths, tmp):
 
 def pil_rgb(path):
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def png_bytes(arr, bit_depth, color_type, interlace=False, size=None):
-    """A minimal PNG writer (PIL cannot write 16-bit RGB, 2-bit gray or interlaced files). size=(w, h)
-    overrides the header's dimensions (for a file that lies about its size)."""
-    h, w = arr.shape[:2]
-    channels = {0: 1, 2: 3}[color_type]
-
-    def pack_rows(a):
-        rows = []
-        for y in range(a.shape[0]):
-            row = a[y].reshape(-1)
-            if bit_depth == 16:
-                data = row.astype(">u2").tobytes()
-            elif bit_depth == 8:
-                data = row.astype(np.uint8).tobytes()
-            else:  # sub-byte gray
-                per = 8 // bit_depth
-                padded = np.zeros(-(-len(row) // per) * per, np.uint8)
-                padded[:len(row)] = row
-                v = padded.reshape(-1, per)
-                data = bytes(int(sum(int(x) << (8 - bit_depth * (k + 1)) for k, x in enumerate(g))) for g in v)
-            rows.append(b"\x00" + data)
-        return b"".join(rows)
-
-    if interlace:
-        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
-        raw = b"".join(pack_rows(arr[y0::dy, x0::dx]) for x0, y0, dx, dy in passes
-                       if arr[y0::dy, x0::dx].size)
-    else:
-        raw = pack_rows(arr)
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    hw, hh = size or (w, h)
-    ihdr = struct.pack(">IIBBBBB", hw, hh, bit_depth, color_type, 0, 0, 1 if interlace else 0)
-    assert arr.reshape(h, w, -1).shape[2] == channels
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def main():
