@@ -9,6 +9,7 @@ APT_PACKAGES=(
   libtorch-dev libopenblas0 libonnx-dev libonnx-testdata libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libstb-dev libjpeg62-turbo-dev libpng-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  time  # GNU time: peak memory in bench/recon_curve.py
 )
 PIP_PACKAGES=(onnxruntime onnx numpy pillow pycocotools)
 
