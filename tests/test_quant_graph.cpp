@@ -457,3 +457,32 @@ TEST(QuantGraph, EncodingsAndTensorRtCache) {
     EXPECT_FLOAT_EQ(scale, static_cast<float>(amax / 127.0)) << a.value;
   }
 }
+
+// Export is the last guard before a file is written: an encoding that would put a zero, denormal,
+// negative or NaN scale, or a NaN weight, into the QDQ graph is refused with the tensor's name.
+TEST(QuantGraph, ExportRefusesScalesAndWeightsThatWouldPoisonTheFile) {
+  std::mt19937 rng(7);
+  Graph g = toy_detector(rng);
+  auto plan = quant::derive_plan(g, quant::PlacementOptions{});
+  const auto enc = quant::calibrate(g, plan, random_inputs(2, rng), quant::CalibrationOptions{});
+  ASSERT_NO_THROW(quant::make_qdq_graph(g, plan, enc));
+  const std::string act = plan.activations.at(0).value, weight = plan.weights.at(0).tensor;
+  for (float bad : {0.0f, -0.5f, 1e-40f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto e = enc;
+    e.activations.at(act).scale = bad;
+    try {
+      quant::make_qdq_graph(g, plan, e);
+      ADD_FAILURE() << "activation scale " << bad << " was exported";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("activation '" + act + "'"), std::string::npos) << err.what();
+    }
+    e = enc;
+    e.weights.at(weight).scale.back() = bad;
+    try {
+      quant::make_qdq_graph(g, plan, e);
+      ADD_FAILURE() << "weight scale " << bad << " was exported";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find(weight), std::string::npos) << err.what();
+    }
+  }
+}

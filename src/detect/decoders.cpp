@@ -224,12 +224,19 @@ void collect(std::vector<BoxDetection>& dst, const at::Tensor& boxes_in, const a
 
 std::unique_ptr<Decoder> make_decoder(const json& c, const Graph& g, const std::string& where) {
   if (!c.is_object() || !c.contains("kind")) throw Error(where + ": decoder must be an object with a 'kind'");
-  const std::string kind = c["kind"].get<std::string>();
-  if (kind == "yolox") return std::make_unique<YoloxDecoder>(c, g, where);
-  if (kind == "gfl") return std::make_unique<GflDecoder>(c, g, where);
-  if (kind == "fastestdet") return std::make_unique<FastestDetDecoder>(c, g, where);
-  if (kind == "decoded") return make_decoded_boxes_decoder(c, g, where);
-  throw Error(where + ": unknown decoder kind '" + kind + "' (known: yolox, gfl, fastestdet, decoded)");
+  // A field of the wrong type (a null stride, a string where a number goes) surfaces as nlohmann's
+  // exception; it becomes an Error naming the profile.
+  try {
+    if (!c["kind"].is_string()) throw Error(where + ": decoder.kind must be a string");
+    const std::string kind = c["kind"].get<std::string>();
+    if (kind == "yolox") return std::make_unique<YoloxDecoder>(c, g, where);
+    if (kind == "gfl") return std::make_unique<GflDecoder>(c, g, where);
+    if (kind == "fastestdet") return std::make_unique<FastestDetDecoder>(c, g, where);
+    if (kind == "decoded") return make_decoded_boxes_decoder(c, g, where);
+    throw Error(where + ": unknown decoder kind '" + kind + "' (known: yolox, gfl, fastestdet, decoded)");
+  } catch (const json::exception& e) {
+    throw Error(where + ": invalid decoder: " + e.what());
+  }
 }
 
 }  // namespace inlierq::detect

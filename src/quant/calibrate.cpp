@@ -10,6 +10,7 @@
 
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
+#include "inlierq/transforms.h"
 #include "quant/range_search.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
@@ -75,6 +76,24 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
   if (inputs.empty()) throw Error("no calibration images");
 
+  // Biases of quantized compute nodes become int32 codes (or stay float where they would not fit): a
+  // non-finite one would reach OUT.onnx, so it is refused here with its name.
+  {
+    std::unordered_map<std::string, const Node*> node_by_name;
+    for (const auto& n : g.nodes) node_by_name[n.name] = &n;
+    for (const auto& w : plan.weights) {
+      auto it = node_by_name.find(w.node);
+      if (it == node_by_name.end() || it->second->inputs.size() < 3) continue;
+      auto b = g.initializers.find(it->second->inputs[2]);
+      if (b == g.initializers.end() || b->second.dtype != DType::Float) continue;
+      const float* d = b->second.as<float>();
+      for (int64_t i = 0; i < b->second.numel(); ++i)
+        if (!std::isfinite(d[i]))
+          throw Error("bias '" + b->first + "' of node '" + w.node + "' contains " + (std::isnan(d[i]) ? "NaN" : "Inf") +
+                      " at index " + std::to_string(i));
+    }
+  }
+
   Encodings enc;
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
@@ -106,7 +125,9 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
           for (int64_t o = 0; o < outer; ++o)
             for (int64_t i = 0; i < inner; ++i) {
               const float x = data[(o * channels + c) * inner + i];
-              if (!std::isfinite(x)) throw Error("weight '" + w.tensor + "' of node '" + w.node + "' contains NaN or Inf");
+              if (!std::isfinite(x))
+                throw Error("weight '" + w.tensor + "' of node '" + w.node + "' contains " + (std::isnan(x) ? "NaN" : "Inf") +
+                            " in channel " + std::to_string(c));
               values.push_back(x);
             }
           auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
@@ -148,6 +169,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   const int passes = opts.method == "minmax" ? 1 : 2;
   const size_t batch = static_cast<size_t>(std::max(1, opts.batch));
 
+  size_t batch_begin = 0;  // first image of the batch being run, for error messages
   auto run_pass = [&](int pass, const std::function<void(GroupStats&, const std::string&, const at::Tensor&)>& observe) {
     rt::RunOptions ro;
     ro.value_hook = [&](const std::string& name, const at::Tensor& t) -> at::Tensor {
@@ -157,6 +179,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     };
     ro.hook_inputs = true;
     for (size_t i = 0; i < inputs.size(); i += batch) {
+      batch_begin = i;
       std::vector<at::Tensor> xs;
       for (size_t k = i; k < std::min(inputs.size(), i + batch); ++k) xs.push_back(rt::to_aten(inputs[k]));
       at::Tensor x = at::cat(xs, 0).to(eo.device);
@@ -165,15 +188,24 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     }
   };
 
-  run_pass(1, [](GroupStats& gs, const std::string& name, const at::Tensor& t) {
+  GraphIndex index(g);
+  run_pass(1, [&](GroupStats& gs, const std::string& name, const at::Tensor& t) {
     // Over a flat view of the dense memory: reductions over a channels-last tensor's logical order are slower.
     const at::Tensor flat = t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous()
                                 ? t.permute({0, 2, 3, 1}).reshape({-1})
                                 : t.reshape({-1});
     auto [mn, mx] = at::aminmax(flat);
     const double lo = mn.item<double>(), hi = mx.item<double>();
-    if (!std::isfinite(lo) || !std::isfinite(hi))
-      throw Error("activation '" + name + "' contains NaN or Inf during calibration");
+    if (!std::isfinite(lo) || !std::isfinite(hi)) {
+      // A range cannot hold them, and one NaN would make every scale of the group NaN.
+      const bool nan = std::isnan(lo) || std::isnan(hi) || at::isnan(flat).any().item<bool>();
+      const Node* p = index.producer(name);
+      const size_t last = std::min(inputs.size(), batch_begin + batch) - 1;
+      throw Error("activation '" + name + "'" + (p ? " (output of " + p->op_type + " node '" + p->name + "')" : std::string()) +
+                  " is " + (nan ? "NaN" : "Inf") + " on calibration image" +
+                  (last > batch_begin ? "s " + std::to_string(batch_begin) + "-" + std::to_string(last) : " " + std::to_string(batch_begin)) +
+                  ": the FP32 model itself computes it there, and no quantization range can hold it");
+    }
     gs.min = std::min(gs.min, lo);
     gs.max = std::max(gs.max, hi);
     gs.seen = true;
@@ -223,7 +255,10 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       const double t = std::max(std::fabs(lo), std::fabs(hi));
       lo = -t, hi = t;
     }
-    const AffineParams p = range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+    AffineParams p = range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+    // Zero on every calibration image (a dead branch): the 1e-8 floor would give the consumers' biases a
+    // scale s_in·s_w too small for int32; any scale represents zero exactly, so take 1, as for a weight channel.
+    if (lo == 0.0 && hi == 0.0) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
     for (const auto& v : gs.members) {
       ActEncoding ae;
       ae.value = v;

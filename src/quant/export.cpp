@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <set>
 
 #include <fmt/format.h>
@@ -46,6 +47,54 @@ std::string unique_name(std::set<std::string>& used, const std::string& base) {
   return n;
 }
 
+bool usable_scale(float s) { return std::isfinite(s) && s >= std::numeric_limits<float>::min(); }
+
+// Before any code is computed from them (a NaN scale would make the float-to-int conversion undefined).
+void check_encoding_scales(const QuantPlan& plan, const Encodings& enc) {
+  for (const auto& w : plan.weights) {
+    const auto& we = enc.weights.at(w.tensor);
+    for (size_t c = 0; c < we.scale.size(); ++c)
+      if (!usable_scale(we.scale[c]))
+        throw Error(fmt::format("export: weight '{}' of node '{}' has scale {} in channel {}; a scale must be a normal "
+                                "positive float", w.tensor, w.node, we.scale[c], c));
+  }
+  for (const auto& a : plan.activations) {
+    const float s = enc.activations.at(a.value).scale;
+    if (!usable_scale(s))
+      throw Error(fmt::format("export: activation '{}' has scale {}; a scale must be a normal positive float", a.value, s));
+  }
+}
+
+// The last guard before a file is written: calibration and reconstruction keep scales in [1e-8, ∞) and
+// refuse non-finite weights, biases and activations by name, so a failure here is a bug upstream; it is
+// still reported by tensor rather than written as a model that silently computes NaN.
+void check_qdq_numbers(const Graph& out, const QuantPlan& plan) {
+  std::set<std::string> quantized_nodes;
+  for (const auto& w : plan.weights) quantized_nodes.insert(w.node);
+  auto float_values = [&](const std::string& name) -> const TensorData* {
+    auto it = out.initializers.find(name);
+    return it == out.initializers.end() || it->second.dtype != DType::Float ? nullptr : &it->second;
+  };
+  for (const auto& n : out.nodes) {
+    if (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
+      const TensorData* s = n.inputs.size() > 1 ? float_values(n.inputs[1]) : nullptr;
+      if (!s) continue;
+      for (int64_t i = 0; i < s->numel(); ++i) {
+        const float v = s->as<float>()[i];
+        if (!usable_scale(v))
+          throw Error(fmt::format("export: scale '{}' of {} node '{}' is {} at index {}; a scale must be a normal positive float",
+                                  n.inputs[1], n.op_type, n.name, v, i));
+      }
+    } else if (quantized_nodes.count(n.name)) {
+      for (const auto& in : n.inputs)
+        if (const TensorData* t = float_values(in))
+          for (int64_t i = 0; i < t->numel(); ++i)
+            if (!std::isfinite(t->as<float>()[i]))
+              throw Error(fmt::format("export: initializer '{}' of node '{}' is {} at index {}", in, n.name, t->as<float>()[i], i));
+    }
+  }
+}
+
 }  // namespace
 
 size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc) {
@@ -87,6 +136,7 @@ size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc) {
 
 Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc, const ExportOptions& opts) {
   if (g.opset < 13) throw Error("QDQ export needs opset ≥ 13 (per-axis DequantizeLinear); the graph is opset " + std::to_string(g.opset));
+  check_encoding_scales(plan, enc);
   Graph out = g;
   std::set<std::string> used;
   for (const auto& [k, v] : out.initializers) used.insert(k);
@@ -262,6 +312,7 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
   out.nodes = std::move(nodes);
   for (const auto& o : out.outputs)
     if (renamed.count(o.name)) throw Error("activation quantizer on graph output '" + o.name + "' is not supported");
+  check_qdq_numbers(out, plan);
   return out;
 }
 
