@@ -5,11 +5,13 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 
 #include "graph_builders.h"
 
 #include "detect/decoder.h"
+#include "inlier/saliency.h"
 #include "inlierq/detect.h"
 #include "inlierq/error.h"
 
@@ -268,6 +270,38 @@ TEST(Profiles, UnknownKeysAreNamedWithTheKnownOnes) {
     EXPECT_NE(m.find("unknown key 'fromat'"), std::string::npos) << m;
     EXPECT_NE(m.find("format"), std::string::npos) << m;
   }
+}
+
+// Fuzz findings (docs/FUZZING.md): fields of the wrong type escaped as nlohmann::json::type_error instead
+// of an Error naming the profile.
+TEST(Profiles, MistypedFieldsAreErrorsNamingTheProfile) {
+  const auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "accepted; expected an Error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  nlohmann::json nanodet = nlohmann::json::parse(std::ifstream(std::string(INLIERQ_SOURCE_DIR) + "/profiles/nanodet.json"));
+  std::vector<std::string> level_outputs;
+  for (const auto& l : nanodet["decoder"]["levels"]) level_outputs.push_back(l["scores"]), level_outputs.push_back(l["boxes"]);
+  nanodet["decoder"]["levels"][1]["stride"] = nullptr;
+  expect_error([&] { detect::make_decoder(nanodet["decoder"], graph_with_outputs(level_outputs), "nanodet.json"); },
+               "nanodet.json: invalid decoder");
+  expect_error([&] { detect::make_decoder({{"kind", 3}}, graph_with_output("o"), "p.json"); }, "decoder.kind must be a string");
+  nlohmann::json v5 = nlohmann::json::parse(std::ifstream(std::string(INLIERQ_SOURCE_DIR) + "/profiles/yolov5.json"));
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"channels", {5, "85"}}, {"channels", {85, 5}}, {"channels", nullptr}, {"objectness_channel", "4"},
+           {"objectness_channel", -1}, {"layout", 2}, {"values", nullptr}}) {
+    nlohmann::json j = v5;
+    j["heatmap"]["sources"][0][key] = value;
+    expect_error([&] { parse_profile(j, "v5.json"); }, "v5.json: heatmap.sources[]");
+  }
+  // Two sources with different class counts cannot be concatenated.
+  const nlohmann::json two = {{"sources", {{{"output", "a"}, {"channels", {0, 3}}}, {{"output", "b"}, {"channels", {0, 2}}}}}};
+  expect_error([&] { inlier::heatmap_logits(two, {{"a", at::rand({1, 5, 4})}, {"b", at::rand({1, 5, 4})}}); },
+               "same batch and class count");
 }
 
 TEST(Preprocess, YoloV5LetterboxRoundsTheSize) {

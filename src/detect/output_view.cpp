@@ -42,9 +42,16 @@ void validate_heatmap(const nlohmann::json& h, const std::string& where) {
     const std::string w = where + ".sources[]";
     check_keys(src, {"output", "layout", "channels", "objectness_channel", "objectness_output", "values"}, w);
     if (!src.contains("output") || !src["output"].is_string()) throw Error(w + ": needs an 'output' name");
+    for (const char* key : {"layout", "values", "objectness_output"})
+      if (src.contains(key) && !src[key].is_string()) throw Error(w + ": '" + key + "' must be a string");
     parse_layout(src.value("layout", "positions_channels"), w);
-    if (!src.contains("channels") || !src["channels"].is_array() || src["channels"].size() != 2)
-      throw Error(w + ": needs 'channels': [begin, end)");
+    const auto& ch = src.contains("channels") ? src["channels"] : nlohmann::json();
+    if (!ch.is_array() || ch.size() != 2 || !ch[0].is_number_integer() || !ch[1].is_number_integer() ||
+        ch[0].get<int64_t>() < 0 || ch[1].get<int64_t>() <= ch[0].get<int64_t>())
+      throw Error(w + ": needs 'channels': [begin, end) with 0 <= begin < end, got " + ch.dump());
+    if (src.contains("objectness_channel") &&
+        (!src["objectness_channel"].is_number_integer() || src["objectness_channel"].get<int64_t>() < 0))
+      throw Error(w + ": 'objectness_channel' must be a non-negative integer, got " + src["objectness_channel"].dump());
     const std::string values = src.value("values", "probabilities");
     if (values != "probabilities" && values != "logits")
       throw Error(w + ": values must be 'probabilities' or 'logits', got '" + values + "'");

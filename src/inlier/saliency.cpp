@@ -56,6 +56,10 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
       parts.push_back(cls);
     }
   }
+  for (size_t i = 1; i < parts.size(); ++i)
+    if (parts[i].size(0) != parts[0].size(0) || parts[i].size(1) != parts[0].size(1))
+      throw Error("heatmap sources give [N, C, M] = " + shape_str(parts[0].sizes().vec()) + " and " +
+                  shape_str(parts[i].sizes().vec()) + ": every source must have the same batch and class count");
   return at::cat(parts, 2);
 }
 
