@@ -72,7 +72,9 @@ def compare(checks, what, tmp, gt_path, dets, img_ids=None, max_seconds=None):
                  f"{what}: 12 stats, max |d| = {diffs[worst]:.1e} ({worst}); AP = {got['AP']:.4f} vs {stats[0]:.4f}")
     checks.check(pc_diff <= TOL, f"{what}: per-class AP of {len(per_class)} classes, max |d| = {pc_diff:.1e}")
     checks.check(got["summary"] == text, f"{what}: summary text identical to COCOeval.summarize()")
-    if max_seconds is not None:
+    if max_seconds is not None and os.environ.get("INLIERQ_SANITIZED"):
+        print(f"SKIP {what}: the speed check (sanitized build, {got['eval_seconds'] * 1e3:.1f} ms)")
+    elif max_seconds is not None:
         checks.check(got["eval_seconds"] < max_seconds,
                      f"{what}: {got['num_detections']} detections on {got['num_images']} images "
                      f"evaluated in {got['eval_seconds'] * 1e3:.1f} ms")
