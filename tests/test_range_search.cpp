@@ -642,3 +642,19 @@ TEST(RangeSearchMse, ErrorAfterSiluClipsTheNegativeTail) {
   EXPECT_DOUBLE_EQ(silu(0.0), 0.0);
   EXPECT_NEAR(silu(2.0), 2.0 / (1.0 + std::exp(-2.0)), 1e-15);
 }
+
+// Exactly [0, 0] gets scale 1 (zero exact, consumers' int32 bias scales representable); anything else,
+// however small, is range_to_params with its 1e-8 floor.
+TEST(RangeSearch, CalibratedParamsGiveAZeroRangeScaleOne) {
+  for (bool symmetric : {false, true})
+    for (int bits : {2, 4, 8}) {
+      const quant::QuantGrid g{bits, symmetric};
+      const auto zero = quant::calibrated_params(0.0f, 0.0f, g);
+      EXPECT_EQ(zero.scale, 1.0f);
+      EXPECT_EQ(zero.zero_point, symmetric ? 0 : g.qn());
+      EXPECT_EQ(quant::fake_quant_value(0.0f, zero, g), 0.0f);
+      const auto tiny = quant::calibrated_params(0.0f, 1e-39f, g);
+      EXPECT_EQ(tiny.scale, 1e-8f);
+      EXPECT_EQ(tiny.scale, quant::range_to_params(0.0f, 1e-39f, g).scale);
+    }
+}

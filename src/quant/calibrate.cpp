@@ -131,10 +131,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
               values.push_back(x);
             }
           auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
-          AffineParams p = range_to_params(lo, hi, grid);
-          // An all-zero channel would get the 1e-8 floor, and a bias quantized with s_in·s_w would overflow
-          // int32; any scale represents zeros exactly, so take 1.
-          if (lo == 0.0f && hi == 0.0f) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
+          const AffineParams p = calibrated_params(lo, hi, grid);
           we.scale.push_back(p.scale);
           we.zero_point.push_back(p.zero_point);
         }
@@ -255,10 +252,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       const double t = std::max(std::fabs(lo), std::fabs(hi));
       lo = -t, hi = t;
     }
-    AffineParams p = range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
-    // Zero on every calibration image (a dead branch): the 1e-8 floor would give the consumers' biases a
-    // scale s_in·s_w too small for int32; any scale represents zero exactly, so take 1, as for a weight channel.
-    if (lo == 0.0 && hi == 0.0) p = AffineParams{1.0f, grid.symmetric ? 0 : grid.qn()};
+    const AffineParams p = calibrated_params(static_cast<float>(lo), static_cast<float>(hi), grid);
     for (const auto& v : gs.members) {
       ActEncoding ae;
       ae.value = v;

@@ -37,7 +37,7 @@ inline uint64_t splitmix64(uint64_t x) {
 }
 
 // QDrop's stochastic fake quantization, fused: x̂ where a Bernoulli(p) mask selects, x elsewhere. The
-// mask element at memory index i is splitmix64(seed ^ i·K) < p·2⁶⁴, so it is recomputed in backward
+// mask element at memory index i is fmix32(i·φ ⊕ seed) < p·2³² (murmur3's finaliser), so it is recomputed in backward
 // instead of stored, and is the same for any thread count. Gradients as fake_quant() inside the mask,
 // identity outside. One pass over memory each way on the CPU (per-tensor float scale); other cases use
 // the composite ops. p = 1 is plain fake quantization.

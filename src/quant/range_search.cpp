@@ -37,6 +37,14 @@ AffineParams range_to_params(float m, float M, QuantGrid g) {
   return r;
 }
 
+AffineParams calibrated_params(float m, float M, QuantGrid g) {
+  if (m == 0.0f && M == 0.0f) {
+    check_grid(g);
+    return AffineParams{1.0f, g.symmetric ? 0 : g.qn()};
+  }
+  return range_to_params(m, M, g);
+}
+
 float fake_quant_value(float x, AffineParams p, QuantGrid g) {
   const float q = std::clamp(std::nearbyint(x / p.scale) + static_cast<float>(p.zero_point),
                              static_cast<float>(g.qn()), static_cast<float>(g.qp()));

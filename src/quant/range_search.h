@@ -31,6 +31,10 @@ struct AffineParams {
 //   +t itself clips to 127*s and -128*s lies slightly beyond -t.
 // round() is half-to-even everywhere (std::nearbyint), as ONNX QuantizeLinear and torch.round.
 AffineParams range_to_params(float m, float M, QuantGrid g);
+// range_to_params, except that exactly [0, 0] (an all-zero weight channel, an activation that is zero on
+// every calibration image) gets scale 1: zero is exact with any scale, and with the 1e-8 floor a consumer's
+// bias scale s_in·s_w would not fit int32 (docs/QUANTIZATION.md, "Degenerate numbers").
+AffineParams calibrated_params(float m, float M, QuantGrid g);
 float fake_quant_value(float x, AffineParams p, QuantGrid g);
 
 // Streamed histogram over a fixed range [lo, hi] with `bins` equal bins. Besides the counts it keeps the

@@ -1,6 +1,6 @@
 #pragma once
 // AdaRound's learnable rounding (ALGORITHMS.md §4), on at::Tensor. Internal header (exposes ATen).
-// The reconstruction loop that uses it (units, caches, BRECQ/QDrop) is not built yet.
+// The reconstruction loop that uses it is src/recon/reconstruct.cpp.
 #include <ATen/ATen.h>
 
 namespace inlierq::recon {

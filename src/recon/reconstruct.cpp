@@ -518,7 +518,7 @@ class Reconstructor {
         lo = r.first, hi = r.second;
       }
       if (grid.symmetric) lo = -std::max(std::fabs(lo), std::fabs(hi)), hi = -lo;
-      const auto prm = quant::range_to_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+      const auto prm = quant::calibrated_params(static_cast<float>(lo), static_cast<float>(hi), grid);
       const float old_scale = grp.scale.item<float>();
       grp.scale = at::full({1}, static_cast<double>(prm.scale), grp.scale.options());
       grp.zero = at::full({1}, static_cast<double>(prm.zero_point), grp.zero.options());
