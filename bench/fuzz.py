@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -184,7 +185,11 @@ def render(rows, path):
         for r in rs:
             for k, v in r.get("reasons", {}).items():
                 reasons[k] = reasons.get(k, 0) + v
-        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:6]
+        merged = {}
+        for k, v in reasons.items():  # messages start with the seed's path; its file name is enough
+            k = re.sub(r"^\S*/([^/\s]+?):", r"\1:", k.strip())
+            merged[k] = merged.get(k, 0) + v
+        top = sorted(merged.items(), key=lambda kv: -kv[1])[:6]
         lines.append(f"- **{kind}:** " + "; ".join(f"{v:,}× `{k.strip()}`" for k, v in top))
     lines += ["", "## Findings", ""]
     all_findings = [(r["kind"], f, r["command"]) for r in rows for f in r.get("findings", [])]

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "inlierq/image.h"
+#include "inlierq/inlier.h"
+#include "inlierq/preprocess.h"
 
 namespace inlierq::report {
 
@@ -24,6 +26,14 @@ Image side_by_side(const std::vector<Image>& images);
 // SVG of the standardised-score histogram with the fitted two-Gaussian mixture (inlierq's EM JSON:
 // means, variances, priors, histogram{lo, hi, counts}, fallback).
 std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width = 420, int height = 220);
+
+// Nearest-neighbour downscale so that the longer side is at most max_side.
+Image thumbnail(const Image& img, int max_side);
+// Per image and map: (caption, saliency | inlier posterior side by side over the image, at most max_side
+// pixels on the longer side). transforms[i] is paths[i]'s preprocessing geometry.
+std::vector<std::pair<std::string, Image>> saliency_figures(const std::vector<inlier::SaliencyMaps>& maps,
+                                                            const std::vector<std::string>& paths,
+                                                            const std::vector<InputTransform>& transforms, int max_side);
 
 struct Figure {
   std::string caption;

@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -70,6 +71,16 @@ void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+// Messages start with the file's path; its base name is enough to group them.
+std::string shorten_paths(std::string msg, const std::vector<std::string>& paths) {
+  for (const auto& p : paths) {
+    const std::string base = p.substr(p.find_last_of('/') + 1);
+    for (size_t at = msg.find(p); !p.empty() && at != std::string::npos; at = msg.find(p, at + base.size()))
+      msg.replace(at, p.size(), base);
+  }
+  return msg;
 }
 
 struct Stats {
@@ -204,13 +215,20 @@ int main(int argc, char** argv) {
     return 2;
   }
   const size_t num_seeds = args.kind == "profiles" ? profiles.size() : originals.size();
+  // Longest first, so a seed "A.json=B.onnx" is shortened before its own "A.json".
+  std::vector<std::string> paths = {tmp + ".json", tmp};
+  for (const auto& s : args.seeds) {
+    paths.push_back(s);
+    if (s.find('=') != std::string::npos) paths.push_back(s.substr(0, s.find('='))), paths.push_back(s.substr(s.find('=') + 1));
+  }
+  std::sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
 
   const auto t0 = std::chrono::steady_clock::now();
   for (uint64_t i = args.first; i < args.count; ++i) {
     const size_t m = i % num_seeds;
     auto rng = fuzz::mutant_rng(args.seed, i);
     std::string log;
-    const std::string& seed_name = args.seeds[m];
+    const std::string seed_name = args.seeds[m].substr(0, args.seeds[m].find('='));
     ++st.tried;
     try {
       if (args.kind == "models") {
@@ -294,7 +312,7 @@ int main(int argc, char** argv) {
       }
       ++st.accepted;
     } catch (const Error& e) {
-      st.reject(e.what());
+      st.reject(shorten_paths(e.what(), paths));
     } catch (const std::exception& e) {
       st.findings.push_back(g_current + ": " + typeid(e).name() + ": " + e.what());
       std::fprintf(stderr, "FINDING %s: %s\n", g_current.c_str(), e.what());

@@ -1,4 +1,4 @@
-#include "ort_latency.h"
+#include "inlierq/pipeline.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -8,7 +8,7 @@
 
 #include <unistd.h>
 
-namespace inlierq::cli {
+namespace inlierq::pipeline {
 namespace {
 
 // Alternating rounds so that load on the machine hits both files alike; medians of all timed runs.
@@ -85,4 +85,4 @@ nlohmann::json ort_latency(const std::string& fp32_model, const std::string& qua
   return {{"skipped", python + " with onnxruntime did not run the files"}};
 }
 
-}  // namespace inlierq::cli
+}  // namespace inlierq::pipeline

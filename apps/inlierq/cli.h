@@ -1,0 +1,54 @@
+#pragma once
+// What the command files share: registration, progress printing and small output helpers.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "inlierq/pipeline.h"
+
+namespace inlierq::cli {
+
+// A registered subcommand and what runs when it was given; `run` returns the exit status.
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int()> run;
+};
+
+Command add_inspect(CLI::App& app);
+Command add_infer(CLI::App& app);
+Command add_eval(CLI::App& app);
+Command add_detect(CLI::App& app);
+Command add_saliency(CLI::App& app);
+Command add_quantize(CLI::App& app, const int& threads);
+
+// The prepared graph (BatchNorm folded, opset converted) and its quantization plan, for inspect --plan /
+// --units and saliency. The profile name is only validated: placement is derived from the graph.
+std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const std::string& profile_name,
+                                                 const std::string& preset, bool quantize_head = false,
+                                                 const std::vector<std::string>& exclude = {},
+                                                 const std::string& layout = "auto");
+
+// "built-in profile (yolox, ...) or JSON path (docs/PROFILES.md)"
+std::string profile_help();
+void make_output_dir(const std::string& dir);
+
+// Progress lines on stderr: on a terminal one line redrawn a few times per second, in a log one line per
+// ~10 % of each loop; what, how far, rate, ETA.
+class ProgressPrinter {
+ public:
+  void operator()(const std::string& what, size_t done, size_t total, double elapsed);
+
+ private:
+  std::string what_;
+  std::chrono::steady_clock::time_point last_{};
+  size_t next_log_ = 0;
+  bool tty_ = false, started_ = false;
+};
+
+// Events that print progress, status lines and warnings to stderr (what every long command shows).
+pipeline::Events console_events();
+
+}  // namespace inlierq::cli

@@ -1,0 +1,215 @@
+// quantize: flags → pipeline::QuantizeJob, and printing of the job's stages (include/inlierq/pipeline.h).
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+
+#include "cli.h"
+
+namespace inlierq::cli {
+
+namespace {
+
+struct QuantizeArgs {
+  pipeline::QuantizeJob job;
+  bool as_json = false;
+};
+
+void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const pipeline::QuantizeJob& job) {
+  using pipeline::Stage;
+  switch (stage) {
+    case Stage::Sensitivity: {
+      fmt::print(stderr, "most harmful activation quantizers alone (output SQNR over {} images):\n", r.sensitivity_images);
+      for (size_t i = 0; i < r.sensitivity.size() && i < 8; ++i) {
+        std::string vals;
+        for (const auto& v : r.sensitivity[i].values) vals += (vals.empty() ? "" : ",") + v;
+        fmt::print(stderr, "  {:>6.1f} dB  {}\n", r.sensitivity[i].sqnr_db, vals);
+      }
+      if (r.fallback_groups)
+        fmt::print(stderr, "[fallback] {} activation quantizer group(s) left in floating point\n", r.fallback_groups);
+      break;
+    }
+    case Stage::Reconstruct:
+      fmt::print(stderr, "[recon] {} units in {:.1f} s (peak activation cache {:.0f} MB{})\n", r.units, r.recon_seconds,
+                 r.peak_cache_mb, r.spilled_mb > 0 ? fmt::format(", {:.0f} MB spilled to disk", r.spilled_mb) : std::string());
+      break;
+    case Stage::Export: {
+      const auto& p = r.plan;
+      fmt::print("export: layout {}, {:.2f} MB ({:.2f} MB FP32), {:.0f} % of compute MACs in integer kernels ({} compute nodes in "
+                 "floating point: {})\n",
+                 quant::layout_name(p.layout), r.bytes / 1e6, r.fp32_bytes / 1e6, 100 * r.integer_mac_fraction,
+                 p.float_nodes.size(), p.float_nodes.empty() ? std::string("none") : p.float_reasons.front() + ", ...");
+      break;
+    }
+    case Stage::Write: {
+      const auto& lat = r.ort_latency;
+      if (lat.contains("quantized_ms"))
+        fmt::print("ONNX Runtime (CPU, 1 thread, median of {} runs): FP32 {:.2f} ms, quantized {:.2f} ms ({:.2f}× FP32)\n",
+                   lat.value("runs", 0), lat["fp32_ms"].get<double>(), lat["quantized_ms"].get<double>(), lat["ratio"].get<double>());
+      else if (lat.is_object())
+        fmt::print("ONNX Runtime latency: skipped ({})\n", lat.value("skipped", std::string("?")));
+      fmt::print("wrote {} (opset {}), {}{}\n", r.out_onnx, r.opset, r.out_encodings, r.out_trt.empty() ? "" : ", " + r.out_trt);
+      const auto& s = r.seconds;
+      fmt::print("{}: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
+                 "calibration{} {:.2f} s{}, export {:.2f} s)\n",
+                 r.reconstruction ? "reconstruction" : "calibration", r.method, r.calibration_images, r.weight_bits, r.act_bits,
+                 s.total, s.prepare, s.images, job.fallback > 0 || job.sensitivity ? " + sensitivity" : "", s.calibration,
+                 r.reconstruction ? fmt::format(", reconstruction {:.2f} s", s.reconstruction) : std::string(), s.export_and_write);
+      break;
+    }
+    case Stage::Evaluate: {
+      const auto& e = *r.evaluation;
+      const std::string q = fmt::format("W{}A{}", r.weight_bits, r.act_bits);
+      fmt::print("\n{:<10} {:>8} {:>8} {:>8}   ({} images of {})\n", "model", "mAP", "AP50", "AP75", e.images, e.annotations);
+      fmt::print("{:<10} {:>8.4f} {:>8.4f} {:>8.4f}\n", "FP32", e.fp32.stats[0], e.fp32.stats[1], e.fp32.stats[2]);
+      fmt::print("{:<10} {:>8.4f} {:>8.4f} {:>8.4f}   ({} calibration, Δ mAP {:+.4f})\n", q, e.quantized.stats[0],
+                 e.quantized.stats[1], e.quantized.stats[2], r.method, e.quantized.stats[0] - e.fp32.stats[0]);
+      break;
+    }
+    case Stage::Report:
+      fmt::print("report: {}\n", r.out_report);
+      break;
+    default:
+      break;
+  }
+}
+
+nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::QuantizeJob& job) {
+  nlohmann::json j{{"output", r.out_onnx}, {"encodings", r.out_encodings},
+                   {"trt_cache", r.out_trt.empty() ? nlohmann::json() : nlohmann::json(r.out_trt)},
+                   {"method", r.method}, {"wbits", r.weight_bits}, {"abits", r.act_bits},
+                   {"calibration_images", r.calibration_images}, {"weight_quantizers", r.plan.weights.size()},
+                   {"activation_quantizers", r.plan.activations.size()}, {"fallback", job.fallback},
+                   {"layout", quant::layout_name(r.plan.layout)}, {"bytes", r.bytes},
+                   {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
+                   {"seconds", r.seconds.total}, {"report", r.out_report}};
+  if (r.reconstruction) {
+    j["reconstruction_seconds"] = r.seconds.reconstruction;
+    j["init_method"] = r.init_method;
+    j["iters"] = r.iters;
+    j["seed"] = job.seed;
+    j["peak_cache_mb"] = r.peak_cache_mb;
+  }
+  if (r.evaluation) {
+    j["fp32_map"] = r.evaluation->fp32.stats[0];
+    j["fp32_map50"] = r.evaluation->fp32.stats[1];
+    j["map"] = r.evaluation->quantized.stats[0];
+    j["map50"] = r.evaluation->quantized.stats[1];
+    j["eval_images"] = r.evaluation->images;
+  }
+  return j;
+}
+
+int run(QuantizeArgs& a, int threads) {
+  auto& job = a.job;
+  job.recon.threads = threads;
+  pipeline::Events ev = console_events();
+  auto last = std::chrono::steady_clock::now() - std::chrono::seconds(10);
+  const bool tty = isatty(2) != 0;
+  ev.recon_progress = [&](const recon::ReconOptions::Progress& p) {
+    if (std::chrono::steady_clock::now() - last < std::chrono::milliseconds(tty ? 250 : 10000) && p.iter != p.iters) return;
+    last = std::chrono::steady_clock::now();
+    const int eta = static_cast<int>(p.eta_seconds);
+    fmt::print(stderr, "{}{}{} unit {}/{} '{}' iter {}/{} loss {:.4g}  ETA {}:{:02d}:{:02d}{}", tty ? "\r\033[K" : "", job.method,
+               p.passes > 1 ? fmt::format(" pass {}/{}", p.pass, p.passes) : "", p.unit, p.units, p.unit_name, p.iter, p.iters,
+               p.loss, eta / 3600, eta / 60 % 60, eta % 60, tty ? "" : "\n");
+  };
+  ev.stage_done = [&](pipeline::Stage s, const pipeline::QuantizeResult& r) { print_stage(s, r, job); };
+  const pipeline::QuantizeResult r = pipeline::quantize(job, ev);
+  if (!r.completed) {
+    fmt::print(stderr, "[recon] stopped after {} units as asked; checkpoint in {} (continue with --resume)\n", r.units_done,
+               r.checkpoint_dir);
+    return 4;
+  }
+  if (a.as_json) std::cout << result_json(r, job).dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+Command add_quantize(CLI::App& app, const int& threads) {
+  auto a = std::make_shared<QuantizeArgs>();
+  auto& q = a->job;
+  auto& rc = q.recon;
+  auto* sub = app.add_subcommand("quantize", "calibrate and write a QDQ ONNX model, its encodings and a TensorRT cache");
+  sub->add_option("model", q.model, "FP32 ONNX model")->required();
+  sub->add_option("--profile", q.profile, profile_help())->required();
+  sub->add_option("--calib", q.calib_dir, "folder of calibration images (unlabeled)")->required();
+  sub->add_option("--num-calib", q.num_calib, "number of calibration images (first N by path)")->default_val(64);
+  sub->add_option("--preset", q.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");
+  sub->add_option("--wbits", q.weight_bits, "weight bits (2..8)");
+  sub->add_option("--abits", q.act_bits, "activation bits (2..8)");
+  sub->add_option("--method", q.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop | inlierq (reconstruction)")->default_val("minmax");
+  sub->add_option("--init-method", q.init_method, "with adaround/brecq/qdrop: activation range initialisation (a calibrator)")->default_val("mse");
+  auto* iters_opt = sub->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
+  sub->add_option("--time-limit", q.time_limit_min, "reconstruction: choose the iterations per unit so that the whole command takes about this many minutes (replaces --iters; the count is printed)")->excludes(iters_opt);
+  sub->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);
+  sub->add_option("--lr-round", rc.lr_rounding, "Adam learning rate of the rounding logits V")->default_val(rc.lr_rounding);
+  sub->add_option("--lr-act", rc.lr_act, "Adam learning rate of the activation steps (QDrop; cosine decay)")->default_val(rc.lr_act);
+  sub->add_option("--round-lambda", rc.round_lambda, "weight of AdaRound's rounding regulariser")->default_val(rc.round_lambda);
+  sub->add_option("--beta-start", rc.beta_start, "AdaRound β at the end of the warm-up")->default_val(rc.beta_start);
+  sub->add_option("--beta-end", rc.beta_end, "AdaRound β at the last iteration")->default_val(rc.beta_end);
+  sub->add_option("--warmup", rc.warmup, "fraction of iterations without the rounding regulariser")->default_val(rc.warmup);
+  sub->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
+  sub->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
+  sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of the activation steps")->default_val(rc.brecq_lr_act);
+  sub->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
+  sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
+  sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
+  sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (qdrop | brecq)")->default_val("qdrop");
+  sub->add_option("--saliency", rc.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.saliency);
+  sub->add_option("--inlier-weighting", rc.inlier_weighting, "InlierQ weights: soft (posterior) | hard (posterior > 0.5)")->default_val(rc.inlier_weighting);
+  sub->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
+  sub->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
+  sub->add_option("--em-iters", rc.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.em_max_iters);
+  sub->add_option("--em-tol", rc.em_tolerance, "InlierQ EM: relative log-likelihood change to stop")->default_val(rc.em_tolerance);
+  sub->add_option("--em-var-floor", rc.em_variance_floor, "InlierQ EM: variance floor (× score variance)")->default_val(rc.em_variance_floor);
+  sub->add_option("--em-min-prior", rc.em_min_prior, "InlierQ EM: uniform weights when the inlier prior is below p or above 1−p")->default_val(rc.em_min_prior);
+  sub->add_option("--em-min-separation", rc.em_min_separation, "InlierQ EM: uniform weights when the means are closer (pooled sds)")->default_val(rc.em_min_separation);
+  sub->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
+  sub->add_option("--topk", rc.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.topk);
+  sub->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);
+  sub->add_option("--topk-selection", rc.topk_selection, "per_class | global | max_class")->default_val(rc.topk_selection);
+  sub->add_option("--recon-shards", rc.shards, "split each mini-batch into N shards run on separate threads (0 = 2 on CPU, 1 on CUDA); results depend on N, not on --threads")->default_val(rc.shards);
+  sub->add_option("--holdout", rc.holdout, "calibration images held out of reconstruction training; each unit keeps its start state unless the learned one is better on them (-1 = 1/8 of the set)")->default_val(rc.holdout);
+  sub->add_flag("--recon-timing", rc.measure_fp_reference, "also time a plain FP forward+backward of every unit (per-phase costs are in --json and the encodings)");
+  sub->add_option("--max-unit-convs", rc.max_block_compute, "blocks with more compute nodes are split into layers")->default_val(rc.max_block_compute);
+  sub->add_option("--max-cache-mb", rc.max_cache_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.max_cache_mb);
+  sub->add_option("--cache-dir", rc.spill_dir, "where activation caches over budget are spilled (default: temp dir)");
+  sub->add_option("--checkpoint-dir", q.checkpoint_dir, "reconstruction checkpoint (default OUT.ckpt; removed when the run finishes)");
+  sub->add_flag("--resume", q.resume, "continue an interrupted reconstruction from its checkpoint");
+  sub->add_option("--stop-after-units", rc.stop_after_units, "stop after N reconstructed units, as if interrupted (testing)")->group("");
+  sub->add_option("--weight-method", q.weight_method, "weight scale initialisation: mse | minmax")->default_val("mse");
+  sub->add_option("--percentile", q.percentile, "percentile calibrator: keep [100-p, p] %")->default_val(99.99);
+  sub->add_option("--seed", q.seed, "random seed of reconstruction (mini-batches, QDrop masks); recorded otherwise");
+  sub->add_option("-o,--output", q.out, "output QDQ model (OUT.onnx; writes OUT.encodings.json, OUT.trt.cache)")->required();
+  sub->add_option("--exclude", q.exclude, "node (or value) names kept in floating point");
+  sub->add_option("--config", q.config, "JSON with per-node bit overrides / exclusions");
+  sub->add_flag("--quantize-head", q.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
+  sub->add_flag("--act-symmetric", q.act_symmetric, "symmetric activation grids (TensorRT-style)");
+  sub->add_flag("--separate-concat-scales", q.separate_concat_scales, "give each Concat input its own scale");
+  sub->add_flag("!--no-ort-latency", q.ort_latency,
+                "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");
+  sub->add_option("--weight-type", q.weight_type,
+                  "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, which do not "
+                  "saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with block, for TensorRT)");
+  sub->add_option("--layout", q.layout,
+                  "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
+                  "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual Add) or "
+                  "auto (default: ort with 8-bit activations, block below)");
+  sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);
+  sub->add_option("--fallback", q.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
+  sub->add_flag("--sensitivity", q.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
+  sub->add_option("--sensitivity-images", q.sensitivity_images, "calibration images used for the sensitivity analysis")->default_val(8);
+  sub->add_option("--eval-images", q.eval_images, "evaluate FP32 and quantized mAP on these images");
+  sub->add_option("--eval-annotations", q.eval_annotations, "COCO instances JSON for --eval-images");
+  sub->add_option("--eval-limit", q.eval_limit, "evaluate the first N images only");
+  sub->add_option("--device", q.device, "cpu or cuda[:N]");
+  sub->add_flag("--force", q.force, "overwrite existing outputs");
+  sub->add_flag("--json", a->as_json, "print one JSON object as the last line");
+  return {sub, [a, &threads] { return run(*a, threads); }};
+}
+
+}  // namespace inlierq::cli

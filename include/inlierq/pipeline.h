@@ -1,0 +1,140 @@
+#pragma once
+// The quantize job as a library call: a typed job in, named stages with progress events, a typed result
+// out. The CLI's `quantize` command is flag parsing around quantize() and printing of its events; another
+// program can embed the same job. Torch-free.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "inlierq/coco_eval.h"
+#include "inlierq/detect.h"
+#include "inlierq/quant.h"
+#include "inlierq/recon.h"
+
+namespace inlierq::pipeline {
+
+struct QuantizeJob {
+  std::string model, profile, calib_dir;
+  std::string out;  // OUT.onnx; OUT.encodings.json, OUT.trt.cache and OUT.report.html go next to it
+  // Precision: a "wNaM" preset, or both bit widths.
+  std::string preset;
+  int weight_bits = 0, act_bits = 0;
+  // A calibrator (minmax | percentile | entropy | mse) or a reconstruction method (adaround | brecq | qdrop |
+  // inlierq, which is InlierQ on `base`); reconstruction starts from `init_method`'s ranges.
+  std::string method = "minmax", init_method = "mse", weight_method = "mse", base = "qdrop";
+  double percentile = 99.99;
+  size_t num_calib = 64;
+  int batch = 8;
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  // Placement and export.
+  std::string layout = "auto", weight_type = "auto", config;
+  std::vector<std::string> exclude;
+  bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;
+  // Sensitivity analysis and fallback.
+  int fallback = 0;
+  size_t sensitivity_images = 8;
+  bool sensitivity = false;
+  // Reconstruction.
+  recon::ReconOptions recon;  // method and inlier are set from `method` and `base`
+  double time_limit_min = 0;
+  std::string checkpoint_dir;  // default OUT.ckpt
+  bool resume = false;
+  // Optional evaluation of FP32 and quantized mAP.
+  std::string eval_images, eval_annotations;
+  size_t eval_limit = 0;
+  bool ort_latency = true;  // a quick ONNX Runtime latency of FP32 vs the written file (python3 + onnxruntime)
+  bool force = false;       // overwrite existing outputs / start over from an old checkpoint
+};
+
+enum class Stage { Load, Plan, Images, Calibrate, Sensitivity, Reconstruct, Export, Write, Evaluate, Report };
+const char* stage_name(Stage s);
+
+struct SensitivityEntry {
+  std::vector<std::string> values;
+  double sqnr_db = 0;
+};
+
+struct Evaluation {
+  coco::EvalResult fp32, quantized;
+  size_t images = 0;
+  std::string annotations;
+};
+
+struct QuantizeResult {
+  bool completed = false;  // false: reconstruction stopped by recon.stop_after_units (the checkpoint is kept)
+  std::string out_onnx, out_encodings, out_trt, out_report, checkpoint_dir;  // out_trt empty below 8-bit activations
+  int weight_bits = 0, act_bits = 0;
+  std::string method, init_method;  // init_method: the calibrator that set the ranges
+  bool reconstruction = false;
+  size_t calibration_images = 0;
+  std::vector<std::string> calibration_files, skipped_images;
+  quant::QuantPlan plan;  // the final plan (after fallback and requantizers)
+  std::vector<SensitivityEntry> sensitivity;  // most harmful first; empty unless asked
+  size_t sensitivity_images = 0;              // calibration images it was measured on
+  size_t fallback_groups = 0;
+  // Reconstruction.
+  size_t units = 0, units_done = 0;
+  int64_t iters = 0;
+  double recon_seconds = 0, peak_cache_mb = 0, spilled_mb = 0;
+  // Export.
+  int opset = 0;
+  uint64_t bytes = 0, fp32_bytes = 0;
+  double integer_mac_fraction = 0;
+  nlohmann::json ort_latency;  // see ort_latency(); null when not run
+  std::optional<Evaluation> evaluation;
+  struct Seconds {
+    double prepare = 0, images = 0, calibration = 0, reconstruction = 0, export_and_write = 0, total = 0;
+  } seconds;
+  nlohmann::json encodings_meta;  // what OUT.encodings.json and the report record about the run
+};
+
+struct Events {
+  // Progress of a counted loop (images, calibration passes, sensitivity groups, evaluation). `elapsed`: seconds
+  // since the loop began. Every call is also a point where an interrupt (SIGINT/SIGTERM) stops the job.
+  std::function<void(const std::string& what, size_t done, size_t total, double elapsed)> progress;
+  std::function<void(const recon::ReconOptions::Progress&)> recon_progress;
+  std::function<void(const std::string& line)> log;      // status lines ("[plan] ...")
+  std::function<void(const std::string& line)> warning;  // skipped images, fallbacks to defaults
+  // After each stage, with the result so far (the fields of that stage and of the ones before are set).
+  std::function<void(Stage, const QuantizeResult&)> stage_done;
+};
+
+// Validates the job before any work (unknown names, conflicting options, outputs that exist without
+// `force`, an output equal to the input), then runs the stages. Throws inlierq::Error naming the problem;
+// Interrupted on SIGINT/SIGTERM, with a message saying how to resume.
+QuantizeResult quantize(const QuantizeJob& job, const Events& events = {});
+
+// (weight bits, activation bits) from a "wNaM" preset or from both widths; Error otherwise.
+std::pair<int, int> resolve_bits(const std::string& preset, int weight_bits, int act_bits);
+// Placement options of a job: widths, head and concat policy, exclusions, and the --config overrides file.
+quant::PlacementOptions placement_options(const QuantizeJob& job);
+bool is_reconstruction_method(const std::string& method);
+// The reconstruction options of a job: `inlierq` becomes InlierQ on `base`.
+recon::ReconOptions reconstruction_options(const QuantizeJob& job);
+
+// COCO evaluation of the first `limit` images (ascending id, 0 = all) of gt found in images_dir. A missing
+// file is an error (the annotations name it); one that exists but does not decode is skipped by name and
+// left out of the evaluation.
+struct FolderEvaluation {
+  coco::EvalResult result;
+  std::vector<coco::Detection> detections;
+  std::vector<std::string> skipped;  // "cannot decode image 'path': reason"
+  size_t images = 0;
+  double seconds = 0;
+};
+FolderEvaluation evaluate_folder(Detector& detector, const coco::Dataset& gt, const std::string& images_dir, size_t limit,
+                                 const std::string& label, const Events& events = {});
+
+// {"fp32_ms", "quantized_ms", "ratio", "threads", "runs", "onnxruntime"} (medians of alternating runs, one
+// thread), or {"skipped": "<why>"} when python3 or onnxruntime is missing or the run fails. The interpreter
+// is $INLIERQ_PYTHON, else python3 (inlierq itself does not link ONNX Runtime).
+nlohmann::json ort_latency(const std::string& fp32_model, const std::string& quantized_model, int runs = 20);
+
+}  // namespace inlierq::pipeline

@@ -1,0 +1,458 @@
+// The quantize job (include/inlierq/pipeline.h): validation, then the stages load → plan → images →
+// calibrate → sensitivity → reconstruct → export → write → evaluate → report.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "inlierq/dataset.h"
+#include "inlierq/error.h"
+#include "inlierq/inlier.h"
+#include "inlierq/interrupt.h"
+#include "inlierq/onnx_io.h"
+#include "inlierq/pipeline.h"
+#include "inlierq/preprocess.h"
+#include "inlierq/report.h"
+#include "inlierq/runtime.h"
+#include "inlierq/transforms.h"
+#include "pipeline/progress.h"
+#include "util/atomic_file.h"
+
+namespace inlierq::pipeline {
+
+namespace fs = std::filesystem;
+
+const char* stage_name(Stage s) {
+  switch (s) {
+    case Stage::Load: return "load";
+    case Stage::Plan: return "plan";
+    case Stage::Images: return "images";
+    case Stage::Calibrate: return "calibrate";
+    case Stage::Sensitivity: return "sensitivity";
+    case Stage::Reconstruct: return "reconstruct";
+    case Stage::Export: return "export";
+    case Stage::Write: return "write";
+    case Stage::Evaluate: return "evaluate";
+    case Stage::Report: return "report";
+  }
+  return "?";
+}
+
+std::pair<int, int> resolve_bits(const std::string& preset, int weight_bits, int act_bits) {
+  if (!preset.empty()) {
+    if (weight_bits || act_bits) throw Error("give either --preset or --wbits/--abits, not both");
+    int w = 0, x = 0;
+    char tail = 0;
+    if (std::sscanf(preset.c_str(), "w%da%d%c", &w, &x, &tail) != 2 || w < 2 || w > 8 || x < 2 || x > 8)
+      throw Error("unknown preset '" + preset + "' (expected wNaM with N, M in 2..8, e.g. w8a8, w4a8, w4a4, w2a4)");
+    return {w, x};
+  }
+  if (!weight_bits || !act_bits) throw Error("give --preset (e.g. w8a8) or both --wbits and --abits");
+  return {weight_bits, act_bits};
+}
+
+quant::PlacementOptions placement_options(const QuantizeJob& job) {
+  const auto [wbits, abits] = resolve_bits(job.preset, job.weight_bits, job.act_bits);
+  quant::PlacementOptions po;
+  po.weight_bits = wbits;
+  po.act_bits = abits;
+  po.act_symmetric = job.act_symmetric;
+  po.quantize_head = job.quantize_head;
+  po.share_concat_scales = !job.separate_concat_scales;
+  po.layout = quant::parse_layout(job.layout);
+  po.exclude = job.exclude;
+  if (!job.config.empty()) {
+    std::ifstream f(job.config);
+    if (!f) throw Error("cannot open quantization config '" + job.config + "'");
+    try {
+      po.overrides = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(job.config + ": not valid JSON: " + e.what());
+    }
+  }
+  return po;
+}
+
+bool is_reconstruction_method(const std::string& method) {
+  const auto m = recon::reconstruction_methods();
+  return method == "inlierq" || std::find(m.begin(), m.end(), method) != m.end();
+}
+
+recon::ReconOptions reconstruction_options(const QuantizeJob& job) {
+  recon::ReconOptions ro = job.recon;
+  ro.method = job.method;
+  if (job.method == "inlierq") {
+    if (job.base != "qdrop" && job.base != "brecq") throw Error("--base must be qdrop or brecq, got '" + job.base + "'");
+    ro.method = job.base;
+    ro.inlier = true;
+  }
+  return ro;
+}
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+std::string strip_onnx_suffix(const std::string& path) {
+  const std::string ext = ".onnx";
+  return path.size() > ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0
+             ? path.substr(0, path.size() - ext.size())
+             : path;
+}
+
+void make_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    throw Error("cannot create output directory '" + dir + "': " + (ec ? ec.message() : "not a directory"));
+}
+
+// Outputs of the last `count` units: the feature maps next to the head, where the posterior is most telling.
+std::vector<std::string> last_unit_outputs(const std::vector<recon::Unit>& units, size_t count) {
+  std::vector<std::string> v;
+  for (size_t i = units.size() > count ? units.size() - count : 0; i < units.size(); ++i) v.push_back(units[i].outputs.front());
+  return v;
+}
+
+void say(const std::function<void(const std::string&)>& f, const std::string& line) {
+  if (f) f(line);
+}
+
+// Everything that can be refused without loading the model: names, option combinations, output paths.
+struct Paths {
+  std::string onnx, encodings, trt, report, checkpoint;
+};
+
+Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon_method) {
+  const auto methods = quant::calibration_methods();
+  if (std::find(methods.begin(), methods.end(), act_method) == methods.end())
+    throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected minmax, percentile, entropy or mse)"
+                             : "unknown method '" + job.method + "' (expected a calibration method: minmax, percentile, entropy, mse; "
+                               "or a reconstruction method: adaround, brecq, qdrop, inlierq)");
+  if (job.weight_type != "auto" && job.weight_type != "int8" && job.weight_type != "uint8")
+    throw Error("unknown --weight-type '" + job.weight_type + "' (expected auto, int8 or uint8)");
+  quant::parse_layout(job.layout);
+  if (job.weight_method != "mse" && job.weight_method != "minmax")
+    throw Error("unknown weight calibration method '" + job.weight_method + "' (expected mse or minmax)");
+  if (job.num_calib == 0) throw Error("--num-calib must be at least 1");
+  if (job.fallback < 0) throw Error("--fallback must be ≥ 0");
+  if (!job.eval_images.empty() != !job.eval_annotations.empty())
+    throw Error("--eval-images and --eval-annotations go together");
+  const std::string base = strip_onnx_suffix(job.out);
+  Paths p{base + ".onnx", base + ".encodings.json", base + ".trt.cache", base + ".report.html",
+          job.checkpoint_dir.empty() ? base + ".ckpt" : job.checkpoint_dir};
+  if (fs::absolute(p.onnx).lexically_normal() == fs::absolute(job.model).lexically_normal())
+    throw Error("-o would overwrite the input model '" + job.model + "'");
+  for (const auto& f : {p.onnx, p.encodings, p.trt, p.report}) ensure_writable(f, job.force);
+  ensure_output_folder(p.onnx);
+  return p;
+}
+
+void check_checkpoint_options(const QuantizeJob& job, const Paths& p, bool recon_method) {
+  if (recon_method && !job.resume && fs::exists(fs::path(p.checkpoint) / "state.json")) {
+    if (!job.force)
+      throw Error("a checkpoint of an interrupted run exists in '" + p.checkpoint +
+                  "'; pass --resume to continue it or --force to start over");
+    fs::remove_all(p.checkpoint);
+  }
+  if (recon_method) recon::validate_options(reconstruction_options(job));
+  if (job.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq, qdrop or inlierq");
+  if (job.time_limit_min < 0) throw Error("--time-limit must be > 0 minutes");
+  if (job.time_limit_min > 0 && !recon_method) throw Error("--time-limit applies to --method adaround, brecq, qdrop or inlierq");
+  if (job.resume) {
+    const auto state = fs::path(p.checkpoint) / "state.json";
+    std::ifstream f(state);
+    if (!f) throw Error("--resume: no checkpoint in '" + p.checkpoint + "'");
+    // Unreadable state fails now, not after calibration (reconstruct() checks the contents against the run).
+    try {
+      (void)nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw Error(state.string() + ": corrupt checkpoint: " + e.what());
+    }
+  }
+}
+
+// Share of the compute MACs in the pattern ORT fuses into integer kernels (tests/py/test_qdq_vs_ort.py
+// checks the rule against ORT's optimised graph).
+double integer_mac_fraction(const Graph& g, const Graph& quantized_weights, const quant::QuantPlan& plan) {
+  int64_t all_macs = 0, quantized_macs = 0;
+  const auto integer_nodes = quant::integer_compute_nodes(quantized_weights, plan);
+  const std::set<std::string> quantized_nodes(integer_nodes.begin(), integer_nodes.end());
+  for (const auto& n : g.nodes) {
+    const int64_t m = node_macs(g, n);
+    all_macs += m;
+    if (quantized_nodes.count(n.name)) quantized_macs += m;
+  }
+  return all_macs ? static_cast<double>(quantized_macs) / all_macs : 0.0;
+}
+
+}  // namespace
+
+QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
+  const auto t0 = clock_type::now();
+  QuantizeResult res;
+  const auto stage_done = [&](Stage s) {
+    if (ev.stage_done) ev.stage_done(s, res);
+  };
+  std::tie(res.weight_bits, res.act_bits) = resolve_bits(job.preset, job.weight_bits, job.act_bits);
+  res.reconstruction = is_reconstruction_method(job.method);
+  res.method = job.method;
+  res.init_method = res.reconstruction ? job.init_method : job.method;
+  const Paths paths = validate(job, res.init_method, res.reconstruction);
+  const OutputLock lock(paths.onnx);  // held until the job returns
+  check_checkpoint_options(job, paths, res.reconstruction);
+  res.out_onnx = paths.onnx, res.out_encodings = paths.encodings, res.out_report = paths.report;
+  res.checkpoint_dir = paths.checkpoint;
+  const auto out_dir = fs::path(paths.onnx).parent_path();
+  if (!out_dir.empty()) make_output_dir(out_dir.string());
+
+  // ---- load
+  const ModelProfile profile = load_profile(job.profile);
+  const Graph original = load_onnx(job.model);
+  ModelSummary summary = summarize(original);
+  if (!summary.unsupported.empty())
+    throw Error(job.model + ": node '" + summary.unsupported[0]->name + "' uses unsupported op '" + summary.unsupported[0]->op_type + "'");
+  PrepareReport prep;
+  const Graph g = prepare_for_quantization(original, job.model, &prep);
+  res.seconds.prepare = seconds_since(t0);
+  stage_done(Stage::Load);
+
+  // ---- plan
+  const quant::QuantPlan plan = quant::derive_plan(g, placement_options(job));
+  res.plan = plan;
+  say(ev.log, fmt::format("[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point",
+                          plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size()));
+  stage_done(Stage::Plan);
+
+  // ---- images: the first N of the folder that decode, in sorted path order; others are skipped by name.
+  std::vector<TensorData> inputs;
+  std::vector<InputTransform> transforms_of_inputs;
+  ImageFolder folder;
+  {
+    ProgressReporter progress(ev, "load calibration images", job.num_calib);
+    folder = load_image_folder(job.calib_dir, job.num_calib, [&](size_t i, const std::string&, Image&& img) {
+      Preprocessed pp = preprocess(img, profile.preprocess);
+      inputs.push_back(std::move(pp.tensor));
+      transforms_of_inputs.push_back(pp.transform);
+      progress.update(i + 1);
+    });
+  }
+  for (const auto& w : folder.warnings) say(ev.warning, w + "; skipped");
+  if (folder.paths.size() < job.num_calib)
+    say(ev.warning, fmt::format("{} has only {} decodable images; calibrating on {} (asked for {})", job.calib_dir,
+                                folder.paths.size(), folder.paths.size(), job.num_calib));
+  res.calibration_images = inputs.size();
+  res.calibration_files = folder.paths;
+  res.skipped_images = folder.warnings;
+  res.seconds.images = seconds_since(t0) - res.seconds.prepare;
+  stage_done(Stage::Images);
+
+  // ---- calibrate
+  quant::CalibrationOptions co;
+  co.method = res.init_method;
+  co.weight_method = job.weight_method;
+  co.percentile = job.percentile;
+  co.batch = job.batch;
+  co.device = job.device;
+  std::unique_ptr<ProgressReporter> pass_progress;
+  int current_pass = 0;
+  // The first report of a pass comes after its first batch: the pass began at the previous report.
+  auto pass_start = clock_type::now();
+  co.progress = [&](int pass, int passes, size_t done, size_t total) {
+    if (pass != current_pass) {
+      current_pass = pass;
+      pass_progress = std::make_unique<ProgressReporter>(ev, fmt::format("calibrate {} pass {}/{}", res.init_method, pass, passes),
+                                                         total, pass_start);
+    }
+    pass_progress->update(done);
+    pass_start = clock_type::now();
+  };
+  quant::Encodings enc = quant::calibrate(g, plan, inputs, co);
+  pass_progress.reset();
+  quant::QuantPlan final_plan = plan;
+  if (job.fallback > 0 || job.sensitivity) {
+    const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.sensitivity_images));
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", plan.num_groups);
+    auto sens = quant::activation_sensitivity(g, plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); });
+    nlohmann::json js = nlohmann::json::array();
+    for (const auto& s : sens) {
+      res.sensitivity.push_back({s.values, s.sqnr_db});
+      js.push_back({{"values", s.values}, {"sqnr_db", s.sqnr_db}});
+    }
+    enc.meta["sensitivity"] = js;
+    res.sensitivity_images = probe.size();
+    std::vector<int> drop;
+    for (int i = 0; i < job.fallback && i < static_cast<int>(sens.size()); ++i) drop.push_back(sens[i].group);
+    if (!drop.empty()) quant::drop_activation_groups(final_plan, enc, drop, "sensitivity fallback");
+    res.fallback_groups = drop.size();
+    enc.meta["fallback_groups"] = drop.size();
+    res.plan = final_plan;
+    res.encodings_meta = enc.meta;
+    stage_done(Stage::Sensitivity);
+  }
+  res.seconds.calibration = seconds_since(t0) - res.seconds.prepare - res.seconds.images;
+  res.encodings_meta = enc.meta;
+  stage_done(Stage::Calibrate);
+
+  // ---- reconstruct
+  Graph quantized_weights = g;  // reconstruction writes hardened weights here
+  const double t_calibrated = seconds_since(t0);
+  double t_reconstructed = t_calibrated;
+  if (res.reconstruction) {
+    recon::ReconOptions ro = reconstruction_options(job);
+    ro.heatmap = profile.heatmap;
+    ro.seed = job.seed;
+    ro.device = job.device;
+    ro.checkpoint_dir = paths.checkpoint;
+    ro.resume = job.resume;
+    // A resumed run must see the same model, plan, bits and calibration images.
+    ro.fingerprint = nlohmann::json{{"model", fs::absolute(job.model).string()}, {"model_bytes", fs::file_size(job.model)},
+                                    {"plan", final_plan.to_json()}, {"files", folder.paths}, {"init", res.init_method},
+                                    {"weight_method", job.weight_method}}.dump();
+    ro.progress = ev.recon_progress;
+    ro.log = ev.log;
+    if (job.time_limit_min > 0) {
+      // The limit covers the whole job: what calibration took is spent; export and the report take ~2 %.
+      ro.time_limit_s = std::max(1.0, job.time_limit_min * 60 * 0.98 - seconds_since(t0));
+      say(ev.log, fmt::format("[recon] {}: time limit {:g} min ({:.0f} s left for reconstruction), batch {}, seed {}", job.method,
+                              job.time_limit_min, ro.time_limit_s, ro.batch, ro.seed));
+    } else {
+      say(ev.log, fmt::format("[recon] {}: {} iterations per unit, batch {}, seed {}", job.method, ro.iters, ro.batch, ro.seed));
+    }
+    recon::ReconResult rr;
+    try {
+      rr = recon::reconstruct(quantized_weights, final_plan, enc, inputs, ro);
+    } catch (const Interrupted& e) {
+      const bool have = fs::exists(fs::path(paths.checkpoint) / "state.json");
+      throw Interrupted(e.signal(), have ? fmt::format("interrupted by {}; the checkpoint in {} keeps the finished units: run the "
+                                                       "same command with --resume to continue", Interrupted::signal_name(e.signal()),
+                                                       paths.checkpoint)
+                                         : fmt::format("interrupted by {} before the first unit finished (no checkpoint yet)",
+                                                       Interrupted::signal_name(e.signal())));
+    }
+    res.units = rr.units.size();
+    res.units_done = rr.reports.size();
+    if (!rr.completed) return res;  // stopped after recon.stop_after_units: the checkpoint is kept
+    nlohmann::json rj = rr.to_json();
+    rj["method"] = job.method;
+    rj["init_method"] = res.init_method;
+    rj["iters"] = rr.iters;
+    if (job.time_limit_min > 0) rj["time_limit_min"] = job.time_limit_min;
+    rj["batch"] = ro.batch;
+    rj["seed"] = ro.seed;
+    rj["max_cache_mb"] = ro.max_cache_mb;
+    rj["unit_list"] = recon::units_json(rr.units);
+    res.iters = rr.iters;
+    res.recon_seconds = rr.seconds;
+    res.peak_cache_mb = rr.peak_cache_bytes / 1048576.0;
+    res.spilled_mb = rr.spilled_bytes / 1048576.0;
+    enc.meta["reconstruction"] = rj;
+    t_reconstructed = seconds_since(t0);
+    res.seconds.reconstruction = t_reconstructed - t_calibrated;
+    stage_done(Stage::Reconstruct);
+  }
+  res.completed = true;
+
+  // ---- export
+  enc.meta["model"] = job.model;
+  enc.meta["profile"] = profile.name;
+  enc.meta["preset"] = fmt::format("w{}a{}", res.weight_bits, res.act_bits);
+  enc.meta["calibration_folder"] = job.calib_dir;
+  enc.meta["calibration_files"] = folder.paths;
+  enc.meta["skipped_images"] = folder.warnings;
+  enc.meta["seed"] = job.seed;
+  enc.meta["folded_batchnorms"] = prep.folded_batchnorms;
+  enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
+  const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
+  enc.meta["requantizers"] = requantizers;
+  enc.meta["plan"] = final_plan.to_json();
+  res.plan = final_plan;
+  quant::ExportOptions xo;
+  xo.unsigned_weights = job.weight_type == "uint8" || (job.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
+  enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  res.integer_mac_fraction = integer_mac_fraction(g, quantized_weights, final_plan);
+  Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
+  save_onnx(qdq, paths.onnx);
+  res.opset = qdq.opset;
+  res.bytes = fs::file_size(paths.onnx);
+  res.fp32_bytes = fs::file_size(job.model);
+  enc.meta["export"] = {{"layout", quant::layout_name(final_plan.layout)}, {"weight_storage", enc.meta["weight_storage"]},
+                        {"bytes", res.bytes}, {"fp32_bytes", res.fp32_bytes}, {"integer_mac_fraction", res.integer_mac_fraction},
+                        {"float_nodes", final_plan.float_nodes.size()}};
+  res.encodings_meta = enc.meta;
+  stage_done(Stage::Export);
+  if (job.ort_latency) {
+    res.ort_latency = ort_latency(job.model, paths.onnx);
+    enc.meta["export"]["ort_latency"] = res.ort_latency;
+  }
+
+  // ---- write
+  write_file_atomically(paths.encodings, quant::encodings_json(enc).dump(1) + "\n");
+  bool wrote_trt = false;
+  for (const auto& [n, ae] : enc.activations) wrote_trt |= ae.bits == 8;
+  if (wrote_trt) write_file_atomically(paths.trt, quant::tensorrt_cache(enc));
+  res.out_trt = wrote_trt ? paths.trt : "";
+  if (res.reconstruction) {
+    std::error_code ec;
+    fs::remove_all(paths.checkpoint, ec);  // the run finished; its outputs are written
+  }
+  res.seconds.total = seconds_since(t0);
+  res.seconds.export_and_write = res.seconds.total - t_reconstructed;
+  res.encodings_meta = enc.meta;
+  stage_done(Stage::Write);
+
+  // ---- evaluate
+  if (!job.eval_images.empty()) {
+    coco::Dataset gt = coco::load_dataset(job.eval_annotations);
+    DetectorOptions dopts;
+    dopts.session.device = job.device;
+    Detector fp(g, profile, dopts);
+    FolderEvaluation e_fp = evaluate_folder(fp, gt, job.eval_images, job.eval_limit, "eval FP32", ev);
+    Detector qd(qdq, profile, dopts);
+    FolderEvaluation e_q = evaluate_folder(qd, gt, job.eval_images, job.eval_limit,
+                                           fmt::format("eval W{}A{}", res.weight_bits, res.act_bits), ev);
+    res.evaluation = Evaluation{e_fp.result, e_q.result, e_q.images, job.eval_annotations};
+    stage_done(Stage::Evaluate);
+  }
+
+  // ---- report: saliency pictures of a few calibration images at the units next to the head.
+  std::vector<report::Figure> figures;
+  if (profile.heatmap.contains("sources")) {
+    try {
+      const auto units = recon::derive_units(g, final_plan);
+      const size_t shown = std::min<size_t>(3, inputs.size());
+      recon::ReconOptions so = res.reconstruction ? reconstruction_options(job) : job.recon;
+      so.heatmap = profile.heatmap;
+      so.device = job.device;
+      const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
+      const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, so);
+      std::vector<InputTransform> transforms(transforms_of_inputs.begin(), transforms_of_inputs.begin() + static_cast<long>(shown));
+      const std::vector<std::string> shown_paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
+      for (auto& [caption, img] : report::saliency_figures(maps, shown_paths, transforms, 320))
+        figures.push_back({caption, encode_png(img)});
+    } catch (const std::exception& e) {
+      say(ev.warning, fmt::format("no saliency figures in the report: {}", e.what()));
+    }
+  }
+  enc.meta["stage_seconds"] = {{"load + prepare", res.seconds.prepare}, {"images", res.seconds.images},
+                               {"calibration", res.seconds.calibration}, {"reconstruction", res.seconds.reconstruction},
+                               {"export", res.seconds.export_and_write}};
+  enc.meta["method"] = job.method;
+  nlohmann::json evaluation;
+  if (res.evaluation)
+    evaluation = {{"fp32_map", res.evaluation->fp32.stats[0]}, {"fp32_map50", res.evaluation->fp32.stats[1]},
+                  {"map", res.evaluation->quantized.stats[0]}, {"map50", res.evaluation->quantized.stats[1]},
+                  {"eval_images", res.evaluation->images}, {"annotations", job.eval_annotations}};
+  write_file_atomically(paths.report, report::quantize_report_html(enc.meta, figures, evaluation));
+  res.encodings_meta = enc.meta;
+  stage_done(Stage::Report);
+  return res;
+}
+
+}  // namespace inlierq::pipeline
