@@ -3,7 +3,9 @@
 For FastestDet at W8A8 and W4A4 (16 calibration images, mse calibration):
 - integer codes of every activation quantizer, inlierq's executor vs ONNX Runtime executing the file's
   Q/DQ semantics (graph optimisations off), on 6 real images: the first quantizer where any code differs
-  differs by at most one step on ≤ 0.1 % of its codes; images without any flip give the same outputs;
+  differs by at most one step on ≤ 0.1 % of its codes, and each of those codes sits on a rounding boundary
+  (|frac(x/s) − ½| ≤ 1e-3, with x from ORT); images without any flip give the same outputs (at W8A8 every
+  image has a flip, so there the boundary check is what compares the two);
 - `inlierq eval` and the independent ORT + pycocotools pipeline (bench/reference_pipeline.py --onnx) give
   the same mAP within 0.01 on the first 50 val images (the 0.002 criterion is measured on 500 images by
   bench/quant_results.py --also-ort-eval);
@@ -23,6 +25,7 @@ import tempfile
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from PIL import Image
 
 from common import ASSETS, CLI, SOURCE_DIR, Checks, run_cli
@@ -37,16 +40,23 @@ VAL = os.path.join(ASSETS, "coco_val500")
 
 
 def with_code_outputs(model):
-    """A copy whose graph also outputs every activation QuantizeLinear result (the integer codes)."""
+    """A copy whose graph also outputs every activation QuantizeLinear result (the integer codes) and its
+    float input; returns (model, code names, {code name: (input name, scale)})."""
     m = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {i.name for i in m.graph.initializer}
+    inits = {i.name: i for i in m.graph.initializer}
     inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(m).graph.value_info}
-    codes = []
+    outputs = {o.name for o in m.graph.output}
+    codes, sources = [], {}
     for n in m.graph.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
             codes.append(n.output[0])
             m.graph.output.append(inferred[n.output[0]])
-    return m, codes
+            graph_inputs = {i.name for i in m.graph.input}
+            if n.input[0] not in outputs and n.input[0] not in graph_inputs:  # a graph input is the feed itself
+                outputs.add(n.input[0])
+                m.graph.output.append(inferred[n.input[0]])
+            sources[n.output[0]] = (n.input[0], float(numpy_helper.to_array(inits[n.input[1]]).ravel()[0]))
+    return m, codes, sources
 
 
 def check_latency_skipped(checks, model_path, tmp):
@@ -146,13 +156,13 @@ def main():
             # differently (float summation order, int32 accumulation), and a one-code flip at one site
             # cascades into later sites on these high-gain networks; so the check is on the FIRST site
             # that differs (its inputs are identical on both sides): at most one step, on few codes.
-            probe, codes = with_code_outputs(q)
+            probe, codes, sources = with_code_outputs(q)
             probe_path = os.path.join(tmp, f"probe_{preset}.onnx")
             onnx.save(probe, probe_path)
             sess = rp.ort_session(probe_path, 2, opt_level="disable")
             in_name = sess.get_inputs()[0].name
             names = [o.name for o in sess.get_outputs()]
-            first_diffs, clean_out = [], []
+            first_diffs, clean_out, flipped_out = [], [], []
             for k, img in enumerate(images):
                 x, _ = rp.PIPELINES[MODEL][0](np.asarray(Image.open(img).convert("RGB")), rp.MODELS[MODEL][1])
                 npy = os.path.join(tmp, f"x{k}.npy")
@@ -165,19 +175,41 @@ def main():
                     got = np.load(os.path.join(out_dir, c.replace("/", "_") + ".npy")).astype(np.int32)
                     d = np.abs(got - ref[c].astype(np.int32))
                     if d.max() > 0:
-                        first = (c, int(d.max()), float((d > 0).mean()))
+                        # Its inputs are the same on both sides, so each differing code must sit on a rounding
+                        # boundary: x/s within float rounding of a half step (which way a tie goes, or the last
+                        # ulp of the float value, decides the code).
+                        x_name, scale = sources[c]
+                        u = (x if x_name == in_name else ref[x_name]).astype(np.float64)[d > 0] / scale
+                        boundary = float(np.abs(u - np.floor(u) - 0.5).max())
+                        first = (c, int(d.max()), float((d > 0).mean()), boundary)
                         break
+                got_out = {o.name: np.load(os.path.join(out_dir, o.name.replace("/", "_") + ".npy")) for o in q.graph.output}
                 if first:
                     first_diffs.append(first)
+                    # A flip cascades, so single elements can differ by a lot: the relative L2 error is the measure.
+                    flipped_out.extend(float(np.linalg.norm(got_out[n] - ref[n]) / max(np.linalg.norm(ref[n]), 1e-12))
+                                       for n in got_out)
                 else:
-                    for o in q.graph.output:
-                        got = np.load(os.path.join(out_dir, o.name.replace("/", "_") + ".npy"))
-                        clean_out.append(float(np.abs(got - ref[o.name]).max() / max(np.abs(ref[o.name]).max(), 1e-12)))
-            checks.check(all(m <= 1 and f <= 1e-3 for _, m, f in first_diffs),
+                    clean_out.extend(float(np.abs(got_out[n] - ref[n]).max() / max(np.abs(ref[n]).max(), 1e-12)) for n in got_out)
+            checks.check(all(m <= 1 and f <= 1e-3 for _, m, f, _ in first_diffs),
                          f"{preset}: first differing quantizer per image within one step on ≤ 0.1 % of codes "
                          f"({len(first_diffs)} of {len(images)} images have any flip: {first_diffs})")
-            checks.check(all(r <= 1e-5 for r in clean_out),
-                         f"{preset}: images without flips: outputs max|Δ|/max|ref| = {max(clean_out, default=0):.1e} (≤ 1e-5)")
+            # Flip-free images must match to float rounding. When every image has a flip (as at W8A8 here) that
+            # check has nothing to run on; the boundary check above is what then shows the two sides compute
+            # the same thing up to the flip. After it the two runs are different (equally valid) rounding
+            # histories: one code cascades, through these high-gain networks, into up to a few steps on 10-30 %
+            # of the last sites' codes (FastestDet W4A4), so outputs of flipped images are reported, not bounded.
+            checks.check(all(b <= 1e-3 for *_, b in first_diffs),
+                         f"{preset}: every differing code at the first differing site is on a rounding boundary "
+                         f"(max |frac(x/s) − ½| = {max((b for *_, b in first_diffs), default=0):.1e} ≤ 1e-3)")
+            if clean_out:
+                checks.check(all(r <= 1e-5 for r in clean_out),
+                             f"{preset}: {len(images) - len(first_diffs)} images without flips: outputs max|Δ|/max|ref| = "
+                             f"{max(clean_out):.1e} (≤ 1e-5)")
+            else:
+                print(f"SKIP {preset}: no image without a flip; the flip-free output comparison does not apply")
+            if flipped_out:
+                print(f"INFO {preset}: {len(first_diffs)} images with flips: outputs ‖Δ‖/‖ref‖ up to {max(flipped_out):.2f}")
 
             # mAP: inlierq eval vs the ORT + pycocotools reference pipeline on the same QDQ file.
             proc = run_cli("eval", out, "--profile", MODEL, "--images", os.path.join(VAL, "images"), "--annotations",
