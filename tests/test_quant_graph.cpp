@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <random>
 #include <set>
 
@@ -11,6 +12,7 @@
 #include "inlierq/onnx_io.h"
 #include "inlierq/quant.h"
 #include "inlierq/transforms.h"
+#include "quant/calibrators.h"
 #include "quant/fake_quant.h"
 #include "quant/range_search.h"
 #include "runtime/executor.h"
@@ -341,7 +343,7 @@ TEST(QuantGraph, MinMaxCalibrationMatchesObservedRanges) {
 TEST(QuantGraph, QdqExportEqualsFakeQuantSimulation) {
   for (auto layout : {quant::QdqLayout::Ort, quant::QdqLayout::Block})
   for (int bits : {8, 4, 3}) {
-    for (const char* method : {"minmax", "percentile", "entropy", "mse"}) {
+    for (const std::string& method : quant::calibration_methods()) {  // every row of the calibrator table
       const std::string what = std::string(quant::layout_name(layout)) + " " + method + " bits " + std::to_string(bits);
       std::mt19937 rng(5);
       Graph g = toy_detector(rng);
@@ -485,4 +487,51 @@ TEST(QuantGraph, ExportRefusesScalesAndWeightsThatWouldPoisonTheFile) {
       EXPECT_NE(std::string(err.what()).find(weight), std::string::npos) << err.what();
     }
   }
+}
+
+// Every row of the calibrator table (src/quant/calibrators.h), on the toy detector at 8 and 4 bits: ranges
+// inside the observed [min, max] widened to 0 (no calibrator extends a range), one scale per group,
+// network-input groups kept at min/max, a calibrator's name found by find_calibrator, and an unknown name
+// refused with every row's name listed. A new row is covered without a new test.
+TEST(Calibrators, EveryRowOfTheTable) {
+  std::string names;
+  for (const auto* c : quant::calibrators()) {
+    EXPECT_EQ(&quant::find_calibrator(c->name), c);
+    EXPECT_TRUE(c->range != nullptr && c->summary && *c->summary) << c->name;
+    EXPECT_TRUE(c->histogram || !c->histogram_of_abs) << c->name << ": |x| histogram without a histogram pass";
+    for (int bits : {8, 4}) {
+      std::mt19937 rng(9);
+      Graph g = toy_detector(rng);
+      quant::PlacementOptions po;
+      po.weight_bits = po.act_bits = bits;
+      const auto plan = quant::derive_plan(g, po);
+      quant::CalibrationOptions co;
+      co.method = c->name;
+      const auto enc = quant::calibrate(g, plan, random_inputs(4, rng), co);
+      std::map<int, std::pair<float, int64_t>> group_params;
+      for (const auto& a : plan.activations) {
+        const auto& e = enc.activations.at(a.value);
+        const double lo = (e.qn() - e.zero_point) * static_cast<double>(e.scale), hi = (e.qp() - e.zero_point) * static_cast<double>(e.scale);
+        const double obs_lo = std::min(0.0f, e.observed_min), obs_hi = std::max(0.0f, e.observed_max);
+        // One grid step of slack: the zero point is rounded, which shifts the grid by up to a step.
+        EXPECT_GE(lo, obs_lo - e.scale * 1.01) << c->name << " " << a.value;
+        EXPECT_LE(hi, obs_hi + e.scale * 1.01) << c->name << " " << a.value;
+        EXPECT_GT(e.scale, 0.0f) << c->name << " " << a.value;
+        if (a.image) {
+          const auto p = quant::range_to_params(e.observed_min, e.observed_max, quant::QuantGrid{e.bits, e.symmetric});
+          EXPECT_EQ(e.scale, p.scale) << c->name << ": the network input keeps its min/max grid";
+        }
+        auto [it, fresh] = group_params.try_emplace(a.group, e.scale, e.zero_point);
+        if (!fresh) EXPECT_TRUE(it->second.first == e.scale && it->second.second == e.zero_point) << c->name << " group " << a.group;
+      }
+    }
+    names += std::string(c->name) + " ";
+  }
+  try {
+    quant::find_calibrator("bogus");
+    ADD_FAILURE() << "an unknown calibrator was found";
+  } catch (const Error& e) {
+    for (const auto* c : quant::calibrators()) EXPECT_NE(std::string(e.what()).find(c->name), std::string::npos) << e.what();
+  }
+  std::printf("  calibrators: %s\n", names.c_str());
 }

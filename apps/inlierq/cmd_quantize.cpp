@@ -141,8 +141,17 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--preset", q.preset, "w8a8 | w4a8 | w4a4 | w2a4 (any wNaM)");
   sub->add_option("--wbits", q.weight_bits, "weight bits (2..8)");
   sub->add_option("--abits", q.act_bits, "activation bits (2..8)");
-  sub->add_option("--method", q.method, "minmax | percentile | entropy | mse (calibrators), adaround | brecq | qdrop | inlierq (reconstruction)")->default_val("minmax");
-  sub->add_option("--init-method", q.init_method, "with adaround/brecq/qdrop: activation range initialisation (a calibrator)")->default_val("mse");
+  const auto bar = [](const std::vector<std::string>& names) {
+    std::string s;
+    for (const auto& n : names) s += (s.empty() ? "" : " | ") + n;
+    return s;
+  };
+  auto recon_methods = recon::reconstruction_methods();
+  recon_methods.push_back("inlierq");
+  sub->add_option("--method", q.method, bar(quant::calibration_methods()) + " (calibrators), " + bar(recon_methods) + " (reconstruction)")
+      ->default_val("minmax");
+  sub->add_option("--init-method", q.init_method, "with " + bar(recon_methods) + ": activation range initialisation (" +
+                                                      bar(quant::calibration_methods()) + ")")->default_val("mse");
   auto* iters_opt = sub->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
   sub->add_option("--time-limit", q.time_limit_min, "reconstruction: choose the iterations per unit so that the whole command takes about this many minutes (replaces --iters; the count is printed)")->excludes(iters_opt);
   sub->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);

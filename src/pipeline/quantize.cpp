@@ -20,6 +20,7 @@
 #include "inlierq/runtime.h"
 #include "inlierq/transforms.h"
 #include "pipeline/progress.h"
+#include "quant/calibrators.h"
 #include "util/atomic_file.h"
 
 namespace inlierq::pipeline {
@@ -131,10 +132,13 @@ struct Paths {
 
 Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon_method) {
   const auto methods = quant::calibration_methods();
+  auto recon_methods = recon::reconstruction_methods();
+  recon_methods.push_back("inlierq");
   if (std::find(methods.begin(), methods.end(), act_method) == methods.end())
-    throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected minmax, percentile, entropy or mse)"
-                             : "unknown method '" + job.method + "' (expected a calibration method: minmax, percentile, entropy, mse; "
-                               "or a reconstruction method: adaround, brecq, qdrop, inlierq)");
+    throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected " + quant::join_names(methods) + ")"
+                             : "unknown method '" + job.method + "' (expected a calibration method: " +
+                                   quant::join_names(methods, "") + "; or a reconstruction method: " +
+                                   quant::join_names(recon_methods, "") + ")");
   if (job.weight_type != "auto" && job.weight_type != "int8" && job.weight_type != "uint8")
     throw Error("unknown --weight-type '" + job.weight_type + "' (expected auto, int8 or uint8)");
   quant::parse_layout(job.layout);
@@ -171,7 +175,8 @@ void check_checkpoint_options(const QuantizeJob& job, const Paths& p, bool recon
     if (!f) throw Error("--resume: no checkpoint in '" + p.checkpoint + "'");
     // Unreadable state fails now, not after calibration (reconstruct() checks the contents against the run).
     try {
-      (void)nlohmann::json::parse(f);
+      const nlohmann::json state_json = nlohmann::json::parse(f);
+      (void)state_json;
     } catch (const std::exception& e) {
       throw Error(state.string() + ": corrupt checkpoint: " + e.what());
     }

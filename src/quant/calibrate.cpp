@@ -7,10 +7,12 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <tuple>
 
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
 #include "inlierq/transforms.h"
+#include "quant/calibrators.h"
 #include "quant/range_search.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
@@ -25,8 +27,6 @@ int64_t WeightEncoding::qn() const { return grid_of(bits, symmetric).qn(); }
 int64_t WeightEncoding::qp() const { return grid_of(bits, symmetric).qp(); }
 int64_t ActEncoding::qn() const { return grid_of(bits, symmetric).qn(); }
 int64_t ActEncoding::qp() const { return grid_of(bits, symmetric).qp(); }
-
-std::vector<std::string> calibration_methods() { return {"minmax", "percentile", "entropy", "mse"}; }
 
 namespace {
 
@@ -66,13 +66,10 @@ std::pair<float, float> weight_channel_range(const std::vector<float>& v, const 
 
 Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                     const CalibrationOptions& opts) {
-  const auto methods = calibration_methods();
-  if (std::find(methods.begin(), methods.end(), opts.method) == methods.end())
-    throw Error("unknown calibration method '" + opts.method + "' (expected minmax, percentile, entropy or mse)");
+  const Calibrator& calibrator = find_calibrator(opts.method);
   if (opts.weight_method != "minmax" && opts.weight_method != "mse")
     throw Error("unknown weight calibration method '" + opts.weight_method + "' (expected minmax or mse)");
-  if (opts.method == "percentile" && !(opts.percentile > 50 && opts.percentile <= 100))
-    throw Error("--percentile must be in (50, 100], got " + std::to_string(opts.percentile));
+  if (calibrator.validate) calibrator.validate(opts);
   if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
   if (inputs.empty()) throw Error("no calibration images");
 
@@ -163,7 +160,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   for (const auto& a : plan.activations) eo.hooked.insert(a.value);
   rt::Executor ex(g, eo);
   const std::string input_name = g.inputs[0].name;
-  const int passes = opts.method == "minmax" ? 1 : 2;
+  const int passes = calibrator.histogram ? 2 : 1;
   const size_t batch = static_cast<size_t>(std::max(1, opts.batch));
 
   size_t batch_begin = 0;  // first image of the batch being run, for error messages
@@ -211,7 +208,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     if (!gs.seen) throw Error("activation '" + gs.members.at(0) + "' was never computed during calibration");
 
   if (passes == 2) {
-    const bool use_abs = opts.method == "entropy";
+    const bool use_abs = calibrator.histogram_of_abs;
     for (auto& gs : groups) {
       const double lo = use_abs ? 0.0 : gs.min;
       const double hi = use_abs ? std::max(std::fabs(gs.min), std::fabs(gs.max)) : gs.max;
@@ -231,23 +228,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     double lo = gs.min, hi = gs.max;
     // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
     // search over its histogram would clip pixel values.
-    if (gs.image) {
-    } else if (opts.method == "percentile") {
-      auto r = percentile_range(*gs.hist, opts.percentile);
-      lo = r.first, hi = r.second;
-    } else if (opts.method == "entropy") {
-      // 2^(b-1) levels on |x| (ALGORITHMS §2) even for asymmetric grids over one-sided data: searching
-      // with the 2^b levels such a grid really has clipped more and lost more mAP on all three shared
-      // models at W8A8 (100 val images: NanoDet 0.1199 → 0.1185, FastestDet 0.0842 → 0.0692, YOLOX
-      // 0.2178 → 0.1807).
-      const double t = entropy_threshold(*gs.hist, gs.bits);
-      lo = std::max(gs.min, -t), hi = std::min(gs.max, t);
-    } else if (opts.method == "mse") {
-      // A SiLU pre-activation's error counts after the SiLU (YOLOX-Nano W8A8 ort layout, mse + fallback 2,
-      // 500 val images through ORT: mAP 0.1964 with the plain search, 0.2120 with this one, FP32 0.2161).
-      auto r = gs.silu && !gs.symmetric ? mse_range_after(*gs.hist, grid, silu) : mse_range(*gs.hist, grid);
-      lo = r.first, hi = r.second;
-    }
+    if (!gs.image) std::tie(lo, hi) = calibrator.range(GroupStatistics{gs.min, gs.max, gs.hist.get(), grid, gs.silu}, opts);
     if (gs.symmetric) {
       const double t = std::max(std::fabs(lo), std::fabs(hi));
       lo = -t, hi = t;

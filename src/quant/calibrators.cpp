@@ -1,0 +1,32 @@
+#include "quant/calibrators.h"
+
+#include "inlierq/error.h"
+
+namespace inlierq::quant {
+
+const std::vector<const Calibrator*>& calibrators() {
+  static const std::vector<const Calibrator*> table = {&kMinmaxCalibrator, &kPercentileCalibrator, &kEntropyCalibrator,
+                                                       &kMseCalibrator};
+  return table;
+}
+
+std::vector<std::string> calibration_methods() {
+  std::vector<std::string> names;
+  for (const auto* c : calibrators()) names.push_back(c->name);
+  return names;
+}
+
+std::string join_names(const std::vector<std::string>& names, const char* last) {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i)
+    s += (i == 0 ? std::string() : i + 1 == names.size() && *last ? std::string(" ") + last + " " : std::string(", ")) + names[i];
+  return s;
+}
+
+const Calibrator& find_calibrator(const std::string& name) {
+  for (const auto* c : calibrators())
+    if (name == c->name) return *c;
+  throw Error("unknown calibration method '" + name + "' (expected " + join_names(calibration_methods()) + ")");
+}
+
+}  // namespace inlierq::quant
