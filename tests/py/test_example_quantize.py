@@ -3,7 +3,6 @@ public API alone: it includes only inlierq/ headers and no torch header (checked
 private include path, so a private header would not compile), writes a QDQ OUT.onnx with its encodings,
 and ONNX Runtime runs the file with finite outputs.
 """
-import json
 import os
 import re
 import subprocess
@@ -12,10 +11,9 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image
 
 from common import SOURCE_DIR, Checks
-from test_poison_numbers import PROFILE, SIZE, build
+from test_poison_numbers import SIZE, build, calibration_and_profile
 
 EXAMPLE = os.environ.get("INLIERQ_EXAMPLE", os.path.join(SOURCE_DIR, "build", "examples", "example_quantize"))
 
@@ -28,14 +26,8 @@ def main():
     checks.check(not private and not any(i.startswith(("ATen", "torch", "c10")) for i in includes),
                  f"the example includes only public inlierq/ and standard headers ({includes})")
     with tempfile.TemporaryDirectory() as tmp:
-        calib = os.path.join(tmp, "calib")
-        os.makedirs(calib)
+        calib, profile = calibration_and_profile(tmp, seed=3)
         rng = np.random.default_rng(3)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(os.path.join(calib, f"{i}.png"))
-        profile = os.path.join(tmp, "tiny.json")
-        with open(profile, "w") as f:
-            json.dump(PROFILE, f)
         model = os.path.join(tmp, "tiny.onnx")
         build(model, "rules")
         out = os.path.join(tmp, "tiny_q.onnx")

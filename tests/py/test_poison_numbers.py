@@ -96,17 +96,24 @@ def scales_and_floats(model):
     return floats, scale_names
 
 
+def calibration_and_profile(tmp, seed=1):
+    """Four random 48x40 PNGs in TMP/calib and the synthetic detector's profile in TMP/poison.json."""
+    calib = os.path.join(tmp, "calib")
+    os.makedirs(calib)
+    rng = np.random.default_rng(seed)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(os.path.join(calib, f"{i}.png"))
+    profile = os.path.join(tmp, "poison.json")
+    with open(profile, "w") as f:
+        json.dump(PROFILE, f)
+    return calib, profile
+
+
 def main():
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
-        calib = os.path.join(tmp, "calib")
-        os.makedirs(calib)
+        calib, profile = calibration_and_profile(tmp)
         rng = np.random.default_rng(1)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(os.path.join(calib, f"{i}.png"))
-        profile = os.path.join(tmp, "poison.json")
-        with open(profile, "w") as f:
-            json.dump(PROFILE, f)
 
         def quantize(case, preset):
             model = os.path.join(tmp, f"{case}.onnx")
