@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.environ.get("INLIERQ_ASSETS", os.path.join(ROOT, "..", "shared", "assets"))
 MODELS = {"yolox": "yolox_nano.onnx", "nanodet": "nanodet_m_416.onnx", "fastestdet": "fastestdet_352.onnx",
           "yolov5": "yolov5n.onnx"}
+TIMEOUT_S = 4 * 3600  # per shard; the full models shard takes ~26 min under ASan here
 COUNTS = {"models": 100_000, "images": 100_000, "profiles": 6_000, "annotations": 3_000, "detections": 3_000}
 
 
@@ -132,7 +133,12 @@ def run_shard(tool, kind, first, count, seed, seeds, extra, work, runs):
     env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"),
                UBSAN_OPTIONS=os.environ.get("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"), OMP_NUM_THREADS="1")
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        return {"kind": kind, "first": first, "count": count, "seed": seed, "tried": 0, "seconds": time.time() - t0,
+                "findings": [f"shard timed out after {TIMEOUT_S} s (a hanging mutant); last stderr: "
+                             f"{(e.stderr or b'')[-1000:]!r}"], "command": " ".join(shlex.quote(c) for c in cmd), "exit": None}
     row = None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -144,6 +150,10 @@ def run_shard(tool, kind, first, count, seed, seeds, extra, work, runs):
                [(died[-1] if died else "exit %d" % proc.returncode) + " | " + proc.stderr[-3000:]], "seconds": time.time() - t0}
     row["command"] = " ".join(shlex.quote(c) for c in cmd)
     row["exit"] = proc.returncode
+    # LeakSanitizer reports at exit, after the summary line: any exit other than 0 (clean) or 1 (findings
+    # listed) is a finding too.
+    if proc.returncode not in (0, 1) and row.get("tried"):
+        row.setdefault("findings", []).append(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
     return row
 
 

@@ -179,11 +179,11 @@ inline bool run_once(const Graph& g) {
   rt::TensorMap inputs;
   for (const auto& in : g.inputs) {
     std::vector<int64_t> shape;
-    int64_t numel = 1;
+    double numel = 1;  // double: a mutated dimension near INT64_MAX must not overflow the product
     for (const auto& d : in.shape) {
       shape.push_back(d.value > 0 ? d.value : 1);
-      numel *= shape.back();
-      if (numel > (1 << 20)) return false;  // a mutated dimension; not worth the memory
+      numel *= static_cast<double>(shape.back());
+      if (numel > (1 << 20)) return false;  // not worth the memory
     }
     inputs[in.name] = in.dtype == DType::Float ? at::rand(shape) : at::zeros(shape, rt::to_scalar_type(in.dtype));
   }
@@ -230,20 +230,24 @@ inline nlohmann::json odd_json_value(std::mt19937& rng) {
 inline void mutate_json(nlohmann::json& doc, std::mt19937& rng, std::string& log) {
   const int count = 1 + static_cast<int>(rng() % 4);
   for (int k = 0; k < count; ++k) {
-    std::vector<nlohmann::json::json_pointer> paths;
-    // Documents can be large (annotation files): walk at most a few thousand nodes.
-    std::vector<nlohmann::json::json_pointer> todo = {nlohmann::json::json_pointer()};
-    while (!todo.empty() && paths.size() < 4000) {
-      auto p = todo.back();
-      todo.pop_back();
-      paths.push_back(p);
-      const auto& v = doc.at(p);
-      if (v.is_object())
-        for (const auto& [key, _] : v.items()) todo.push_back(p / key);
-      else if (v.is_array())
-        for (size_t i = 0; i < v.size(); ++i) todo.push_back(p / i);
-    }
-    const auto path = paths[rng() % paths.size()];
+    // A random walk from the root: stop here with probability 1/4 (always at a leaf), else step into a
+    // random child. Every node is reachable whatever the document's size or key order.
+    auto random_node = [&]() {
+      nlohmann::json::json_pointer p;
+      while (true) {
+        const auto& v = doc.at(p);
+        if (!(v.is_object() || v.is_array()) || v.empty() || rng() % 4 == 0) return p;
+        const size_t k = rng() % v.size();
+        if (v.is_array()) {
+          p /= k;
+        } else {
+          auto it = v.begin();
+          std::advance(it, static_cast<long>(k));
+          p /= it.key();
+        }
+      }
+    };
+    const auto path = random_node();
     const std::string where = path.to_string();
     auto& node = doc.at(path);
     const bool root = path.empty();
@@ -282,10 +286,13 @@ inline void mutate_json(nlohmann::json& doc, std::mt19937& rng, std::string& log
         }
         break;
       default: {
-        auto other = paths[rng() % paths.size()];
+        auto other = random_node();
         // Swapping a node with its own ancestor or descendant would not be a swap.
         const std::string a = where, b = other.to_string();
-        if (a.rfind(b, 0) == 0 || b.rfind(a, 0) == 0) break;
+        auto within = [](const std::string& inner, const std::string& outer) {
+          return inner.rfind(outer, 0) == 0 && (inner.size() == outer.size() || inner[outer.size()] == '/');
+        };
+        if (within(a, b) || within(b, a)) break;
         std::swap(node, doc.at(other));
         log += " swap(" + a + "," + b + ")";
       }

@@ -478,6 +478,16 @@ TEST(QuantGraph, ExportRefusesScalesAndWeightsThatWouldPoisonTheFile) {
     } catch (const Error& err) {
       EXPECT_NE(std::string(err.what()).find("activation '" + act + "'"), std::string::npos) << err.what();
     }
+    if (!std::isfinite(bad)) {  // a non-finite weight value itself, as reconstruction or an embedder might pass
+      Graph poisoned = g;
+      poisoned.initializers.at(weight).as<float>()[0] = bad;
+      try {
+        quant::make_qdq_graph(poisoned, plan, enc);
+        ADD_FAILURE() << "weight value " << bad << " was exported";
+      } catch (const Error& err) {
+        EXPECT_NE(std::string(err.what()).find("weight '" + weight + "'"), std::string::npos) << err.what();
+      }
+    }
     e = enc;
     e.weights.at(weight).scale.back() = bad;
     try {

@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
       if (*c.sub) return c.run();
   } catch (const Interrupted& e) {
     // 128 + the signal number, as a shell reports a process the signal killed.
-    fmt::print(stderr, "{}; nothing was written (existing outputs are untouched)\n", e.what());
+    if (e.outputs_written()) fmt::print(stderr, "{}\n", e.what());
+    else fmt::print(stderr, "{}; nothing was written (existing outputs are untouched)\n", e.what());
     return 128 + e.signal();
   } catch (const Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());

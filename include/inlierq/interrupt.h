@@ -12,12 +12,16 @@ namespace inlierq {
 class Interrupted : public Error {
  public:
   explicit Interrupted(int signal) : Error(std::string("interrupted by ") + signal_name(signal)), signal_(signal) {}
-  Interrupted(int signal, const std::string& message) : Error(message), signal_(signal) {}
+  // outputs_written: the job had already written its outputs (the message says which).
+  Interrupted(int signal, const std::string& message, bool outputs_written = false)
+      : Error(message), signal_(signal), outputs_written_(outputs_written) {}
   int signal() const { return signal_; }
+  bool outputs_written() const { return outputs_written_; }
   static const char* signal_name(int signal);
 
  private:
   int signal_;
+  bool outputs_written_ = false;
 };
 
 // Installs the SIGINT and SIGTERM handlers (the CLI does, at start).

@@ -412,49 +412,59 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   res.encodings_meta = enc.meta;
   stage_done(Stage::Write);
 
-  // ---- evaluate
-  if (!job.eval_images.empty()) {
-    coco::Dataset gt = coco::load_dataset(job.eval_annotations);
-    DetectorOptions dopts;
-    dopts.session.device = job.device;
-    Detector fp(g, profile, dopts);
-    FolderEvaluation e_fp = evaluate_folder(fp, gt, job.eval_images, job.eval_limit, "eval FP32", ev);
-    Detector qd(qdq, profile, dopts);
-    FolderEvaluation e_q = evaluate_folder(qd, gt, job.eval_images, job.eval_limit,
-                                           fmt::format("eval W{}A{}", res.weight_bits, res.act_bits), ev);
-    res.evaluation = Evaluation{e_fp.result, e_q.result, e_q.images, job.eval_annotations};
-    stage_done(Stage::Evaluate);
-  }
-
-  // ---- report: saliency pictures of a few calibration images at the units next to the head.
-  std::vector<report::Figure> figures;
-  if (profile.heatmap.contains("sources")) {
-    try {
-      const auto units = recon::derive_units(g, final_plan);
-      const size_t shown = std::min<size_t>(3, inputs.size());
-      recon::ReconOptions so = res.reconstruction ? reconstruction_options(job) : job.recon;
-      so.heatmap = profile.heatmap;
-      so.device = job.device;
-      const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
-      const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, so);
-      std::vector<InputTransform> transforms(transforms_of_inputs.begin(), transforms_of_inputs.begin() + static_cast<long>(shown));
-      const std::vector<std::string> shown_paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
-      for (auto& [caption, img] : report::saliency_figures(maps, shown_paths, transforms, 320))
-        figures.push_back({caption, encode_png(img)});
-    } catch (const std::exception& e) {
-      say(ev.warning, fmt::format("no saliency figures in the report: {}", e.what()));
+  // From here on the model, encodings and cache are written: an interrupt must not say otherwise.
+  try {
+    throw_if_interrupted();  // e.g. a Ctrl-C during the ORT latency subprocess, which shares the terminal
+    // ---- evaluate
+    if (!job.eval_images.empty()) {
+      coco::Dataset gt = coco::load_dataset(job.eval_annotations);
+      DetectorOptions dopts;
+      dopts.session.device = job.device;
+      Detector fp(g, profile, dopts);
+      FolderEvaluation e_fp = evaluate_folder(fp, gt, job.eval_images, job.eval_limit, "eval FP32", ev);
+      Detector qd(qdq, profile, dopts);
+      FolderEvaluation e_q = evaluate_folder(qd, gt, job.eval_images, job.eval_limit,
+                                             fmt::format("eval W{}A{}", res.weight_bits, res.act_bits), ev);
+      res.evaluation = Evaluation{e_fp.result, e_q.result, e_q.images, job.eval_annotations};
+      stage_done(Stage::Evaluate);
     }
+
+    // ---- report: saliency pictures of a few calibration images at the units next to the head.
+    std::vector<report::Figure> figures;
+    if (profile.heatmap.contains("sources")) {
+      try {
+        const auto units = recon::derive_units(g, final_plan);
+        const size_t shown = std::min<size_t>(3, inputs.size());
+        recon::ReconOptions so = res.reconstruction ? reconstruction_options(job) : job.recon;
+        so.heatmap = profile.heatmap;
+        so.device = job.device;
+        const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
+        const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, so);
+        std::vector<InputTransform> transforms(transforms_of_inputs.begin(), transforms_of_inputs.begin() + static_cast<long>(shown));
+        const std::vector<std::string> shown_paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
+        for (auto& [caption, img] : report::saliency_figures(maps, shown_paths, transforms, 320))
+          figures.push_back({caption, encode_png(img)});
+      } catch (const std::exception& e) {
+        say(ev.warning, fmt::format("no saliency figures in the report: {}", e.what()));
+      }
+    }
+    enc.meta["stage_seconds"] = {{"load + prepare", res.seconds.prepare}, {"images", res.seconds.images},
+                                 {"calibration", res.seconds.calibration}, {"reconstruction", res.seconds.reconstruction},
+                                 {"export", res.seconds.export_and_write}};
+    enc.meta["method"] = job.method;
+    nlohmann::json evaluation;
+    if (res.evaluation)
+      evaluation = {{"fp32_map", res.evaluation->fp32.stats[0]}, {"fp32_map50", res.evaluation->fp32.stats[1]},
+                    {"map", res.evaluation->quantized.stats[0]}, {"map50", res.evaluation->quantized.stats[1]},
+                    {"eval_images", res.evaluation->images}, {"annotations", job.eval_annotations}};
+    write_file_atomically(paths.report, report::quantize_report_html(enc.meta, figures, evaluation));
+  } catch (const Interrupted& e) {
+    throw Interrupted(e.signal(),
+                      fmt::format("interrupted by {} after {}, {}{} were written; the evaluation and the report were not",
+                                  Interrupted::signal_name(e.signal()), res.out_onnx, res.out_encodings,
+                                  res.out_trt.empty() ? "" : " and " + res.out_trt),
+                      true);
   }
-  enc.meta["stage_seconds"] = {{"load + prepare", res.seconds.prepare}, {"images", res.seconds.images},
-                               {"calibration", res.seconds.calibration}, {"reconstruction", res.seconds.reconstruction},
-                               {"export", res.seconds.export_and_write}};
-  enc.meta["method"] = job.method;
-  nlohmann::json evaluation;
-  if (res.evaluation)
-    evaluation = {{"fp32_map", res.evaluation->fp32.stats[0]}, {"fp32_map50", res.evaluation->fp32.stats[1]},
-                  {"map", res.evaluation->quantized.stats[0]}, {"map50", res.evaluation->quantized.stats[1]},
-                  {"eval_images", res.evaluation->images}, {"annotations", job.eval_annotations}};
-  write_file_atomically(paths.report, report::quantize_report_html(enc.meta, figures, evaluation));
   res.encodings_meta = enc.meta;
   stage_done(Stage::Report);
   return res;

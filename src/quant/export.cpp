@@ -49,10 +49,17 @@ std::string unique_name(std::set<std::string>& used, const std::string& base) {
 
 bool usable_scale(float s) { return std::isfinite(s) && s >= std::numeric_limits<float>::min(); }
 
-// Before any code is computed from them (a NaN scale would make the float-to-int conversion undefined).
-void check_encoding_scales(const QuantPlan& plan, const Encodings& enc) {
+// Before any code is computed from them (a NaN scale or weight would make the float-to-int conversion
+// undefined). calibrate() refuses non-finite weights already; a graph from elsewhere (reconstruction, an
+// embedder's own weights) is checked here.
+void check_encoding_scales(const Graph& g, const QuantPlan& plan, const Encodings& enc) {
   for (const auto& w : plan.weights) {
     const auto& we = enc.weights.at(w.tensor);
+    if (auto it = g.initializers.find(w.tensor); it != g.initializers.end() && it->second.dtype == DType::Float)
+      for (int64_t i = 0; i < it->second.numel(); ++i)
+        if (!std::isfinite(it->second.as<float>()[i]))
+          throw Error(fmt::format("export: weight '{}' of node '{}' is {} at index {}", w.tensor, w.node,
+                                  it->second.as<float>()[i], i));
     for (size_t c = 0; c < we.scale.size(); ++c)
       if (!usable_scale(we.scale[c]))
         throw Error(fmt::format("export: weight '{}' of node '{}' has scale {} in channel {}; a scale must be a normal "
@@ -136,7 +143,7 @@ size_t add_requantizers(const Graph& g, QuantPlan& plan, Encodings& enc) {
 
 Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc, const ExportOptions& opts) {
   if (g.opset < 13) throw Error("QDQ export needs opset ≥ 13 (per-axis DequantizeLinear); the graph is opset " + std::to_string(g.opset));
-  check_encoding_scales(plan, enc);
+  check_encoding_scales(g, plan, enc);
   Graph out = g;
   std::set<std::string> used;
   for (const auto& [k, v] : out.initializers) used.insert(k);
@@ -186,7 +193,8 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     for (size_t c = 0; c < scale.size(); ++c) {
       scale[c] = in->scale * we.scale[c];
       const double code = std::nearbyint(static_cast<double>(b.as<float>()[c] / scale[c]));
-      if (!(std::fabs(code) < 2147483647.0)) fits = false;
+      // A product that underflows or overflows float is no usable scale either: the bias stays float.
+      if (!(std::fabs(code) < 2147483647.0) || !usable_scale(scale[c])) fits = false;
       else q.as<int32_t>()[c] = static_cast<int32_t>(code);
     }
     if (!fits) continue;

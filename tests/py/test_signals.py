@@ -2,7 +2,8 @@
 signal number and write nothing; a reconstruction keeps the checkpoint of its finished units, says how to
 resume, and --resume then writes a model byte-identical to an uninterrupted run. SIGKILL at the worst
 moment of a checkpoint write (new weights on disk, state not yet replaced) leaves the previous checkpoint
-loadable. A second signal ends the process at once."""
+loadable. A second signal ends the process at once. A signal after quantize has written its outputs (during
+--eval-images) says which files were written instead of "nothing was written"."""
 import json
 import os
 import signal
@@ -90,6 +91,25 @@ def main():
         err = first + err
         checks.check(p.returncode == 128 + signal.SIGTERM and not os.path.exists(results),
                      f"SIGTERM during eval: exit {p.returncode}, no results file: {err.strip().splitlines()[-1] if err.strip() else ''}")
+
+        # After quantize has written its outputs (here: during --eval-images), SIGINT says which files exist.
+        out = os.path.join(tmp, "evaluated.onnx")
+        p = start(["quantize", MODELS["fastestdet_352"][0], "--profile", "fastestdet", "--calib", calib, "--preset", "w8a8",
+                   "--no-ort-latency", "-o", out, "--eval-images", os.path.join(VAL, "images"), "--eval-annotations",
+                   os.path.join(VAL, "instances_val500.json")])
+        seen = ""
+        while p.poll() is None:
+            line = p.stderr.readline()
+            seen += line
+            if "[eval FP32]" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        err = seen + err
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        checks.check(p.returncode == 128 + signal.SIGINT and os.path.exists(out) and "were written" in last
+                     and "nothing was written" not in last,
+                     f"SIGINT during quantize's evaluation: exit {p.returncode}, OUT.onnx kept, the message says so: {last}")
 
     checks.finish()
 

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -177,6 +178,10 @@ int main(int argc, char** argv) {
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_set_death_callback(print_current);
 #endif
+  std::set_terminate([] {
+    print_current();
+    std::abort();
+  });
   Args args;
   try {
     args = parse_args(argc, argv);
@@ -229,6 +234,7 @@ int main(int argc, char** argv) {
     auto rng = fuzz::mutant_rng(args.seed, i);
     std::string log;
     const std::string seed_name = args.seeds[m].substr(0, args.seeds[m].find('='));
+    g_current = "mutant " + std::to_string(i) + " of " + seed_name + " (while mutating)";
     ++st.tried;
     try {
       if (args.kind == "models") {
