@@ -230,13 +230,14 @@ inline nlohmann::json odd_json_value(std::mt19937& rng) {
 inline void mutate_json(nlohmann::json& doc, std::mt19937& rng, std::string& log) {
   const int count = 1 + static_cast<int>(rng() % 4);
   for (int k = 0; k < count; ++k) {
-    // A random walk from the root: stop here with probability 1/4 (always at a leaf), else step into a
-    // random child. Every node is reachable whatever the document's size or key order.
+    // A random walk from the root: stop with probability 1/4 (always at a leaf; never at the root, whose
+    // replacement only tests the top-level type check), else step into a random child. Every node is
+    // reachable whatever the document's size or key order.
     auto random_node = [&]() {
       nlohmann::json::json_pointer p;
       while (true) {
         const auto& v = doc.at(p);
-        if (!(v.is_object() || v.is_array()) || v.empty() || rng() % 4 == 0) return p;
+        if (!(v.is_object() || v.is_array()) || v.empty() || (!p.empty() && rng() % 4 == 0)) return p;
         const size_t k = rng() % v.size();
         if (v.is_array()) {
           p /= k;
