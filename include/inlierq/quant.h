@@ -138,6 +138,7 @@ struct CalibrationOptions {
   int histogram_bins = 2048;
   int batch = 8;
   std::string device = "cpu";
+  std::vector<std::string> input_names;  // optional, one per input (file paths): named in errors
   // Called after each batch of each pass: (pass, passes, images done, images).
   std::function<void(int, int, size_t, size_t)> progress;
 };

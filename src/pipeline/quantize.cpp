@@ -265,6 +265,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   co.percentile = job.percentile;
   co.batch = job.batch;
   co.device = job.device;
+  co.input_names = folder.paths;
   std::unique_ptr<ProgressReporter> pass_progress;
   int current_pass = 0;
   // The first report of a pass comes after its first batch: the pass began at the previous report.

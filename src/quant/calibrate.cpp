@@ -195,9 +195,12 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
       const bool nan = std::isnan(lo) || std::isnan(hi) || at::isnan(flat).any().item<bool>();
       const Node* p = index.producer(name);
       const size_t last = std::min(inputs.size(), batch_begin + batch) - 1;
+      // The batch's files when the caller named the inputs, else their positions.
+      std::string where;
+      for (size_t k = batch_begin; k <= last; ++k)
+        where += (where.empty() ? "" : ", ") + (k < opts.input_names.size() ? opts.input_names[k] : "#" + std::to_string(k));
       throw Error("activation '" + name + "'" + (p ? " (output of " + p->op_type + " node '" + p->name + "')" : std::string()) +
-                  " is " + (nan ? "NaN" : "Inf") + " on calibration image" +
-                  (last > batch_begin ? "s " + std::to_string(batch_begin) + "-" + std::to_string(last) : " " + std::to_string(batch_begin)) +
+                  " is " + (nan ? "NaN" : "Inf") + " on the calibration batch of " + where +
                   ": the FP32 model itself computes it there, and no quantization range can hold it");
     }
     gs.min = std::min(gs.min, lo);

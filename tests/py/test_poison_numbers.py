@@ -163,8 +163,9 @@ def main():
                          f"{preset}: ONNX Runtime runs OUT.onnx, outputs finite and equal to inlierq's "
                          f"(max diff {None if mine is None else float(np.abs(mine - y).max()):.2g}) {ours.stderr[-200:]}")
 
-        for case, must_name in [("inf_activation", ["blown_up", "div_by_zero", "Inf"]),
-                                ("nan_activation", ["not_a_number", "sqrt_of_negative", "NaN"]),
+        first_png = os.path.join(calib, "0.png")  # the batch's files are named
+        for case, must_name in [("inf_activation", ["blown_up", "div_by_zero", "Inf", first_png]),
+                                ("nan_activation", ["not_a_number", "sqrt_of_negative", "NaN", first_png]),
                                 ("nan_weight", ["w1", "NaN"]), ("inf_bias", ["b1", "Inf"])]:
             r, out = quantize(case, "w8a8")
             err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
