@@ -6,7 +6,7 @@ Builds the sanitizer preset (build-asan) unless --no-build, writes small seed fi
 results. Mutant i of a kind is a pure function of (--seed, i), so a finding replays alone with
 `build-asan/tests/inlierq_fuzz KIND --first I --count I+1 --seed S SEEDS...` (the command is in the log).
 
-  python3 bench/fuzz.py                      # the full counts (about 2 h on 2 cores)
+  python3 bench/fuzz.py                      # the full counts (about 30 min on 2 cores, after the build)
   python3 bench/fuzz.py --scale 0.01         # a quick pass
   python3 bench/fuzz.py --report-only        # re-render docs/FUZZING.md from WORK/results.jsonl
 
