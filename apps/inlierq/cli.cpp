@@ -33,11 +33,10 @@ std::string profile_help() {
   return help + ") or JSON path (docs/PROFILES.md)";
 }
 
-void make_output_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec || !std::filesystem::is_directory(dir))
-    throw Error("cannot create output directory '" + dir + "': " + (ec ? ec.message() : "not a directory"));
+Detector open_detector(const std::string& model, const std::string& profile, const std::string& device) {
+  DetectorOptions opts;
+  opts.session.device = device;
+  return Detector(load_onnx(model), load_profile(profile), opts);
 }
 
 void ProgressPrinter::operator()(const std::string& what, size_t done, size_t total, double elapsed) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "inlierq/pipeline.h"
+#include "util/atomic_file.h"  // make_output_dir
 
 namespace inlierq::cli {
 
@@ -33,7 +34,8 @@ std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const
 
 // "built-in profile (yolox, ...) or JSON path (docs/PROFILES.md)"
 std::string profile_help();
-void make_output_dir(const std::string& dir);
+// The FP32 (or QDQ) model with its profile, for eval and detect.
+Detector open_detector(const std::string& model, const std::string& profile, const std::string& device);
 
 // Progress lines on stderr: on a terminal one line redrawn a few times per second, in a log one line per
 // ~10 % of each loop; what, how far, rate, ETA.

@@ -21,9 +21,7 @@ struct DetectArgs {
 };
 
 int run(const DetectArgs& a) {
-  DetectorOptions opts;
-  opts.session.device = a.device;
-  Detector detector(load_onnx(a.model), load_profile(a.profile), opts);
+  Detector detector = open_detector(a.model, a.profile, a.device);
   const ModelProfile& profile = detector.profile();
   if (!a.draw_dir.empty()) make_output_dir(a.draw_dir);
   for (const auto& f : a.files) {

@@ -20,9 +20,7 @@ struct EvalArgs {
 };
 
 int run(const EvalArgs& a) {
-  DetectorOptions opts;
-  opts.session.device = a.device;
-  Detector detector(load_onnx(a.model), load_profile(a.profile), opts);
+  Detector detector = open_detector(a.model, a.profile, a.device);
   const ModelProfile& profile = detector.profile();
   coco::Dataset gt = coco::load_dataset(a.annotations);
   if (!a.results.empty() && !a.force && std::filesystem::exists(a.results))

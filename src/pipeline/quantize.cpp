@@ -107,13 +107,6 @@ std::string strip_onnx_suffix(const std::string& path) {
              : path;
 }
 
-void make_output_dir(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir))
-    throw Error("cannot create output directory '" + dir + "': " + (ec ? ec.message() : "not a directory"));
-}
-
 // Outputs of the last `count` units: the feature maps next to the head, where the posterior is most telling.
 std::vector<std::string> last_unit_outputs(const std::vector<recon::Unit>& units, size_t count) {
   std::vector<std::string> v;

@@ -86,4 +86,11 @@ OutputLock::~OutputLock() {
   ::close(fd_);
 }
 
+void make_output_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    throw Error("cannot create output directory '" + dir + "': " + (ec ? ec.message() : "not a directory"));
+}
+
 }  // namespace inlierq
