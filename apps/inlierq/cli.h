@@ -22,6 +22,7 @@ Command add_inspect(CLI::App& app);
 Command add_infer(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_detect(CLI::App& app);
+Command add_compare(CLI::App& app);
 Command add_saliency(CLI::App& app);
 Command add_quantize(CLI::App& app, const int& threads);
 

@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (0 = ATen's default, which is 1 on some VMs); reconstruction runs its shards on this many threads (0 = every core)");
   const std::vector<cli::Command> commands = {cli::add_inspect(app), cli::add_infer(app),    cli::add_eval(app),
-                                              cli::add_detect(app),  cli::add_saliency(app), cli::add_quantize(app, threads)};
+                                              cli::add_detect(app),  cli::add_compare(app), cli::add_saliency(app),
+                                              cli::add_quantize(app, threads)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

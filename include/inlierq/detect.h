@@ -2,6 +2,7 @@
 // Model profiles (preprocessing, output decoding, NMS, heatmap definition) and the detector that
 // applies them. Torch-free.
 #include <array>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,11 @@ class Detector {
   ~Detector();
   // Boxes in original-image pixels, one list per image.
   std::vector<std::vector<BoxDetection>> detect(const std::vector<Image>& images);
+  // The same on inputs already preprocessed by the profile (each [1, C, H, W]) with their transforms, as one
+  // batch; `outputs`, when given, receives the raw graph outputs of the batch (batch dimension N).
+  std::vector<std::vector<BoxDetection>> detect_preprocessed(const std::vector<TensorData>& inputs,
+                                                             std::vector<InputTransform> transforms,
+                                                             std::map<std::string, TensorData>* outputs = nullptr);
   const ModelProfile& profile() const;
 
  private:

@@ -132,6 +132,41 @@ struct FolderEvaluation {
 FolderEvaluation evaluate_folder(Detector& detector, const coco::Dataset& gt, const std::string& images_dir, size_t limit,
                                  const std::string& label, const Events& events = {});
 
+// ---- label-free fidelity (docs/QUANTIZATION.md §6): how closely a quantized model follows its FP32 model on
+// unlabelled images.
+struct FidelityOptions {
+  float reference_score = 0.3f;  // FP32 detections at or above this score are the ground truth
+  size_t batch = 4;
+  std::string device = "cpu";
+  int64_t topk = 100;            // K of the heatmap loss
+  std::function<void(size_t done, size_t total)> progress;  // images done by the current pass
+};
+struct Fidelity {
+  size_t images = 0, reference_boxes = 0;
+  float reference_score = 0;
+  // The quantized model's detections scored (COCO AP@[.5:.95] and AP50) against the FP32 model's detections
+  // at or above reference_score as ground truth; 1 when the two agree. -1 when no FP32 box reaches the score.
+  double agreement_map = -1, agreement_map50 = -1;
+  double output_sqnr_db = 0;  // all graph outputs: 10·log10(Σ fp² / Σ (q − fp)²) over the images
+  // InlierQ's top-K auxiliary heatmap loss (ALGORITHMS.md §6.2), mean per image; -1 without a heatmap.
+  double heatmap_loss_fp32 = -1, heatmap_loss = -1;
+  nlohmann::json to_json() const;
+};
+// The FP32 model's outputs and detections on a fixed set of preprocessed images, computed once; measure()
+// runs a quantized (QDQ) graph of the same model on them.
+class FidelityReference {
+ public:
+  FidelityReference(const Graph& fp32, const ModelProfile& profile, std::vector<TensorData> inputs,
+                    std::vector<InputTransform> transforms, const FidelityOptions& opts = {});
+  ~FidelityReference();
+  Fidelity measure(const Graph& quantized) const;
+  size_t images() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // {"fp32_ms", "quantized_ms", "ratio", "threads", "runs", "onnxruntime"} (medians of alternating runs, one
 // thread), or {"skipped": "<why>"} when python3 or onnxruntime is missing or the run fails. The interpreter
 // is $INLIERQ_PYTHON, else python3 (inlierq itself does not link ONNX Runtime).

@@ -167,19 +167,31 @@ Detector::~Detector() = default;
 const ModelProfile& Detector::profile() const { return impl_->profile; }
 
 std::vector<std::vector<BoxDetection>> Detector::detect(const std::vector<Image>& images) {
-  const auto& spec = impl_->profile.preprocess;
-  std::vector<at::Tensor> batch;
+  std::vector<TensorData> inputs;
   std::vector<InputTransform> transforms;
   for (const auto& img : images) {
-    Preprocessed pre = preprocess(img, spec);
-    batch.push_back(rt::to_aten(pre.tensor));
+    Preprocessed pre = preprocess(img, impl_->profile.preprocess);
+    inputs.push_back(std::move(pre.tensor));
     transforms.push_back(pre.transform);
   }
+  return detect_preprocessed(inputs, std::move(transforms));
+}
+
+std::vector<std::vector<BoxDetection>> Detector::detect_preprocessed(const std::vector<TensorData>& inputs,
+                                                                     std::vector<InputTransform> transforms,
+                                                                     std::map<std::string, TensorData>* outputs) {
+  if (inputs.size() != transforms.size()) throw Error("detector: one transform per input is needed");
+  if (inputs.empty()) return {};
+  const auto& spec = impl_->profile.preprocess;
+  std::vector<at::Tensor> batch;
+  for (const auto& t : inputs) batch.push_back(rt::to_aten(t));
   at::Tensor x = at::cat(batch, 0);
   auto outs = impl_->exec->run({{impl_->exec->graph().inputs[0].name, x}});
+  if (outputs)
+    for (const auto& [name, t] : outs) (*outputs)[name] = rt::from_aten(t);
   auto raw = impl_->decoder->decode(outs, spec.width, spec.height, impl_->profile.score_threshold);
-  std::vector<std::vector<BoxDetection>> result(images.size());
-  for (size_t i = 0; i < images.size(); ++i) {
+  std::vector<std::vector<BoxDetection>> result(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
     if (impl_->profile.box_scale_ratio && spec.resize == ResizeMode::Letterbox) {
       InputTransform& t = transforms[i];
       const double r = std::min(static_cast<double>(t.input_height) / t.orig_height,
