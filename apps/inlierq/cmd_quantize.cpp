@@ -41,6 +41,14 @@ void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const
                  "floating point: {})\n",
                  quant::layout_name(p.layout), r.bytes / 1e6, r.fp32_bytes / 1e6, 100 * r.integer_mac_fraction,
                  p.float_nodes.size(), p.float_nodes.empty() ? std::string("none") : p.float_reasons.front() + ", ...");
+      if (r.fidelity) {
+        const auto& f = *r.fidelity;
+        fmt::print("label-free fidelity on {} held-out calibration images ({} FP32 boxes with score >= {:g}): agreement mAP {}, "
+                   "output SQNR {:.2f} dB\n",
+                   f.images, f.reference_boxes, f.reference_score,
+                   f.agreement_map >= 0 ? fmt::format("{:.4f} (AP50 {:.4f})", f.agreement_map, f.agreement_map50) : "undefined",
+                   f.output_sqnr_db);
+      }
       break;
     }
     case Stage::Write: {
@@ -54,8 +62,9 @@ void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const
       const auto& s = r.seconds;
       fmt::print("{}: {} on {} images, W{}A{}, {:.2f} s (model load + preparation {:.2f} s, images {:.2f} s, "
                  "calibration{} {:.2f} s{}, export {:.2f} s)\n",
-                 r.reconstruction ? "reconstruction" : "calibration", r.method, r.calibration_images, r.weight_bits, r.act_bits,
-                 s.total, s.prepare, s.images, job.fallback > 0 || job.sensitivity ? " + sensitivity" : "", s.calibration,
+                 r.reconstruction ? "reconstruction" : "calibration", r.method == "auto" ? "auto (" + r.init_method + ")" : r.method,
+                 r.calibration_images, r.weight_bits, r.act_bits,
+                 s.total, s.prepare, s.images, job.fallback > 0 || job.sensitivity || !r.sensitivity.empty() ? " + sensitivity" : "", s.calibration,
                  r.reconstruction ? fmt::format(", reconstruction {:.2f} s", s.reconstruction) : std::string(), s.export_and_write);
       break;
     }
@@ -84,7 +93,10 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
                    {"activation_quantizers", r.plan.activations.size()}, {"fallback", job.fallback},
                    {"layout", quant::layout_name(r.plan.layout)}, {"bytes", r.bytes},
                    {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
-                   {"seconds", r.seconds.total}, {"report", r.out_report}};
+                   {"seconds", r.seconds.total}, {"report", r.out_report}, {"fallback_groups", r.fallback_groups},
+                   {"calibrator", r.init_method}};
+  if (r.fidelity) j["fidelity"] = r.fidelity->to_json();
+  if (!r.auto_trials.is_null()) j["auto_trials"] = r.auto_trials;
   if (r.reconstruction) {
     j["reconstruction_seconds"] = r.seconds.reconstruction;
     j["init_method"] = r.init_method;
@@ -148,8 +160,8 @@ Command add_quantize(CLI::App& app, const int& threads) {
   };
   auto recon_methods = recon::reconstruction_methods();
   recon_methods.push_back("inlierq");
-  sub->add_option("--method", q.method, bar(quant::calibration_methods()) + " (calibrators), " + bar(recon_methods) + " (reconstruction)")
-      ->default_val("minmax");
+  sub->add_option("--method", q.method, "auto (default: every calibrator, weight method and concat policy, and a fallback of the most harmful quantizers, chosen by the fidelity on held-out images) | " + bar(quant::calibration_methods()) + " (calibrators) | " + bar(recon_methods) + " (reconstruction)")
+      ->default_val("auto");
   sub->add_option("--init-method", q.init_method, "with " + bar(recon_methods) + ": activation range initialisation (" +
                                                       bar(quant::calibration_methods()) + ")")->default_val("mse");
   auto* iters_opt = sub->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
@@ -209,6 +221,8 @@ Command add_quantize(CLI::App& app, const int& threads) {
                   "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual Add) or "
                   "auto (default: ort with 8-bit activations, block below)");
   sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);
+  sub->add_option("--fidelity-images", q.fidelity_images, "calibration-folder images held out of calibration for the label-free fidelity estimate (agreement mAP against the FP32 detections, output SQNR) that auto chooses by and the report shows: the next ones after --num-calib (0 = none)")->default_val(q.fidelity_images);
+  sub->add_option("--reference-score", q.fidelity_reference_score, "fidelity estimate: FP32 detections at or above this score are the ground truth")->default_val(q.fidelity_reference_score);
   sub->add_option("--fallback", q.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
   sub->add_flag("--sensitivity", q.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
   sub->add_option("--sensitivity-images", q.sensitivity_images, "calibration images used for the sensitivity analysis")->default_val(8);

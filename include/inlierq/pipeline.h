@@ -19,17 +19,59 @@
 
 namespace inlierq::pipeline {
 
+// ---- label-free fidelity (docs/QUANTIZATION.md §6): how closely a quantized model follows its FP32 model on
+// unlabelled images.
+struct FidelityOptions {
+  float reference_score = 0.3f;  // FP32 detections at or above this score are the ground truth
+  size_t batch = 4;
+  std::string device = "cpu";
+  int64_t topk = 100;            // K of the heatmap loss
+  std::function<void(size_t done, size_t total)> progress;  // images done by the current pass
+};
+struct Fidelity {
+  size_t images = 0, reference_boxes = 0;
+  float reference_score = 0;
+  // The quantized model's detections scored (COCO AP@[.5:.95] and AP50) against the FP32 model's detections
+  // at or above reference_score as ground truth; 1 when the two agree. -1 when no FP32 box reaches the score.
+  double agreement_map = -1, agreement_map50 = -1;
+  double output_sqnr_db = 0;  // all graph outputs: 10·log10(Σ fp² / Σ (q − fp)²) over the images
+  // InlierQ's top-K auxiliary heatmap loss (ALGORITHMS.md §6.2), mean per image; -1 without a heatmap.
+  double heatmap_loss_fp32 = -1, heatmap_loss = -1;
+  nlohmann::json to_json() const;
+};
+// The FP32 model's outputs and detections on a fixed set of preprocessed images, computed once; measure()
+// runs a quantized (QDQ) graph of the same model on them.
+class FidelityReference {
+ public:
+  FidelityReference(const Graph& fp32, const ModelProfile& profile, std::vector<TensorData> inputs,
+                    std::vector<InputTransform> transforms, const FidelityOptions& opts = {});
+  ~FidelityReference();
+  Fidelity measure(const Graph& quantized) const;
+  size_t images() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 struct QuantizeJob {
   std::string model, profile, calib_dir;
   std::string out;  // OUT.onnx; OUT.encodings.json, OUT.trt.cache and OUT.report.html go next to it
   // Precision: a "wNaM" preset, or both bit widths.
   std::string preset;
   int weight_bits = 0, act_bits = 0;
-  // A calibrator (minmax | percentile | entropy | mse) or a reconstruction method (adaround | brecq | qdrop |
-  // inlierq, which is InlierQ on `base`); reconstruction starts from `init_method`'s ranges.
-  std::string method = "minmax", init_method = "mse", weight_method = "mse", base = "qdrop";
+  // `auto` (the calibration configuration that follows the FP32 model best on the held-out images; see
+  // fidelity_images), a calibrator (minmax | percentile | entropy | mse) or a reconstruction method (adaround |
+  // brecq | qdrop | inlierq, which is InlierQ on `base`); reconstruction starts from `init_method`'s ranges.
+  std::string method = "auto", init_method = "mse", weight_method = "mse", base = "qdrop";
   double percentile = 99.99;
   size_t num_calib = 64;
+  // Images of the calibration folder never calibrated on: the label-free fidelity estimate is measured on them
+  // (and `auto` chooses by it). The next ones after the first num_calib; when the folder has fewer, the last
+  // quarter of those it has (at most this many; none below 16 images). 0: none.
+  size_t fidelity_images = 16;
+  float fidelity_reference_score = 0.3f;
+  int auto_max_fallback = 3;  // `auto`: activation groups it may leave in floating point
   int batch = 8;
   uint64_t seed = 0;
   std::string device = "cpu";
@@ -37,7 +79,7 @@ struct QuantizeJob {
   std::string layout = "auto", weight_type = "auto", config;
   std::vector<std::string> exclude;
   bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;
-  // Sensitivity analysis and fallback.
+  // Sensitivity analysis and fallback (with `auto`, a fallback given here replaces the automatic one).
   int fallback = 0;
   size_t sensitivity_images = 8;
   bool sensitivity = false;
@@ -75,6 +117,9 @@ struct QuantizeResult {
   bool reconstruction = false;
   size_t calibration_images = 0;
   std::vector<std::string> calibration_files, skipped_images;
+  std::vector<std::string> fidelity_files;  // the held-out images of the fidelity estimate
+  std::optional<Fidelity> fidelity;          // of the written file on those images
+  nlohmann::json auto_trials;                // `auto`: every configuration measured, with its fidelity
   quant::QuantPlan plan;  // the final plan (after fallback and requantizers)
   std::vector<SensitivityEntry> sensitivity;  // most harmful first; empty unless asked
   size_t sensitivity_images = 0;              // calibration images it was measured on
@@ -131,41 +176,6 @@ struct FolderEvaluation {
 };
 FolderEvaluation evaluate_folder(Detector& detector, const coco::Dataset& gt, const std::string& images_dir, size_t limit,
                                  const std::string& label, const Events& events = {});
-
-// ---- label-free fidelity (docs/QUANTIZATION.md §6): how closely a quantized model follows its FP32 model on
-// unlabelled images.
-struct FidelityOptions {
-  float reference_score = 0.3f;  // FP32 detections at or above this score are the ground truth
-  size_t batch = 4;
-  std::string device = "cpu";
-  int64_t topk = 100;            // K of the heatmap loss
-  std::function<void(size_t done, size_t total)> progress;  // images done by the current pass
-};
-struct Fidelity {
-  size_t images = 0, reference_boxes = 0;
-  float reference_score = 0;
-  // The quantized model's detections scored (COCO AP@[.5:.95] and AP50) against the FP32 model's detections
-  // at or above reference_score as ground truth; 1 when the two agree. -1 when no FP32 box reaches the score.
-  double agreement_map = -1, agreement_map50 = -1;
-  double output_sqnr_db = 0;  // all graph outputs: 10·log10(Σ fp² / Σ (q − fp)²) over the images
-  // InlierQ's top-K auxiliary heatmap loss (ALGORITHMS.md §6.2), mean per image; -1 without a heatmap.
-  double heatmap_loss_fp32 = -1, heatmap_loss = -1;
-  nlohmann::json to_json() const;
-};
-// The FP32 model's outputs and detections on a fixed set of preprocessed images, computed once; measure()
-// runs a quantized (QDQ) graph of the same model on them.
-class FidelityReference {
- public:
-  FidelityReference(const Graph& fp32, const ModelProfile& profile, std::vector<TensorData> inputs,
-                    std::vector<InputTransform> transforms, const FidelityOptions& opts = {});
-  ~FidelityReference();
-  Fidelity measure(const Graph& quantized) const;
-  size_t images() const;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
 
 // {"fp32_ms", "quantized_ms", "ratio", "threads", "runs", "onnxruntime"} (medians of alternating runs, one
 // thread), or {"skipped": "<why>"} when python3 or onnxruntime is missing or the run fails. The interpreter

@@ -151,6 +151,15 @@ std::vector<std::string> calibration_methods();
 Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                     const CalibrationOptions& opts);
 
+// The per-channel weight encodings alone (what calibrate() puts in Encodings::weights): minmax | mse.
+std::map<std::string, WeightEncoding> calibrate_weights(const Graph& g, const QuantPlan& plan, const std::string& weight_method);
+
+// calibrate() for several activation calibrators at once: one min/max pass and one histogram pass (of x and/or
+// |x|, whichever they need) shared by all, and the same weight encodings in each; keyed by method. Each
+// result equals calibrate() with that method.
+std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                                                   const CalibrationOptions& opts, const std::vector<std::string>& methods);
+
 // ---- export -----------------------------------------------------------------------------------------
 
 // Outputs of grid-preserving ops (Concat, MaxPool, Resize nearest, Reshape, Slice, Split, ...) whose data

@@ -19,6 +19,7 @@
 #include "inlierq/report.h"
 #include "inlierq/runtime.h"
 #include "inlierq/transforms.h"
+#include "pipeline/auto_choice.h"
 #include "pipeline/progress.h"
 #include "quant/calibrators.h"
 #include "util/atomic_file.h"
@@ -127,11 +128,16 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
   const auto methods = quant::calibration_methods();
   auto recon_methods = recon::reconstruction_methods();
   recon_methods.push_back("inlierq");
-  if (std::find(methods.begin(), methods.end(), act_method) == methods.end())
+  const bool auto_method = act_method == "auto" && !recon_method;
+  if (!auto_method && std::find(methods.begin(), methods.end(), act_method) == methods.end())
     throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected " + quant::join_names(methods) + ")"
-                             : "unknown method '" + job.method + "' (expected a calibration method: " +
+                             : "unknown method '" + job.method + "' (expected auto; a calibration method: " +
                                    quant::join_names(methods, "") + "; or a reconstruction method: " +
                                    quant::join_names(recon_methods, "") + ")");
+  if (auto_method && job.fidelity_images == 0)
+    throw Error("--method auto chooses by the fidelity on held-out images; --fidelity-images 0 leaves none");
+  if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
+    throw Error("--reference-score must be in (0, 1)");
   if (job.weight_type != "auto" && job.weight_type != "int8" && job.weight_type != "uint8")
     throw Error("unknown --weight-type '" + job.weight_type + "' (expected auto, int8 or uint8)");
   quant::parse_layout(job.layout);
@@ -233,8 +239,8 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   std::vector<InputTransform> transforms_of_inputs;
   ImageFolder folder;
   {
-    ProgressReporter progress(ev, "load calibration images", job.num_calib);
-    folder = load_image_folder(job.calib_dir, job.num_calib, [&](size_t i, const std::string&, Image&& img) {
+    ProgressReporter progress(ev, "load calibration images", job.num_calib + job.fidelity_images);
+    folder = load_image_folder(job.calib_dir, job.num_calib + job.fidelity_images, [&](size_t i, const std::string&, Image&& img) {
       Preprocessed pp = preprocess(img, profile.preprocess);
       inputs.push_back(std::move(pp.tensor));
       transforms_of_inputs.push_back(pp.transform);
@@ -242,9 +248,31 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     });
   }
   for (const auto& w : folder.warnings) say(ev.warning, w + "; skipped");
-  if (folder.paths.size() < job.num_calib)
-    say(ev.warning, fmt::format("{} has only {} decodable images; calibrating on {} (asked for {})", job.calib_dir,
-                                folder.paths.size(), folder.paths.size(), job.num_calib));
+  // The held-out images: after the first num_calib, or the last quarter of a smaller folder.
+  const size_t loaded = inputs.size();
+  size_t held_out = 0;
+  if (job.fidelity_images > 0) {
+    if (loaded >= job.num_calib + job.fidelity_images) held_out = job.fidelity_images;
+    else if (loaded >= 16) held_out = std::min(job.fidelity_images, loaded / 4);
+  }
+  const size_t calibrated = std::min(job.num_calib, loaded - held_out);
+  std::vector<TensorData> held_inputs(std::make_move_iterator(inputs.begin() + calibrated),
+                                      std::make_move_iterator(inputs.begin() + calibrated + held_out));
+  std::vector<InputTransform> held_transforms(transforms_of_inputs.begin() + calibrated,
+                                              transforms_of_inputs.begin() + calibrated + held_out);
+  res.fidelity_files.assign(folder.paths.begin() + calibrated, folder.paths.begin() + calibrated + held_out);
+  inputs.resize(calibrated);
+  transforms_of_inputs.resize(calibrated);
+  folder.paths.resize(calibrated);
+  if (calibrated < job.num_calib)
+    say(ev.warning, fmt::format("{} has only {} decodable images; calibrating on {} (asked for {}){}", job.calib_dir, loaded,
+                                calibrated, job.num_calib,
+                                held_out ? fmt::format(" and holding out {} for the fidelity estimate (--fidelity-images 0 "
+                                                       "calibrates on all)", held_out)
+                                         : std::string()));
+  if (job.fidelity_images > 0 && held_out == 0)
+    say(ev.warning, fmt::format("no held-out images for the fidelity estimate (the folder has {} images; it needs 16, or "
+                                "--num-calib + --fidelity-images)", loaded));
   res.calibration_images = inputs.size();
   res.calibration_files = folder.paths;
   res.skipped_images = folder.warnings;
@@ -252,6 +280,20 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   stage_done(Stage::Images);
 
   // ---- calibrate
+  std::unique_ptr<FidelityReference> reference;
+  if (held_out > 0) {
+    FidelityOptions fo;
+    fo.device = job.device;
+    fo.reference_score = job.fidelity_reference_score;
+    fo.topk = job.recon.topk;
+    fo.progress = [](size_t, size_t) { throw_if_interrupted(); };
+    reference = std::make_unique<FidelityReference>(g, profile, std::move(held_inputs), std::move(held_transforms), fo);
+  }
+  const bool auto_method = job.method == "auto";
+  if (auto_method && !reference) {
+    say(ev.warning, "--method auto needs held-out images; calibrating with minmax instead");
+    res.init_method = "minmax";
+  }
   quant::CalibrationOptions co;
   co.method = res.init_method;
   co.weight_method = job.weight_method;
@@ -263,22 +305,62 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   int current_pass = 0;
   // The first report of a pass comes after its first batch: the pass began at the previous report.
   auto pass_start = clock_type::now();
+  std::string calibrating = res.init_method;
   co.progress = [&](int pass, int passes, size_t done, size_t total) {
     if (pass != current_pass) {
       current_pass = pass;
-      pass_progress = std::make_unique<ProgressReporter>(ev, fmt::format("calibrate {} pass {}/{}", res.init_method, pass, passes),
+      pass_progress = std::make_unique<ProgressReporter>(ev, fmt::format("calibrate {} pass {}/{}", calibrating, pass, passes),
                                                          total, pass_start);
     }
     pass_progress->update(done);
     pass_start = clock_type::now();
   };
-  quant::Encodings enc = quant::calibrate(g, plan, inputs, co);
-  pass_progress.reset();
+  quant::Encodings enc;
   quant::QuantPlan final_plan = plan;
+  if (auto_method && reference) {
+    AutoChoiceInputs ai;
+    ai.graph = &g;
+    ai.placement = placement_options(job);
+    ai.weight_method = job.weight_method;
+    ai.reference = reference.get();
+    ai.device = job.device;
+    ai.max_fallback = job.fallback > 0 ? 0 : job.auto_max_fallback;
+    // Four images rank the groups as eight do on the shared models, at half the cost of one forward pass per group.
+    ai.sensitivity_inputs.assign(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), 4));
+    ai.calibrate = [&](const quant::QuantPlan& p, const std::vector<std::string>& calibrators, const std::string& weight_method) {
+      quant::CalibrationOptions c = co;
+      c.weight_method = weight_method;
+      calibrating = quant::join_names(calibrators, "") + (weight_method == "minmax" ? " (minmax weights)" : "");
+      current_pass = 0;
+      pass_start = clock_type::now();
+      auto e = quant::calibrate_methods(g, p, inputs, c, calibrators);
+      pass_progress.reset();
+      return e;
+    };
+    AutoChoice choice = choose_calibration(ai, ev);
+    enc = std::move(choice.enc);
+    final_plan = std::move(choice.plan);
+    res.init_method = choice.calibrator;
+    res.auto_trials = choice.trials;
+    res.fallback_groups = choice.fallback_groups;
+    for (const auto& s : choice.sensitivity) res.sensitivity.push_back(s);
+    res.sensitivity_images = choice.sensitivity.empty() ? 0 : ai.sensitivity_inputs.size();
+    enc.meta["method"] = "auto";
+    enc.meta["auto"] = {{"calibrator", choice.calibrator}, {"weight_method", choice.weight_method},
+                        {"separate_concat_scales", choice.separate_concat_scales}, {"quantize_head", choice.quantize_head},
+                        {"fallback_groups", choice.fallback_groups},
+                        {"trials", choice.trials}, {"held_out_images", res.fidelity_files}};
+    res.plan = final_plan;
+    if (!res.sensitivity.empty()) stage_done(Stage::Sensitivity);
+  } else {
+    enc = quant::calibrate(g, plan, inputs, co);
+    pass_progress.reset();
+  }
   if (job.fallback > 0 || job.sensitivity) {
     const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.sensitivity_images));
-    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", plan.num_groups);
-    auto sens = quant::activation_sensitivity(g, plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); });
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", final_plan.num_groups);
+    auto sens = quant::activation_sensitivity(g, final_plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); });
+    res.sensitivity.clear();
     nlohmann::json js = nlohmann::json::array();
     for (const auto& s : sens) {
       res.sensitivity.push_back({s.values, s.sqnr_db});
@@ -377,6 +459,11 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
   res.integer_mac_fraction = integer_mac_fraction(g, quantized_weights, final_plan);
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
+  if (reference) {
+    res.fidelity = reference->measure(qdq);
+    enc.meta["fidelity"] = res.fidelity->to_json();
+    enc.meta["fidelity"]["files"] = res.fidelity_files;
+  }
   save_onnx(qdq, paths.onnx);
   res.opset = qdq.opset;
   res.bytes = fs::file_size(paths.onnx);

@@ -36,7 +36,8 @@ struct GroupStats {
   bool symmetric = false;
   double min = std::numeric_limits<double>::infinity();
   double max = -std::numeric_limits<double>::infinity();
-  std::unique_ptr<Histogram> hist;  // values over [min, max], or |x| over [0, max|x|] for entropy
+  std::unique_ptr<Histogram> hist;      // values over [min, max]
+  std::unique_ptr<Histogram> abs_hist;  // |x| over [0, max|x|] (entropy)
   bool seen = false;
   bool image = false;  // holds the network input (ActSite::image)
   bool silu = true;    // every member is a SiLU pre-activation (ActSite::silu_input)
@@ -64,38 +65,11 @@ std::pair<float, float> weight_channel_range(const std::vector<float>& v, const 
 
 }  // namespace
 
-Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
-                    const CalibrationOptions& opts) {
-  const Calibrator& calibrator = find_calibrator(opts.method);
-  if (opts.weight_method != "minmax" && opts.weight_method != "mse")
-    throw Error("unknown weight calibration method '" + opts.weight_method + "' (expected minmax or mse)");
-  if (calibrator.validate) calibrator.validate(opts);
-  if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
-  if (inputs.empty()) throw Error("no calibration images");
-
-  // Biases of quantized compute nodes become int32 codes (or stay float where they would not fit): a
-  // non-finite one would reach OUT.onnx, so it is refused here with its name.
-  {
-    std::unordered_map<std::string, const Node*> node_by_name;
-    for (const auto& n : g.nodes) node_by_name[n.name] = &n;
-    for (const auto& w : plan.weights) {
-      auto it = node_by_name.find(w.node);
-      if (it == node_by_name.end() || it->second->inputs.size() < 3) continue;
-      auto b = g.initializers.find(it->second->inputs[2]);
-      if (b == g.initializers.end() || b->second.dtype != DType::Float) continue;
-      const float* d = b->second.as<float>();
-      for (int64_t i = 0; i < b->second.numel(); ++i)
-        if (!std::isfinite(d[i]))
-          throw Error("bias '" + b->first + "' of node '" + w.node + "' contains " + (std::isnan(d[i]) ? "NaN" : "Inf") +
-                      " at index " + std::to_string(i));
-    }
-  }
-
-  Encodings enc;
-  using clock = std::chrono::steady_clock;
-  const auto t_start = clock::now();
-  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
-  // ---- weights (independent per tensor, so spread over the intra-op threads)
+std::map<std::string, WeightEncoding> calibrate_weights(const Graph& g, const QuantPlan& plan, const std::string& weight_method) {
+  if (weight_method != "minmax" && weight_method != "mse")
+    throw Error("unknown weight calibration method '" + weight_method + "' (expected minmax or mse)");
+  std::map<std::string, WeightEncoding> out;
+  // Independent per tensor, so spread over the intra-op threads.
   std::vector<WeightEncoding> wencs(plan.weights.size());
   std::vector<std::string> werrors(plan.weights.size());
   at::parallel_for(0, static_cast<int64_t>(plan.weights.size()), 1, [&](int64_t begin, int64_t end) {
@@ -127,7 +101,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
                             " in channel " + std::to_string(c));
               values.push_back(x);
             }
-          auto [lo, hi] = weight_channel_range(values, opts.weight_method, grid);
+          auto [lo, hi] = weight_channel_range(values, weight_method, grid);
           const AffineParams p = calibrated_params(lo, hi, grid);
           we.scale.push_back(p.scale);
           we.zero_point.push_back(p.zero_point);
@@ -139,8 +113,58 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   });
   for (size_t wi = 0; wi < plan.weights.size(); ++wi) {
     if (!werrors[wi].empty()) throw Error(werrors[wi]);
-    enc.weights[plan.weights[wi].tensor] = std::move(wencs[wi]);
+    out[plan.weights[wi].tensor] = std::move(wencs[wi]);
   }
+  return out;
+}
+
+Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                    const CalibrationOptions& opts) {
+  return calibrate_methods(g, plan, inputs, opts, {opts.method}).at(opts.method);
+}
+
+std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                                                   const CalibrationOptions& opts, const std::vector<std::string>& methods) {
+  if (methods.empty()) throw Error("calibrate_methods: no calibrator named");
+  std::vector<const Calibrator*> cals;
+  bool need_hist = false, need_abs_hist = false;
+  for (const auto& m : methods) {
+    const Calibrator& c = find_calibrator(m);
+    CalibrationOptions o = opts;
+    o.method = m;
+    if (c.validate) c.validate(o);
+    cals.push_back(&c);
+    need_hist |= c.histogram && !c.histogram_of_abs;
+    need_abs_hist |= c.histogram && c.histogram_of_abs;
+  }
+  if (opts.weight_method != "minmax" && opts.weight_method != "mse")
+    throw Error("unknown weight calibration method '" + opts.weight_method + "' (expected minmax or mse)");
+  if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
+  if (inputs.empty()) throw Error("no calibration images");
+
+  // Biases of quantized compute nodes become int32 codes (or stay float where they would not fit): a
+  // non-finite one would reach OUT.onnx, so it is refused here with its name.
+  {
+    std::unordered_map<std::string, const Node*> node_by_name;
+    for (const auto& n : g.nodes) node_by_name[n.name] = &n;
+    for (const auto& w : plan.weights) {
+      auto it = node_by_name.find(w.node);
+      if (it == node_by_name.end() || it->second->inputs.size() < 3) continue;
+      auto b = g.initializers.find(it->second->inputs[2]);
+      if (b == g.initializers.end() || b->second.dtype != DType::Float) continue;
+      const float* d = b->second.as<float>();
+      for (int64_t i = 0; i < b->second.numel(); ++i)
+        if (!std::isfinite(d[i]))
+          throw Error("bias '" + b->first + "' of node '" + w.node + "' contains " + (std::isnan(d[i]) ? "NaN" : "Inf") +
+                      " at index " + std::to_string(i));
+    }
+  }
+
+  Encodings enc;  // the weights; copied into each method's encodings
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  enc.weights = calibrate_weights(g, plan, opts.weight_method);
   const double weight_seconds = seconds_since(t_start);
   const auto t_acts = clock::now();
   // ---- activations
@@ -160,7 +184,7 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
   for (const auto& a : plan.activations) eo.hooked.insert(a.value);
   rt::Executor ex(g, eo);
   const std::string input_name = g.inputs[0].name;
-  const int passes = calibrator.histogram ? 2 : 1;
+  const int passes = need_hist || need_abs_hist ? 2 : 1;
   const size_t batch = static_cast<size_t>(std::max(1, opts.batch));
 
   size_t batch_begin = 0;  // first image of the batch being run, for error messages
@@ -211,51 +235,66 @@ Encodings calibrate(const Graph& g, const QuantPlan& plan, const std::vector<Ten
     if (!gs.seen) throw Error("activation '" + gs.members.at(0) + "' was never computed during calibration");
 
   if (passes == 2) {
-    const bool use_abs = calibrator.histogram_of_abs;
     for (auto& gs : groups) {
-      const double lo = use_abs ? 0.0 : gs.min;
-      const double hi = use_abs ? std::max(std::fabs(gs.min), std::fabs(gs.max)) : gs.max;
-      gs.hist = std::make_unique<Histogram>(lo, hi, opts.histogram_bins);
+      if (need_hist) gs.hist = std::make_unique<Histogram>(gs.min, gs.max, opts.histogram_bins);
+      if (need_abs_hist)
+        gs.abs_hist = std::make_unique<Histogram>(0.0, std::max(std::fabs(gs.min), std::fabs(gs.max)), opts.histogram_bins);
     }
-    run_pass(2, [use_abs](GroupStats& gs, const std::string&, const at::Tensor& t) {
-      at::Tensor d = dense_cpu_float(use_abs ? at::abs(t) : t);
-      gs.hist->add(d.data_ptr<float>(), static_cast<size_t>(d.numel()));
+    run_pass(2, [](GroupStats& gs, const std::string&, const at::Tensor& t) {
+      if (gs.hist) {
+        at::Tensor d = dense_cpu_float(t);
+        gs.hist->add(d.data_ptr<float>(), static_cast<size_t>(d.numel()));
+      }
+      if (gs.abs_hist) {
+        at::Tensor d = dense_cpu_float(at::abs(t));
+        gs.abs_hist->add(d.data_ptr<float>(), static_cast<size_t>(d.numel()));
+      }
     });
   }
 
   const double forward_seconds = seconds_since(t_acts);
-  const auto t_search = clock::now();
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    auto& gs = groups[gi];
-    const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
-    double lo = gs.min, hi = gs.max;
-    // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
-    // search over its histogram would clip pixel values.
-    if (!gs.image) std::tie(lo, hi) = calibrator.range(GroupStatistics{gs.min, gs.max, gs.hist.get(), grid, gs.silu}, opts);
-    if (gs.symmetric) {
-      const double t = std::max(std::fabs(lo), std::fabs(hi));
-      lo = -t, hi = t;
+  std::map<std::string, Encodings> out;
+  for (size_t mi = 0; mi < methods.size(); ++mi) {
+    const Calibrator& calibrator = *cals[mi];
+    CalibrationOptions o = opts;
+    o.method = methods[mi];
+    Encodings& e = out[methods[mi]];
+    e.weights = enc.weights;
+    const auto t_search = clock::now();
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      auto& gs = groups[gi];
+      const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
+      double lo = gs.min, hi = gs.max;
+      // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
+      // search over its histogram would clip pixel values.
+      const Histogram* hist = !calibrator.histogram ? nullptr : calibrator.histogram_of_abs ? gs.abs_hist.get() : gs.hist.get();
+      if (!gs.image) std::tie(lo, hi) = calibrator.range(GroupStatistics{gs.min, gs.max, hist, grid, gs.silu}, o);
+      if (gs.symmetric) {
+        const double t = std::max(std::fabs(lo), std::fabs(hi));
+        lo = -t, hi = t;
+      }
+      const AffineParams p = calibrated_params(static_cast<float>(lo), static_cast<float>(hi), grid);
+      for (const auto& v : gs.members) {
+        ActEncoding ae;
+        ae.value = v;
+        ae.bits = gs.bits;
+        ae.symmetric = gs.symmetric;
+        ae.group = static_cast<int>(gi);
+        ae.scale = p.scale;
+        ae.zero_point = p.zero_point;
+        ae.observed_min = static_cast<float>(gs.min);
+        ae.observed_max = static_cast<float>(gs.max);
+        e.activations[v] = ae;
+      }
     }
-    const AffineParams p = calibrated_params(static_cast<float>(lo), static_cast<float>(hi), grid);
-    for (const auto& v : gs.members) {
-      ActEncoding ae;
-      ae.value = v;
-      ae.bits = gs.bits;
-      ae.symmetric = gs.symmetric;
-      ae.group = static_cast<int>(gi);
-      ae.scale = p.scale;
-      ae.zero_point = p.zero_point;
-      ae.observed_min = static_cast<float>(gs.min);
-      ae.observed_max = static_cast<float>(gs.max);
-      enc.activations[v] = ae;
-    }
-  }
-  enc.meta = {{"method", opts.method}, {"weight_method", opts.weight_method}, {"calibration_images", inputs.size()},
+    e.meta = {{"method", o.method}, {"weight_method", opts.weight_method}, {"calibration_images", inputs.size()},
               {"histogram_bins", opts.histogram_bins}};
-  if (opts.method == "percentile") enc.meta["percentile"] = opts.percentile;
-  enc.meta["seconds"] = {{"weights", weight_seconds}, {"activation_passes", forward_seconds},
+    if (o.method == "percentile") e.meta["percentile"] = opts.percentile;
+    e.meta["seconds"] = {{"weights", weight_seconds}, {"activation_passes", forward_seconds},
                          {"range_search", seconds_since(t_search)}};
-  return enc;
+    if (methods.size() > 1) e.meta["calibrated_with"] = methods;  // the passes were shared
+  }
+  return out;
 }
 
 }  // namespace inlierq::quant

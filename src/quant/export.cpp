@@ -298,6 +298,17 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
     dq.inputs = {q.outputs[0], sn, zn};
     dq.outputs = {unique_name(used, a.value + "_dequantized")};
     renamed[a.value] = dq.outputs[0];
+    // The new values keep the quantized value's shape: the executor's batch-1 Reshape rule reads exported shapes.
+    if (const ValueInfo* vi = g.find_value(a.value)) {
+      for (const auto& n : chain) {
+        ValueInfo c = *vi;
+        c.name = n.outputs[0];
+        out.value_info[c.name] = c;
+      }
+      ValueInfo c = *vi;
+      c.name = dq.outputs[0];
+      out.value_info[c.name] = c;
+    }
     chain.push_back(std::move(q));
     chain.push_back(std::move(dq));
     after[a.value] = std::move(chain);

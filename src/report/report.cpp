@@ -166,6 +166,32 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
                      evaluation.value("map50", 0.0), evaluation["map"].get<double>() - evaluation["fp32_map"].get<double>());
     h += fmt::format("<p>{} images of {}.</p>", evaluation.value("eval_images", 0), html_escape(evaluation.value("annotations", std::string())));
   }
+  if (meta.contains("fidelity")) {
+    // Label-free: what a user without labels can check, on calibration-folder images never calibrated on.
+    const auto& f = meta["fidelity"];
+    h += fmt::format("<h2>Label-free fidelity</h2><p>On {} held-out calibration images, the quantized model's detections scored "
+                     "against the FP32 model's detections with score ≥ {:.2g} ({} boxes) as ground truth.</p>",
+                     f.value("images", 0), f.value("reference_score", 0.0), f.value("reference_boxes", 0));
+    h += "<table><tr><th>agreement mAP</th><th>agreement AP50</th><th>output SQNR (dB)</th><th>heatmap top-K loss FP32</th>"
+         "<th>heatmap top-K loss quantized</th></tr>";
+    const auto loss = f.value("heatmap_topk_loss", nlohmann::json::object());
+    h += fmt::format("<tr><td>{:.4f}</td><td>{:.4f}</td><td>{:.2f}</td><td>{}</td><td>{}</td></tr></table>", f.value("agreement_map", -1.0),
+                     f.value("agreement_map50", -1.0), f.value("output_sqnr_db", 0.0),
+                     loss.contains("fp32") ? fmt::format("{:.4f}", loss["fp32"].get<double>()) : "",
+                     loss.contains("quantized") ? fmt::format("{:.4f}", loss["quantized"].get<double>()) : "");
+  }
+  if (meta.contains("auto")) {
+    const auto& a = meta["auto"];
+    h += fmt::format("<h2>Automatic calibration choice</h2><p>Chosen: calibrator <b>{}</b>, weights {}, {} concat scales, {} "
+                     "activation group(s) left in floating point. Every configuration measured, in order:</p>",
+                     html_escape(a.value("calibrator", std::string())), html_escape(a.value("weight_method", std::string())),
+                     a.value("separate_concat_scales", false) ? "separate" : "shared", a.value("fallback_groups", 0));
+    h += "<table><tr><th class=l>configuration</th><th>agreement mAP</th><th>output SQNR (dB)</th></tr>";
+    for (const auto& t : a.value("trials", nlohmann::json::array()))
+      h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.2f}</td></tr>", html_escape(t.value("config", std::string())),
+                       t["fidelity"].value("agreement_map", -1.0), t["fidelity"].value("output_sqnr_db", 0.0));
+    h += "</table>";
+  }
   if (meta.contains("stage_seconds")) {
     h += "<h2>Timings</h2><table><tr>";
     for (const auto& [k, v] : meta["stage_seconds"].items()) h += "<th>" + html_escape(k) + "</th>";
@@ -250,7 +276,7 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
     h += "</table>";
   }
   nlohmann::json config = meta;
-  for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity", "skipped_images"}) config.erase(k);
+  for (const char* k : {"plan", "reconstruction", "calibration_files", "sensitivity", "skipped_images", "auto"}) config.erase(k);
   h += "<h2>Configuration</h2><pre>" + html_escape(config.dump(1)) + "</pre></body></html>\n";
   return h;
 }

@@ -1,0 +1,160 @@
+// `--method auto`: every calibrator, then the other weight method and concat-scale policy, then a greedy
+// fallback of the most harmful activation groups, each kept only when the held-out fidelity says so.
+#include "pipeline/auto_choice.h"
+
+#include <fmt/format.h>
+
+#include "inlierq/error.h"
+#include "pipeline/progress.h"
+
+namespace inlierq::pipeline {
+
+bool better_fidelity(const Fidelity& a, const Fidelity& b) {
+  if (a.agreement_map >= 0 && b.agreement_map >= 0) {
+    if (a.agreement_map > b.agreement_map + 1e-9) return true;
+    if (a.agreement_map < b.agreement_map - 1e-9) return false;
+  }
+  return a.output_sqnr_db > b.output_sqnr_db;
+}
+
+namespace {
+
+// What a fallback step must gain to be worth a quantizer in floating point: one point of agreement mAP, or
+// 0.5 dB of output SQNR when agreement is undefined.
+bool worth_a_fallback(const Fidelity& with, const Fidelity& without) {
+  if (with.agreement_map >= 0 && without.agreement_map >= 0) return with.agreement_map >= without.agreement_map + 0.01;
+  return with.output_sqnr_db >= without.output_sqnr_db + 0.5;
+}
+
+// Agreement this close to 1 leaves nothing for a fallback to recover.
+constexpr double kAgreementGoodEnough = 0.97;
+
+// A quantized head may cost this much agreement mAP (0.3 dB of SQNR when undefined): it makes the file faster and
+// deployable as one integer graph, and differences this small are within the noise of a few held-out images.
+bool head_is_affordable(const Fidelity& with, const Fidelity& without) {
+  if (with.agreement_map >= 0 && without.agreement_map >= 0) return with.agreement_map >= without.agreement_map - 0.005;
+  return with.output_sqnr_db >= without.output_sqnr_db - 0.3;
+}
+
+// Fallback candidates tried, most harmful first; at most AutoChoiceInputs::max_fallback of them are kept.
+constexpr int kFallbackCandidates = 6;
+
+struct Config {
+  std::string calibrator, weight_method;
+  bool separate_concat = false, quantize_head = false;
+  std::vector<int> fallback;  // groups left in floating point
+  std::string fallback_names;  // "[first value of each group, ...]"
+  std::string name() const {
+    std::string s = calibrator + (weight_method == "minmax" ? "+wmm" : "") + (separate_concat ? "+sep" : "") +
+                    (quantize_head ? "+head" : "");
+    if (!fallback.empty()) s += fmt::format("+fb{}", fallback_names);
+    return s;
+  }
+};
+
+}  // namespace
+
+AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
+  if (!in.graph || !in.reference || !in.calibrate) throw Error("choose_calibration: graph, reference and calibrate are required");
+  const Graph& g = *in.graph;
+  AutoChoice best;
+  bool have_best = false;
+  Config best_config;
+  const auto log = [&](const std::string& line) {
+    if (ev.log) ev.log(line);
+  };
+  const auto measure = [&](const Config& c, const quant::QuantPlan& plan, quant::Encodings enc) {
+    const Graph qdq = quant::make_qdq_graph(g, plan, enc);
+    const Fidelity f = in.reference->measure(qdq);
+    best.trials.push_back({{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
+                           {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
+                           {"fallback_groups", c.fallback.size()}, {"fidelity", f.to_json()}});
+    log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB", c.name(), f.agreement_map, f.output_sqnr_db));
+    return f;
+  };
+  const quant::QuantPlan plan_default = quant::derive_plan(g, in.placement);
+  const auto plan_of = [&](const Config& c) {
+    quant::PlacementOptions po = in.placement;
+    po.share_concat_scales = !c.separate_concat;
+    po.quantize_head = c.quantize_head;
+    return po.share_concat_scales == in.placement.share_concat_scales && po.quantize_head == in.placement.quantize_head
+               ? plan_default
+               : quant::derive_plan(g, po);
+  };
+  // Measures a configuration and makes it the best when `accept(its fidelity, the best's)` (default: better).
+  const auto try_config = [&](const Config& c, const quant::Encodings* calibrated = nullptr,
+                              const std::function<bool(const Fidelity&, const Fidelity&)>& accept = better_fidelity) {
+    quant::QuantPlan plan = plan_of(c);
+    quant::Encodings enc = calibrated ? *calibrated : in.calibrate(plan, {c.calibrator}, c.weight_method).at(c.calibrator);
+    const Fidelity f = measure(c, plan, enc);
+    if (!have_best || accept(f, best.fidelity)) {
+      best.plan = std::move(plan);
+      best.enc = std::move(enc);
+      best.fidelity = f;
+      best_config = c;
+      have_best = true;
+    }
+  };
+  // 1. Activation calibrator.
+  {
+    const auto methods = quant::calibration_methods();
+    const auto all = in.calibrate(plan_default, methods, in.weight_method);
+    for (const auto& m : methods)
+      try_config({m, in.weight_method, !in.placement.share_concat_scales, in.placement.quantize_head, {}}, &all.at(m));
+  }
+  // 2. Weight range method: the activation ranges do not depend on it, so only the weights are recalibrated.
+  if (in.choose_weight_method) {
+    Config c = best_config;
+    c.weight_method = in.weight_method == "mse" ? "minmax" : "mse";
+    quant::Encodings enc = best.enc;
+    enc.weights = quant::calibrate_weights(g, plan_of(c), c.weight_method);
+    enc.meta["weight_method"] = c.weight_method;
+    try_config(c, &enc);
+  }
+  // 3. Concat scales, 4. the detection head, each on the best so far.
+  if (in.choose_concat_scales && in.placement.share_concat_scales) {
+    Config c = best_config;
+    c.separate_concat = true;
+    try_config(c);
+  }
+  if (in.choose_head && !in.placement.quantize_head) {
+    Config c = best_config;
+    c.quantize_head = true;
+    try_config(c, nullptr, head_is_affordable);
+  }
+  // 5. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself.
+  if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() &&
+      !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", best.plan.num_groups);
+    const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
+                                                    [&](size_t d, size_t) { sp.update(d); });
+    for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
+    for (int k = 0; k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
+                    static_cast<int>(best_config.fallback.size()) < in.max_fallback && !(best.fidelity.agreement_map >= kAgreementGoodEnough);
+         ++k) {
+      Config c = best_config;
+      c.fallback.push_back(sens[k].group);
+      std::string names = c.fallback_names.empty() ? "" : c.fallback_names.substr(1, c.fallback_names.size() - 2) + ",";
+      c.fallback_names = "[" + names + sens[k].values.front() + "]";
+      quant::QuantPlan plan = best.plan;
+      quant::Encodings enc = best.enc;
+      quant::drop_activation_groups(plan, enc, {sens[k].group}, "sensitivity fallback (auto)");
+      const Fidelity f = measure(c, plan, enc);
+      if (!worth_a_fallback(f, best.fidelity)) continue;
+      best.plan = std::move(plan);
+      best.enc = std::move(enc);
+      best.fidelity = f;
+      best_config = c;
+    }
+  }
+  best.calibrator = best_config.calibrator;
+  best.weight_method = best_config.weight_method;
+  best.separate_concat_scales = best_config.separate_concat;
+  best.quantize_head = best_config.quantize_head;
+  best.fallback_groups = best_config.fallback.size();
+  log(fmt::format("[auto] chose {}: agreement mAP {:.4f}, output SQNR {:.2f} dB on {} held-out images", best_config.name(),
+                  best.fidelity.agreement_map, best.fidelity.output_sqnr_db, best.fidelity.images));
+  return best;
+}
+
+}  // namespace inlierq::pipeline
