@@ -545,3 +545,40 @@ TEST(Calibrators, EveryRowOfTheTable) {
   }
   std::printf("  calibrators: %s\n", names.c_str());
 }
+
+// `auto` calibrates every row in shared passes: each result must be what calibrate() gives for that row alone,
+// and calibrate_weights() what calibrate() puts in the weights.
+TEST(Calibrators, SharedPassesEqualOneCalibratorAtATime) {
+  std::mt19937 rng(11);
+  Graph g = toy_detector(rng);
+  quant::PlacementOptions po;
+  const auto plan = quant::derive_plan(g, po);
+  const auto inputs = random_inputs(4, rng);
+  std::vector<std::string> names;
+  for (const auto* c : quant::calibrators()) names.push_back(c->name);
+  quant::CalibrationOptions co;
+  const auto all = quant::calibrate_methods(g, plan, inputs, co, names);
+  ASSERT_EQ(all.size(), names.size());
+  for (const auto& n : names) {
+    co.method = n;
+    const auto one = quant::calibrate(g, plan, inputs, co);
+    const auto& shared = all.at(n);
+    ASSERT_EQ(one.activations.size(), shared.activations.size()) << n;
+    for (const auto& [v, e] : one.activations) {
+      EXPECT_EQ(e.scale, shared.activations.at(v).scale) << n << " " << v;
+      EXPECT_EQ(e.zero_point, shared.activations.at(v).zero_point) << n << " " << v;
+    }
+    for (const auto& [t, w] : one.weights) EXPECT_EQ(w.scale, shared.weights.at(t).scale) << n << " " << t;
+  }
+  for (const char* wm : {"minmax", "mse"}) {
+    co.method = "minmax";
+    co.weight_method = wm;
+    const auto enc = quant::calibrate(g, plan, inputs, co);
+    const auto weights = quant::calibrate_weights(g, plan, wm);
+    ASSERT_EQ(weights.size(), enc.weights.size());
+    for (const auto& [t, w] : enc.weights) {
+      EXPECT_EQ(w.scale, weights.at(t).scale) << wm << " " << t;
+      EXPECT_EQ(w.zero_point, weights.at(t).zero_point) << wm << " " << t;
+    }
+  }
+}

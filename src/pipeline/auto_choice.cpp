@@ -4,7 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <set>
+
 #include "inlierq/error.h"
+#include "quant/calibrators.h"
 #include "pipeline/progress.h"
 
 namespace inlierq::pipeline {
@@ -42,15 +45,26 @@ constexpr int kFallbackCandidates = 6;
 struct Config {
   std::string calibrator, weight_method;
   bool separate_concat = false, quantize_head = false;
-  std::vector<int> fallback;  // groups left in floating point
-  std::string fallback_names;  // "[first value of each group, ...]"
+  // Activation values whose groups stay in floating point: one per group, by name, so that the choice carries
+  // over to plans with other groups (separate concat scales, a quantized head).
+  std::vector<std::string> fallback;
   std::string name() const {
     std::string s = calibrator + (weight_method == "minmax" ? "+wmm" : "") + (separate_concat ? "+sep" : "") +
                     (quantize_head ? "+head" : "");
-    if (!fallback.empty()) s += fmt::format("+fb{}", fallback_names);
+    if (!fallback.empty()) s += "+fb[" + quant::join_names(fallback, "") + "]";
     return s;
   }
 };
+
+// Leaves the groups holding the config's fallback values in floating point.
+void apply_fallback(const Config& c, quant::QuantPlan& plan, quant::Encodings& enc) {
+  if (c.fallback.empty()) return;
+  const std::set<std::string> values(c.fallback.begin(), c.fallback.end());
+  std::set<int> groups;
+  for (const auto& a : plan.activations)
+    if (values.count(a.value)) groups.insert(a.group);
+  quant::drop_activation_groups(plan, enc, {groups.begin(), groups.end()}, "sensitivity fallback (auto)");
+}
 
 }  // namespace
 
@@ -63,12 +77,12 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   const auto log = [&](const std::string& line) {
     if (ev.log) ev.log(line);
   };
-  const auto measure = [&](const Config& c, const quant::QuantPlan& plan, quant::Encodings enc) {
+  const auto measure = [&](const Config& c, const quant::QuantPlan& plan, const quant::Encodings& enc) {
     const Graph qdq = quant::make_qdq_graph(g, plan, enc);
     const Fidelity f = in.reference->measure(qdq);
     best.trials.push_back({{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
                            {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
-                           {"fallback_groups", c.fallback.size()}, {"fidelity", f.to_json()}});
+                           {"fallback", c.fallback}, {"fidelity", f.to_json()}});
     log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB", c.name(), f.agreement_map, f.output_sqnr_db));
     return f;
   };
@@ -81,37 +95,63 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
                ? plan_default
                : quant::derive_plan(g, po);
   };
-  // Measures a configuration and makes it the best when `accept(its fidelity, the best's)` (default: better).
+  // Measures a configuration (calibrated here unless given) and makes it the best when `accept(its fidelity, the
+  // best's)` (default: better).
   const auto try_config = [&](const Config& c, const quant::Encodings* calibrated = nullptr,
                               const std::function<bool(const Fidelity&, const Fidelity&)>& accept = better_fidelity) {
     quant::QuantPlan plan = plan_of(c);
     quant::Encodings enc = calibrated ? *calibrated : in.calibrate(plan, {c.calibrator}, c.weight_method).at(c.calibrator);
+    apply_fallback(c, plan, enc);
     const Fidelity f = measure(c, plan, enc);
-    if (!have_best || accept(f, best.fidelity)) {
+    const bool taken = !have_best || accept(f, best.fidelity);
+    if (taken) {
       best.plan = std::move(plan);
       best.enc = std::move(enc);
       best.fidelity = f;
       best_config = c;
       have_best = true;
     }
+    return taken;
   };
-  // 1. Activation calibrator.
-  {
-    const auto methods = quant::calibration_methods();
-    const auto all = in.calibrate(plan_default, methods, in.weight_method);
-    for (const auto& m : methods)
-      try_config({m, in.weight_method, !in.placement.share_concat_scales, in.placement.quantize_head, {}}, &all.at(m));
+  // 1. Activation calibrator, all from the same two passes.
+  const auto methods = quant::calibration_methods();
+  const auto calibrated = in.calibrate(plan_default, methods, in.weight_method);
+  for (const auto& m : methods)
+    try_config({m, in.weight_method, !in.placement.share_concat_scales, in.placement.quantize_head, {}}, &calibrated.at(m));
+  // 2. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself;
+  // then the calibrators again with those groups in floating point (what suits the rest may differ).
+  if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() && !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", best.plan.num_groups);
+    const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
+                                                    [&](size_t d, size_t) { sp.update(d); });
+    for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
+    for (int k = 0; k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
+                    static_cast<int>(best_config.fallback.size()) < in.max_fallback && !(best.fidelity.agreement_map >= kAgreementGoodEnough);
+         ++k) {
+      Config c = best_config;
+      c.fallback.push_back(sens[k].values.front());
+      try_config(c, &calibrated.at(c.calibrator), worth_a_fallback);
+    }
+    if (!best_config.fallback.empty()) {
+      const std::string first = best_config.calibrator;
+      for (const auto& m : methods)
+        if (m != first) {
+          Config c = best_config;
+          c.calibrator = m;
+          try_config(c, &calibrated.at(m));
+        }
+    }
   }
-  // 2. Weight range method: the activation ranges do not depend on it, so only the weights are recalibrated.
+  // 3. Weight range method: the activation ranges do not depend on it, so only the weights are recalibrated.
   if (in.choose_weight_method) {
     Config c = best_config;
     c.weight_method = in.weight_method == "mse" ? "minmax" : "mse";
-    quant::Encodings enc = best.enc;
+    quant::Encodings enc = calibrated.at(c.calibrator);
     enc.weights = quant::calibrate_weights(g, plan_of(c), c.weight_method);
     enc.meta["weight_method"] = c.weight_method;
     try_config(c, &enc);
   }
-  // 3. Concat scales, 4. the detection head, each on the best so far.
+  // 4. Concat scales, 5. the detection head, each on the best so far.
   if (in.choose_concat_scales && in.placement.share_concat_scales) {
     Config c = best_config;
     c.separate_concat = true;
@@ -121,31 +161,6 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     Config c = best_config;
     c.quantize_head = true;
     try_config(c, nullptr, head_is_affordable);
-  }
-  // 5. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself.
-  if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() &&
-      !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
-    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", best.plan.num_groups);
-    const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
-                                                    [&](size_t d, size_t) { sp.update(d); });
-    for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
-    for (int k = 0; k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
-                    static_cast<int>(best_config.fallback.size()) < in.max_fallback && !(best.fidelity.agreement_map >= kAgreementGoodEnough);
-         ++k) {
-      Config c = best_config;
-      c.fallback.push_back(sens[k].group);
-      std::string names = c.fallback_names.empty() ? "" : c.fallback_names.substr(1, c.fallback_names.size() - 2) + ",";
-      c.fallback_names = "[" + names + sens[k].values.front() + "]";
-      quant::QuantPlan plan = best.plan;
-      quant::Encodings enc = best.enc;
-      quant::drop_activation_groups(plan, enc, {sens[k].group}, "sensitivity fallback (auto)");
-      const Fidelity f = measure(c, plan, enc);
-      if (!worth_a_fallback(f, best.fidelity)) continue;
-      best.plan = std::move(plan);
-      best.enc = std::move(enc);
-      best.fidelity = f;
-      best_config = c;
-    }
   }
   best.calibrator = best_config.calibrator;
   best.weight_method = best_config.weight_method;

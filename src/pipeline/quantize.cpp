@@ -196,6 +196,25 @@ double integer_mac_fraction(const Graph& g, const Graph& quantized_weights, cons
   return all_macs ? static_cast<double>(quantized_macs) / all_macs : 0.0;
 }
 
+// In the ORT layout every compute node with quantized weights that ONNX Runtime will still run in floating point
+// is a deliberate choice the plan must name: the head's prediction layers (weights quantized, outputs kept in
+// float) and consumers of activations left in floating point by a fallback or an exclusion.
+void list_float_compute(const Graph& g, quant::QuantPlan& plan) {
+  if (plan.layout != quant::QdqLayout::Ort) return;
+  for (const auto& a : plan.activations)
+    if (a.bits != 8) return;  // sub-8-bit grids stop ORT's fusion everywhere (their Clip)
+  const auto integer = quant::integer_compute_nodes(g, plan);
+  const std::set<std::string> integer_set(integer.begin(), integer.end()), listed(plan.float_nodes.begin(), plan.float_nodes.end());
+  const std::set<std::string> head(plan.head_nodes.begin(), plan.head_nodes.end());
+  const std::string fallback = plan.float_activations.empty() ? "" : " (" + plan.float_activation_reasons.front() + ")";
+  for (const auto& w : plan.weights) {
+    if (integer_set.count(w.node) || listed.count(w.node)) continue;
+    plan.float_nodes.push_back(w.node);
+    plan.float_reasons.push_back(head.count(w.node) ? "detection head: weights quantized, output kept in floating point"
+                                                    : "weights quantized; its input or output is not on an 8-bit grid" + fallback);
+  }
+}
+
 }  // namespace
 
 QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
@@ -452,6 +471,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
   const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
   enc.meta["requantizers"] = requantizers;
+  list_float_compute(quantized_weights, final_plan);
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
   quant::ExportOptions xo;

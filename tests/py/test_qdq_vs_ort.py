@@ -63,7 +63,7 @@ def check_latency_skipped(checks, model_path, tmp):
     """Without an interpreter that imports onnxruntime, quantize still succeeds and says why it skipped."""
     env = dict(os.environ, INLIERQ_PYTHON=os.path.join(tmp, "no_such_python"))
     proc = subprocess.run([CLI, "quantize", model_path, "--profile", MODEL, "--calib", CALIB, "--num-calib", "2", "--preset",
-                           "w8a8", "-o", os.path.join(tmp, "skip.onnx")], capture_output=True, text=True, env=env)
+                           "w8a8", "--method", "minmax", "-o", os.path.join(tmp, "skip.onnx")], capture_output=True, text=True, env=env)
     checks.check(proc.returncode == 0 and "ONNX Runtime latency: skipped" in proc.stdout,
                  f"quantize without onnxruntime: exit {proc.returncode}, says it skipped the latency")
 
@@ -221,10 +221,12 @@ def main():
             # 0.01 (a semantic mismatch moves it by far more); the 500-image 0.002 criterion is measured by
             # bench/quant_results.py --also-ort-eval and recorded in docs/RESULTS.md.
             checks.check(abs(ours - ref_map) <= 0.01, f"{preset}: mAP inlierq {ours:.4f} vs ORT {ref_map:.4f} (|Δ| ≤ 0.01, 50 images)")
-        # SiLU and residual Adds: YOLOX-Nano at W8A8 (8 calibration images; structure only, no accuracy).
+        # SiLU and residual Adds: YOLOX-Nano at W8A8 (8 calibration images; structure only, no accuracy), with the
+        # deliberate float choices `auto` can make: a fallback group and a quantized head (float outputs).
         yolox = os.path.join(tmp, "yolox_w8a8.onnx")
         run_cli("quantize", os.path.join(ASSETS, "models", rp.MODELS["yolox"][0]), "--profile", "yolox", "--calib", CALIB,
-                "--num-calib", "8", "--preset", "w8a8", "--no-ort-latency", "-o", yolox)
+                "--num-calib", "8", "--preset", "w8a8", "--method", "minmax", "--fallback", "1", "--sensitivity-images", "2",
+                "--quantize-head", "--fidelity-images", "0", "--no-ort-latency", "-o", yolox)
         check_integer_kernels(checks, onnx.load(yolox), json.load(open(yolox.replace(".onnx", ".encodings.json"))), tmp,
                               model="yolox", expect_ops=("QLinearSigmoid", "QLinearMul", "QLinearAdd", "QLinearConcat"))
     checks.finish()
