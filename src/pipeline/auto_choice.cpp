@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <set>
 
 #include "inlierq/error.h"
@@ -71,6 +72,7 @@ void apply_fallback(const Config& c, quant::QuantPlan& plan, quant::Encodings& e
 AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   if (!in.graph || !in.reference || !in.calibrate) throw Error("choose_calibration: graph, reference and calibrate are required");
   const Graph& g = *in.graph;
+  const auto started = std::chrono::steady_clock::now();
   AutoChoice best;
   bool have_best = false;
   Config best_config;
@@ -83,7 +85,8 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     best.trials.push_back({{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
                            {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
                            {"fallback", c.fallback}, {"fidelity", f.to_json()}});
-    log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB", c.name(), f.agreement_map, f.output_sqnr_db));
+    log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB  ({:.0f} s)", c.name(), f.agreement_map,
+                    f.output_sqnr_db, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()));
     return f;
   };
   const quant::QuantPlan plan_default = quant::derive_plan(g, in.placement);
