@@ -135,6 +135,15 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
       c.fallback.push_back(sens[k].values.front());
       try_config(c, &calibrated.at(c.calibrator), worth_a_fallback);
     }
+    // Groups can matter only together (one harmful quantizer masks the gain of removing the next): the prefixes of
+    // the ranking, when the single steps kept none.
+    for (int k = 2; best_config.fallback.empty() && k <= std::min<int>(in.max_fallback, static_cast<int>(sens.size())) &&
+                    !(best.fidelity.agreement_map >= kAgreementGoodEnough);
+         ++k) {
+      Config c = best_config;
+      for (int i = 0; i < k; ++i) c.fallback.push_back(sens[i].values.front());
+      try_config(c, &calibrated.at(c.calibrator), worth_a_fallback);
+    }
     if (!best_config.fallback.empty()) {
       const std::string first = best_config.calibrator;
       for (const auto& m : methods)
