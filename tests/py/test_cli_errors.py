@@ -157,6 +157,15 @@ def main():
         expect_error("quantize no bits", qbase, ["--preset"], rc=1)
         expect_error("quantize bits out of range", qbase + ["--wbits", "1", "--abits", "8"], ["2..8"], rc=1)
         expect_error("quantize unknown method", qbase + ["--preset", "w8a8", "--method", "kl"], ["'kl'", "calibration method"], rc=1)
+        expect_error("quantize auto without held-out images", qbase + ["--preset", "w8a8", "--method", "auto", "--fidelity-images", "0"],
+                     ["--method auto", "--fidelity-images 0"], rc=1)
+        expect_error("quantize bad reference score", qbase + ["--preset", "w8a8", "--reference-score", "1.5"], ["--reference-score"], rc=1)
+        expect_error("compare bad reference score", ["compare", fd, fd, "--profile", "fastestdet", "--images", calib_dir,
+                                                     "--reference-score", "0"], ["--reference-score"], rc=1)
+        expect_error("compare missing image folder", ["compare", fd, fd, "--profile", "fastestdet", "--images", path("nodir")],
+                     ["nodir"], rc=1)
+        expect_error("compare against another network", ["compare", fd, MODELS["yolox_nano"][0], "--profile", "fastestdet",
+                                                         "--images", calib_dir], ["quantized model has no output"], rc=1)
         expect_error("quantize unknown weight method", qbase + ["--preset", "w8a8", "--weight-method", "kl"], ["'kl'", "weight"], rc=1)
         expect_error("quantize unknown layout", qbase + ["--preset", "w8a8", "--layout", "nhwc"], ["'nhwc'", "auto, ort or block"], rc=1)
         expect_error("quantize unknown weight type", qbase + ["--preset", "w8a8", "--weight-type", "int4"], ["'int4'", "int8 or uint8"], rc=1)
