@@ -194,9 +194,11 @@ def markdown(rows, args, meta):
              f"({meta['cpus']} CPUs; load average {meta['load_before']} before, {meta['load_after']} after), "
              f"inlierq {meta['git']}, {meta['versions']}." + (" " + meta["runs_note"] if meta.get("runs_note") else ""),
              "",
-             "Each model as FP32, as inlierq's default W8A8 export (`inlierq quantize --preset w8a8`, nothing else), "
-             "as the same with `--layout block` (block-output Q/DQ only: the export before the ORT layout) and as "
-             "ONNX Runtime's `quantize_static` (`bench/ort_peer.py --method minmax`), all calibrated on the first 64 "
+             "Each model as FP32, as inlierq's default W8A8 export (`inlierq quantize --preset w8a8`, nothing else: "
+             "`--method auto`, docs/QUANTIZATION.md §4a), "
+             + ("as the same with `--layout block` (block-output Q/DQ only: the export before the ORT layout), "
+                if "inlierq_block" in args.configs.split(",") else "") +
+             "and as ONNX Runtime's `quantize_static` (`bench/ort_peer.py --method minmax`), all calibrated on the first 64 "
              "coco128 images. Latency: ONNX Runtime CPU, median of "
              f"{args.rounds} alternating rounds × {args.runs} runs per file and thread count; ratio against the FP32 "
              "file in the same run. int8 MACs: share of the FP32 model's conv MACs that ONNX Runtime's optimised "
@@ -205,6 +207,9 @@ def markdown(rows, args, meta):
              "with its integer kernels. ORT's export stores int8 weights; on a CPU without VNNI its U8S8 kernels "
              "saturate and lose accuracy, which inlierq's uint8 weight storage avoids (docs/QUANTIZATION.md §2a); "
              f"this CPU: {cpu_flags()}.", ""]
+    note = os.path.join(HERE, "export_latency_note.md")
+    if os.path.exists(note):
+        lines += [open(note).read().strip(), ""]
     extra = [c.partition("=") for c in args.configs.split(",") if "=" in c]
     if extra:
         lines += ["Further files: " + "; ".join(f"**{n}** = the default command plus `{a}`" for n, _, a in extra) + ".", ""]
