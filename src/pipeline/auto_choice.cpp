@@ -1,5 +1,6 @@
-// `--method auto`: every calibrator, then the other weight method and concat-scale policy, then a greedy
-// fallback of the most harmful activation groups, each kept only when the held-out fidelity says so.
+// `--method auto`: every calibrator, a greedy fallback of the most harmful activation groups (then the calibrators
+// again with it), the other weight method, separate concat scales and a quantized head, each kept only when the
+// held-out fidelity says so (docs/QUANTIZATION.md §4a).
 #include "pipeline/auto_choice.h"
 
 #include <fmt/format.h>
@@ -8,8 +9,8 @@
 #include <set>
 
 #include "inlierq/error.h"
-#include "quant/calibrators.h"
 #include "pipeline/progress.h"
+#include "quant/calibrators.h"
 
 namespace inlierq::pipeline {
 
