@@ -5,26 +5,12 @@
 
 #include "inlierq/error.h"
 #include "inlierq/pipeline.h"
+#include "pipeline/coco_boxes.h"
 #include "pipeline/progress.h"
 
 namespace inlierq::pipeline {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-coco::Detection to_coco(const BoxDetection& d, int64_t image_id, const ModelProfile& p) {
-  if (d.label < 0 || d.label >= static_cast<int>(p.category_ids.size()))
-    throw Error("class index " + std::to_string(d.label) + " has no category id in profile '" + p.name + "'");
-  coco::Detection c;
-  c.image_id = image_id;
-  c.category_id = p.category_ids[d.label];
-  c.bbox = {d.xyxy[0], d.xyxy[1], d.xyxy[2] - d.xyxy[0], d.xyxy[3] - d.xyxy[1]};
-  c.score = d.score;
-  return c;
-}
-
-}  // namespace
 
 FolderEvaluation evaluate_folder(Detector& detector, const coco::Dataset& gt, const std::string& images_dir, size_t limit,
                                  const std::string& label, const Events& events) {

@@ -8,6 +8,8 @@
 #include "inlierq/error.h"
 #include "inlierq/pipeline.h"
 #include "inlier/saliency.h"
+#include "pipeline/coco_boxes.h"
+#include "quant/sqnr.h"
 #include "runtime/tensor_convert.h"
 
 namespace inlierq::pipeline {
@@ -27,7 +29,7 @@ namespace {
 
 struct Pass {
   std::vector<std::vector<BoxDetection>> boxes;    // per image
-  std::vector<std::map<std::string, TensorData>> outputs;  // per batch
+  std::vector<rt::TensorMap> outputs;  // per batch, converted once (the reference's are reused by every measure())
   double heatmap_loss = -1;                          // summed over images
 };
 
@@ -47,20 +49,18 @@ Pass run_pass(const Graph& g, const ModelProfile& profile, const std::vector<Ten
     std::map<std::string, TensorData> outs;
     auto boxes = det.detect_preprocessed({inputs.begin() + b, inputs.begin() + e}, {transforms.begin() + b, transforms.begin() + e}, &outs);
     for (auto& bx : boxes) p.boxes.push_back(std::move(bx));
+    rt::TensorMap tm;
+    for (const auto& [name, t] : outs) tm[name] = rt::to_aten(t);
     if (heatmap) {
-      rt::TensorMap tm;
-      for (const auto& [name, t] : outs) tm[name] = rt::to_aten(t);
       const at::Tensor h = inlier::heatmap_logits(profile.heatmap, tm);
       ao.k = std::min<int64_t>(o.topk, h.size(2));
       p.heatmap_loss += inlier::topk_aux_loss(h.to(at::kFloat), ao).item<double>();
     }
-    p.outputs.push_back(std::move(outs));
+    p.outputs.push_back(std::move(tm));
     if (o.progress) o.progress(e, inputs.size());
   }
   return p;
 }
-
-coco::Box to_box(const BoxDetection& d) { return {d.xyxy[0], d.xyxy[1], d.xyxy[2] - d.xyxy[0], d.xyxy[3] - d.xyxy[1]}; }
 
 }  // namespace
 
@@ -93,13 +93,12 @@ FidelityReference::FidelityReference(const Graph& fp32, const ModelProfile& prof
     d.images.push_back({static_cast<int64_t>(i + 1), "", t.orig_width, t.orig_height});
     for (const auto& b : impl_->reference.boxes[i]) {
       if (b.score < opts.reference_score) continue;
-      if (b.label < 0 || b.label >= static_cast<int>(profile.category_ids.size()))
-        throw Error("class index " + std::to_string(b.label) + " has no category id in profile '" + profile.name + "'");
+      const coco::Detection c = to_coco(b, static_cast<int64_t>(i + 1), profile);
       coco::Annotation a;
       a.id = static_cast<int64_t>(d.annotations.size() + 1);
-      a.image_id = static_cast<int64_t>(i + 1);
-      a.category_id = profile.category_ids[b.label];
-      a.bbox = to_box(b);
+      a.image_id = c.image_id;
+      a.category_id = c.category_id;
+      a.bbox = c.bbox;
       a.area = a.bbox.w * a.bbox.h;
       d.annotations.push_back(a);
     }
@@ -121,19 +120,17 @@ Fidelity FidelityReference::measure(const Graph& quantized) const {
   f.images = r.inputs.size();
   f.reference_score = r.opts.reference_score;
   f.reference_boxes = r.truth.annotations.size();
-  double signal = 0, noise = 0;
+  quant::SqnrSums sums;
   for (size_t b = 0; b < q.outputs.size(); ++b)
     for (const auto& name : r.output_names) {
-      const TensorData& ref = r.reference.outputs[b].at(name);
-      const TensorData& got = q.outputs[b].at(name);
-      if (ref.shape != got.shape)
-        throw Error("fidelity: output '" + name + "' has shape " + shape_str(got.shape) + " in the quantized model, " +
-                    shape_str(ref.shape) + " in the FP32 model");
-      const at::Tensor a = rt::to_aten(ref).to(at::kDouble), c = rt::to_aten(got).to(at::kDouble);
-      signal += a.pow(2).sum().item<double>();
-      noise += (a - c).pow(2).sum().item<double>();
+      const at::Tensor& ref = r.reference.outputs[b].at(name);
+      const at::Tensor& got = q.outputs[b].at(name);
+      if (ref.sizes() != got.sizes())
+        throw Error("fidelity: output '" + name + "' has shape " + shape_str(got.sizes().vec()) + " in the quantized model, " +
+                    shape_str(ref.sizes().vec()) + " in the FP32 model");
+      sums.add(ref, got);
     }
-  f.output_sqnr_db = 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30));
+  f.output_sqnr_db = sums.db();
   if (r.reference.heatmap_loss >= 0) {
     f.heatmap_loss_fp32 = r.reference.heatmap_loss / f.images;
     f.heatmap_loss = q.heatmap_loss / f.images;
@@ -141,10 +138,7 @@ Fidelity FidelityReference::measure(const Graph& quantized) const {
   if (!r.truth.annotations.empty()) {
     std::vector<coco::Detection> dets;
     for (size_t i = 0; i < q.boxes.size(); ++i)
-      for (const auto& b : q.boxes[i]) {
-        if (b.label < 0 || b.label >= static_cast<int>(r.profile.category_ids.size())) continue;
-        dets.push_back({static_cast<int64_t>(i + 1), r.profile.category_ids[b.label], to_box(b), b.score});
-      }
+      for (const auto& b : q.boxes[i]) dets.push_back(to_coco(b, static_cast<int64_t>(i + 1), r.profile));
     const coco::EvalResult e = coco::evaluate(r.truth, dets);
     f.agreement_map = e.stats[0];
     f.agreement_map50 = e.stats[1];

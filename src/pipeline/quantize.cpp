@@ -184,10 +184,8 @@ void check_checkpoint_options(const QuantizeJob& job, const Paths& p, bool recon
 
 // Share of the compute MACs in the pattern ORT fuses into integer kernels (tests/py/test_qdq_vs_ort.py
 // checks the rule against ORT's optimised graph).
-double integer_mac_fraction(const Graph& g, const Graph& quantized_weights, const quant::QuantPlan& plan) {
+double integer_mac_fraction(const Graph& g, const std::set<std::string>& quantized_nodes) {
   int64_t all_macs = 0, quantized_macs = 0;
-  const auto integer_nodes = quant::integer_compute_nodes(quantized_weights, plan);
-  const std::set<std::string> quantized_nodes(integer_nodes.begin(), integer_nodes.end());
   for (const auto& n : g.nodes) {
     const int64_t m = node_macs(g, n);
     all_macs += m;
@@ -199,12 +197,12 @@ double integer_mac_fraction(const Graph& g, const Graph& quantized_weights, cons
 // In the ORT layout every compute node with quantized weights that ONNX Runtime will still run in floating point
 // is a deliberate choice the plan must name: the head's prediction layers (weights quantized, outputs kept in
 // float) and consumers of activations left in floating point by a fallback or an exclusion.
-void list_float_compute(const Graph& g, quant::QuantPlan& plan) {
+// integer_set: quant::integer_compute_nodes of the plan.
+void list_float_compute(const std::set<std::string>& integer_set, quant::QuantPlan& plan) {
   if (plan.layout != quant::QdqLayout::Ort) return;
   for (const auto& a : plan.activations)
     if (a.bits != 8) return;  // sub-8-bit grids stop ORT's fusion everywhere (their Clip)
-  const auto integer = quant::integer_compute_nodes(g, plan);
-  const std::set<std::string> integer_set(integer.begin(), integer.end()), listed(plan.float_nodes.begin(), plan.float_nodes.end());
+  const std::set<std::string> listed(plan.float_nodes.begin(), plan.float_nodes.end());
   const std::set<std::string> head(plan.head_nodes.begin(), plan.head_nodes.end());
   const std::string fallback = plan.float_activations.empty() ? "" : " (" + plan.float_activation_reasons.front() + ")";
   for (const auto& w : plan.weights) {
@@ -472,13 +470,15 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   enc.meta["opset"] = {{"original", prep.original_opset}, {"exported", prep.opset}};
   const size_t requantizers = quant::add_requantizers(quantized_weights, final_plan, enc);
   enc.meta["requantizers"] = requantizers;
-  list_float_compute(quantized_weights, final_plan);
+  const auto integer_list = quant::integer_compute_nodes(quantized_weights, final_plan);
+  const std::set<std::string> integer_nodes(integer_list.begin(), integer_list.end());
+  list_float_compute(integer_nodes, final_plan);
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
   quant::ExportOptions xo;
   xo.unsigned_weights = job.weight_type == "uint8" || (job.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
   enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
-  res.integer_mac_fraction = integer_mac_fraction(g, quantized_weights, final_plan);
+  res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
   if (reference) {
     res.fidelity = reference->measure(qdq);

@@ -137,8 +137,6 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
     need_hist |= c.histogram && !c.histogram_of_abs;
     need_abs_hist |= c.histogram && c.histogram_of_abs;
   }
-  if (opts.weight_method != "minmax" && opts.weight_method != "mse")
-    throw Error("unknown weight calibration method '" + opts.weight_method + "' (expected minmax or mse)");
   if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
   if (inputs.empty()) throw Error("no calibration images");
 

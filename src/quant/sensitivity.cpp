@@ -8,6 +8,7 @@
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
 #include "quant/fake_quant.h"
+#include "quant/sqnr.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
 
@@ -40,13 +41,9 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
     };
     ro.hook_inputs = true;
     const auto got = ex.run({{in, x}}, ro);
-    double signal = 0, noise = 0;
-    for (const auto& o : g.outputs) {
-      const at::Tensor r = reference.at(o.name).to(at::kDouble), q = got.at(o.name).to(at::kDouble);
-      signal += r.pow(2).sum().item<double>();
-      noise += (r - q).pow(2).sum().item<double>();
-    }
-    out[gi].sqnr_db = 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30));
+    SqnrSums sums;
+    for (const auto& o : g.outputs) sums.add(reference.at(o.name), got.at(o.name));
+    out[gi].sqnr_db = sums.db();
     if (progress) progress(gi + 1, plan.num_groups);
   }
   std::sort(out.begin(), out.end(), [](const GroupSensitivity& a, const GroupSensitivity& b) { return a.sqnr_db < b.sqnr_db; });

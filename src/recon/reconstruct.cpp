@@ -37,6 +37,7 @@
 #include "inlier/inlier_weights.h"
 #include "inlier/saliency.h"
 #include "quant/range_search.h"
+#include "quant/sqnr.h"
 #include "recon/activation_store.h"
 #include "recon/adaround.h"
 #include "recon/shard_pool.h"
@@ -188,7 +189,7 @@ struct Lap {
   }
 };
 
-double sqnr_db(double signal, double noise) { return 10 * std::log10(std::max(signal, 1e-30) / std::max(noise, 1e-30)); }
+using quant::sqnr_db;
 
 Graph unit_graph(const Graph& g, const Unit& u) {
   Graph s;
