@@ -2,7 +2,7 @@
 
 Usage: python3 bench/recon_curve.py [--models fastestdet] [--presets w4a4] [--methods qdrop,adaround]
            [--iters 100,500,2000] [--seeds 0] [--recon-batch 8] [--lr-scale 10] [--num-calib 64] [--limit 0]
-           [--threads 2] [--max-cache-mb MB] [--workdir /tmp/inlierq_recon_curve] [--out docs/RESULTS.md] [--report-only]
+           [--threads 2] [--max-cache-mb MB] [--extra='FLAGS'] [--workdir /tmp/inlierq_recon_curve] [--out docs/RESULTS.md] [--report-only]
            [--note-file bench/recon_curve_note.md]
 
 Each point is `inlierq --threads T quantize MODEL --profile P --calib coco128/images/train2017 --num-calib N
@@ -16,6 +16,7 @@ The section "Reconstruction budget: mAP against iterations per unit" of --out is
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,20 +34,24 @@ SECTION = "## Reconstruction budget: mAP against iterations per unit"
 
 def key(r):
     return (r["model"], r["preset"], r["method"], r["iters"], r["seed"], r["batch"], r["lr_scale"], r["num_calib"],
-            r["limit"], r["threads"], r.get("max_cache_mb", 0))
+            r["limit"], r["threads"], r.get("max_cache_mb", 0), r.get("extra", ""))
 
 
 def point(args, model, preset, method, iters, seed):
     onnx, profile = MODELS[model]
-    out = os.path.join(args.workdir, f"{model}_{preset}_{method}_it{iters}_s{seed}.onnx")
+    tag = "".join(c if c.isalnum() else "_" for c in args.extra).strip("_")
+    out = os.path.join(args.workdir, f"{model}_{preset}_{method}_it{iters}_s{seed}{'_' + tag if tag else ''}.onnx")
     cmd = [CLI, "--threads", str(args.threads), "quantize", os.path.join(ASSETS, "models", onnx), "--profile", profile,
            "--calib", os.path.join(ASSETS, "coco128", "images", "train2017"), "--num-calib", str(args.num_calib),
            "--preset", preset, "--method", method, "--seed", str(seed), "--iters", str(iters), "--recon-batch",
            str(args.recon_batch), "--no-ort-latency", "-o", out, "--force", "--json"]
+    extra = shlex.split(args.extra)
     for flag, lr in REFERENCE_LR.items():
-        cmd += [flag, f"{lr * args.lr_scale:g}"]
+        if flag not in extra:  # a learning rate in --extra replaces the scaled reference
+            cmd += [flag, f"{lr * args.lr_scale:g}"]
     if args.max_cache_mb:
         cmd += ["--max-cache-mb", str(args.max_cache_mb)]
+    cmd += extra
     t0 = time.time()
     # GNU time reports the quantize process's peak resident memory (its last stderr line).
     q = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb=%M", *cmd], capture_output=True, text=True)
@@ -67,7 +72,7 @@ def point(args, model, preset, method, iters, seed):
     reports = enc["meta"]["reconstruction"]["reports"]
     return {"model": model, "preset": preset, "method": method, "iters": iters, "seed": seed,
             "batch": args.recon_batch, "lr_scale": args.lr_scale, "num_calib": args.num_calib, "limit": args.limit,
-            "threads": args.threads, "max_cache_mb": args.max_cache_mb, "peak_rss_mb": peak_rss_mb,
+            "threads": args.threads, "max_cache_mb": args.max_cache_mb, "extra": args.extra, "peak_rss_mb": peak_rss_mb,
             "map": res["map"], "map50": res["map50"], "wall_s": wall,
             "kept_start": sum(1 for r in reports if r.get("kept_start")), "unit_passes": len(reports),
             "command": " ".join(cmd)}
@@ -76,7 +81,9 @@ def point(args, model, preset, method, iters, seed):
 def table(rows, best, fp32):
     groups = {}
     for r in rows:
-        label = r["method"] + (f", --max-cache-mb {r['max_cache_mb']}" if r.get("max_cache_mb") else "")
+        lr = f", lr × {r['lr_scale']:g}" if r["lr_scale"] != rows[0]["lr_scale"] else ""
+        label = r["method"] + (f", --max-cache-mb {r['max_cache_mb']}" if r.get("max_cache_mb") else "") + \
+            (f", `{r['extra']}`" if r.get("extra") else "") + lr
         groups.setdefault((r["model"], r["preset"], label), {}).setdefault(r["iters"], []).append(r)
     iters = sorted({r["iters"] for r in rows})
     head = "| model | preset | method | " + " | ".join(f"{i} it" for i in iters) + " |"
@@ -115,6 +122,7 @@ def main():
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-cache-mb", type=int, default=0, help="passed to quantize (0: its default)")
+    ap.add_argument("--extra", default="", help="more quantize flags for every point (part of the row's key and label)")
     ap.add_argument("--workdir", default="/tmp/inlierq_recon_curve")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--report-only", action="store_true")
@@ -132,7 +140,8 @@ def main():
                         for seed in (int(x) for x in args.seeds.split(",")):
                             probe = {"model": model, "preset": preset, "method": method, "iters": it, "seed": seed,
                                      "batch": args.recon_batch, "lr_scale": args.lr_scale, "num_calib": args.num_calib,
-                                     "limit": args.limit, "threads": args.threads, "max_cache_mb": args.max_cache_mb}
+                                     "limit": args.limit, "threads": args.threads, "max_cache_mb": args.max_cache_mb,
+                                     "extra": args.extra}
                             if key(probe) in have:
                                 continue
                             r = point(args, model, preset, method, it, seed)

@@ -370,6 +370,22 @@ TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
   for (const auto& r : longer.reports) EXPECT_EQ(r.iters, longer.iters);
   ASSERT_FALSE(etas.empty());
   for (double e : etas) EXPECT_GE(e, 0);
+  // The probe trains every unit a few iterations and restores it: the run equals one with --iters set to
+  // the chosen count (what the log line promises), for QDrop and for BRECQ's two passes.
+  for (const std::string method : {"qdrop", "brecq"}) {
+    auto opts = fast_options(method);
+    opts.time_limit_s = 1.5;
+    Graph ga = g, gb = g;
+    quant::Encodings ea = enc0, eb = enc0;
+    const auto timed = recon::reconstruct(ga, plan, ea, xs, opts);
+    opts.time_limit_s = 0;
+    opts.iters = timed.iters;
+    opts.brecq_act_iters = std::max<int64_t>(1, timed.iters * fast_options(method).brecq_act_iters / fast_options(method).iters);
+    recon::reconstruct(gb, plan, eb, xs, opts);
+    for (const auto& w : plan.weights)
+      EXPECT_EQ(ga.initializers.at(w.tensor).bytes, gb.initializers.at(w.tensor).bytes) << method << ": weights of " << w.tensor;
+    for (const auto& [v, a] : ea.activations) EXPECT_EQ(a.scale, eb.activations.at(v).scale) << method << ": scale of " << v;
+  }
 }
 
 TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
@@ -526,4 +542,38 @@ TEST(Reconstruction, InlierQOnTheTinyNet) {
   const auto [g_again, enc_again, res_again] = run(true);
   for (const auto& w : t.plan.weights)
     EXPECT_EQ(g_again.initializers.at(w.tensor).bytes, g_in.initializers.at(w.tensor).bytes) << w.tensor;
+}
+
+// One QDrop iteration moves every learned step by Adam's first update, lr·sign(g) (bias correction makes
+// it exact): by ±lr for --step-update absolute, by a factor e^(±lr) for log.
+TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
+  const auto [g, plan, xs, enc0] = tiny_net(21, 16);
+  for (const std::string mode : {"absolute", "log"}) {
+    auto opts = fast_options("qdrop");
+    opts.iters = 1;
+    opts.holdout = 0;  // nothing undone
+    opts.lr_rounding = 0;
+    opts.lr_act = 0.05;
+    opts.step_update = mode;
+    Graph gq = g;
+    quant::Encodings enc = enc0;
+    recon::reconstruct(gq, plan, enc, xs, opts);
+    int moved_fully = 0;
+    for (const auto& [v, a] : enc.activations) {
+      const double s0 = enc0.activations.at(v).scale, s1 = a.scale;
+      const double move = mode == "log" ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
+      EXPECT_LE(move, opts.lr_act * (1 + 1e-4) + 1e-7) << mode << ": step of " << v << " " << s0 << " -> " << s1;
+      moved_fully += move > 0.99 * opts.lr_act;
+    }
+    EXPECT_GT(moved_fully, 0) << mode << ": no step moved by lr";
+  }
+  EXPECT_THROW(
+      {
+        auto opts = fast_options("qdrop");
+        opts.step_update = "relative";
+        Graph gq = g;
+        quant::Encodings enc = enc0;
+        recon::reconstruct(gq, plan, enc, xs, opts);
+      },
+      Error);
 }

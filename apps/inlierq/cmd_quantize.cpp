@@ -176,6 +176,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
   sub->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
   sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of the activation steps")->default_val(rc.brecq_lr_act);
+  sub->add_option("--step-update", rc.step_update,
+                  "how Adam moves the activation steps: absolute (on s, as the references; lr in units of s) or log "
+                  "(on log s; lr is the relative change per iteration)")->default_val(rc.step_update);
   sub->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
   sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
@@ -210,6 +213,8 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--config", q.config, "JSON with per-node bit overrides / exclusions");
   sub->add_flag("--quantize-head", q.quantize_head, "quantize the detection head too (prediction layers' weights at 8 bit)");
   sub->add_flag("--act-symmetric", q.act_symmetric, "symmetric activation grids (TensorRT-style)");
+  sub->add_flag("--weight-asymmetric", q.weight_asymmetric,
+                "per-channel weight grids with a zero point, as BRECQ and QDrop use (TensorRT needs symmetric weights)");
   sub->add_flag("--separate-concat-scales", q.separate_concat_scales, "give each Concat input its own scale");
   sub->add_flag("!--no-ort-latency", q.ort_latency,
                 "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");

@@ -79,6 +79,8 @@ struct QuantizeJob {
   std::string layout = "auto", weight_type = "auto", config;
   std::vector<std::string> exclude;
   bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;
+  // Per-channel weight grids with a zero point (as BRECQ and QDrop use); TensorRT accepts only symmetric ones.
+  bool weight_asymmetric = false;
   // Sensitivity analysis and fallback (with `auto`, a fallback given here replaces the automatic one).
   int fallback = 0;
   size_t sensitivity_images = 8;

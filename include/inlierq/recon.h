@@ -52,6 +52,9 @@ struct ReconOptions {
   // learned activation steps (LSQ, cosine decay to 0)
   double lr_act = 4e-5;       // QDrop joint pass
   double brecq_lr_act = 4e-4; // BRECQ pass 2
+  // absolute: Adam on the step s (the references; an update moves s by about lr whatever its size).
+  // log: Adam on log s, so lr is the relative change per iteration, the same for 8-bit and 4-bit steps.
+  std::string step_update = "absolute";
   int64_t brecq_act_iters = 5000;
   double brecq_act_p = 2.4;   // Lp of BRECQ pass 2's loss
   double rec_p = 2.0;         // Lp of the rounding / joint pass loss

@@ -63,6 +63,7 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
   po.weight_bits = wbits;
   po.act_bits = abits;
   po.act_symmetric = job.act_symmetric;
+  po.weight_symmetric = !job.weight_asymmetric;
   po.quantize_head = job.quantize_head;
   po.share_concat_scales = !job.separate_concat_scales;
   po.layout = quant::parse_layout(job.layout);
@@ -140,6 +141,8 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
     throw Error("--reference-score must be in (0, 1)");
   if (job.weight_type != "auto" && job.weight_type != "int8" && job.weight_type != "uint8")
     throw Error("unknown --weight-type '" + job.weight_type + "' (expected auto, int8 or uint8)");
+  if (job.weight_asymmetric && job.weight_type == "int8")
+    throw Error("--weight-asymmetric stores weight codes as uint8 with per-channel zero points; --weight-type int8 needs symmetric weights");
   quant::parse_layout(job.layout);
   if (job.weight_method != "mse" && job.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + job.weight_method + "' (expected mse or minmax)");
@@ -477,7 +480,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   res.plan = final_plan;
   quant::ExportOptions xo;
   xo.unsigned_weights = job.weight_type == "uint8" || (job.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
-  enc.meta["weight_storage"] = xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  enc.meta["weight_storage"] = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
   if (reference) {

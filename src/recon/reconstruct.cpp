@@ -62,6 +62,8 @@ void validate_options(const ReconOptions& o) {
   if (!(o.drop_prob > 0 && o.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
   if (!(o.input_mix >= 0 && o.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
   if (!(o.lr_rounding >= 0) || !(o.lr_act >= 0) || !(o.brecq_lr_act >= 0)) throw Error("learning rates must be ≥ 0");
+  if (o.step_update != "absolute" && o.step_update != "log")
+    throw Error("unknown step update '" + o.step_update + "' (expected absolute or log)");
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
@@ -313,7 +315,7 @@ class Reconstructor {
     int64_t resumed_iters = -1;
     initial_steps_ = snapshot().steps;
     if (opts_.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
-    probe_unit_costs();
+    probe_unit_costs(passes);
     if (opts_.time_limit_s > 0) {
       // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
       // reproducible with --iters set to the printed count.
@@ -326,10 +328,10 @@ class Reconstructor {
     work_left_ = 0;
     for (const auto& p : passes)
       for (size_t ui = 0; ui < units_.size(); ++ui)
-        if (p.index > resume_pass || (p.index == resume_pass && ui >= resume_units)) work_left_ += unit_work(ui, p.iters);
+        if (p.index > resume_pass || (p.index == resume_pass && ui >= resume_units)) work_left_ += unit_work(ui, p);
     if (opts_.log && opts_.time_limit_s <= 0) {
       // The reference budgets take days on a small CPU: say so before the first unit, not after it.
-      const int64_t eta = static_cast<int64_t>(work_left_ * ms_rate_prior_ * 1e-3);
+      const int64_t eta = static_cast<int64_t>(work_left_ * 1e-3);
       opts_.log(fmt::format("[recon] estimated {}:{:02d}:{:02d} for {} iterations per unit ({} units; from their measured costs){}", eta / 3600,
                             eta / 60 % 60, eta % 60, chosen_iters_, units_.size(),
                             eta > 3600 ? "; --time-limit MINUTES chooses the iterations that fit a budget" : ""));
@@ -347,8 +349,8 @@ class Reconstructor {
         process_unit(ui, pass, static_cast<int>(passes.size()), done, res);
         release_free_heap();
         if (!done) {
-          work_done_ += unit_work(ui, pass.iters);
-          res.reports.back().predicted_seconds = ms_rate_prior_ * unit_work(ui, pass.iters) * 1e-3;
+          work_done_ += unit_work(ui, pass);
+          res.reports.back().predicted_seconds = unit_work(ui, pass) * 1e-3;
           ++finished_units;
           if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
           if (opts_.stop_after_units >= 0 && finished_units >= opts_.stop_after_units &&
@@ -950,7 +952,16 @@ class Reconstructor {
       for (size_t j = 0; j < steps.size(); ++j) {
         at::Tensor& sc = steps[j].first->scale;
         const at::Tensor& g = grad[roundings.size() + j];
-        if (g.defined()) steps[j].second.step(sc, g, lr_act);
+        if (g.defined()) {
+          if (opts_.step_update == "log") {
+            at::NoGradGuard ng;
+            at::Tensor log_s = sc.detach().log();
+            steps[j].second.step(log_s, g * sc.detach(), lr_act);  // d/d(log s) = s · d/ds
+            sc.copy_(log_s.exp_());
+          } else {
+            steps[j].second.step(sc, g, lr_act);
+          }
+        }
         at::NoGradGuard ng;
         sc.clamp_min_(1e-8);
       }
@@ -961,7 +972,7 @@ class Reconstructor {
         pr.pass = pass.index, pr.passes = passes, pr.unit = ui + 1, pr.units = units_.size(), pr.unit_name = u.name;
         pr.iter = it + 1, pr.iters = pass.iters, pr.loss = rec_v;
         // Done in this unit: its iterations so far and two of its three evaluations (FP and quantized before).
-        pr.eta_seconds = eta_seconds(unit_cost_ms_[ui] * (static_cast<double>(it + 1) + 2.0 / 3.0 * eval_share()));
+        pr.eta_seconds = eta_seconds(iter_ms_.at(pass.index)[ui] * static_cast<double>(it + 1) + 2.0 / 3.0 * eval_ms_[ui]);
         opts_.progress(pr);
       }
     }
@@ -989,12 +1000,25 @@ class Reconstructor {
   }
 
   // ---- cost model: ETA and --time-limit
-  // Every unit's plain FP forward + backward at the training batch, measured once on FP inputs from one
-  // forward of the network: the relative cost of the units' iterations. (Their absolute cost is what the
-  // run measures as it goes, or what the --time-limit probe measures on the first unit.)
-  void probe_unit_costs() {
+  // Predicted wall ms per training iteration of every unit in every pass (iter_ms_) and of its three
+  // evaluations over the calibration set (eval_ms_). Without --time-limit they come from every unit's plain
+  // FP forward + backward at the training batch (measured once on FP inputs from one forward of the network)
+  // times a prior rate; --time-limit replaces them with a few real iterations of every unit.
+  void probe_unit_costs(const std::vector<PassSpec>& passes) {
     unit_cost_ms_.assign(units_.size(), 1.0);
     const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
+    const auto ins = batch_unit_inputs(batch);
+    for (const auto& [ui, in] : ins) unit_cost_ms_[ui] = std::max(1e-3, fp_reference_ms(ui, in, {}, batch, 3));
+    for (const auto& p : passes) {
+      auto& v = iter_ms_[p.index];
+      v.resize(units_.size());
+      for (size_t ui = 0; ui < units_.size(); ++ui) v[ui] = ms_rate_prior_ * unit_cost_ms_[ui];
+    }
+    eval_ms_.resize(units_.size());
+    for (size_t ui = 0; ui < units_.size(); ++ui) eval_ms_[ui] = ms_rate_prior_ * unit_cost_ms_[ui] * eval_share();
+  }
+  // Every unit's inputs for the first `batch` calibration images, FP, from one forward of the network.
+  std::map<size_t, std::vector<at::Tensor>> batch_unit_inputs(int64_t batch) {
     rt::ExecutorOptions eo;
     eo.device = device_;
     eo.fuse_silu = false;  // unit inputs must exist as tensors
@@ -1010,6 +1034,7 @@ class Reconstructor {
       values = ex.run({{network_input_, images_.narrow(0, 0, batch).to(device_)}}, ro);
     }
     values[network_input_] = images_.narrow(0, 0, batch).to(device_);
+    std::map<size_t, std::vector<at::Tensor>> out;
     for (size_t ui = 0; ui < units_.size(); ++ui) {
       std::vector<at::Tensor> ins;
       bool ok = true;
@@ -1018,69 +1043,88 @@ class Reconstructor {
         if (it == values.end()) { ok = false; break; }
         ins.push_back(it->second.clone());  // a normal tensor: the forward above may hand out inference tensors
       }
-      if (!ok) continue;
-      unit_cost_ms_[ui] = std::max(1e-3, fp_reference_ms(ui, ins, {}, batch, 3));
+      if (ok) out[ui] = std::move(ins);
     }
+    return out;
   }
-  // A unit pass in the cost model: iterations, plus the three evaluations over the calibration set
-  // (FP, quantized before and after), each about one forward per image, a third of a forward + backward.
-  double unit_work(size_t ui, int64_t iters) const {
-    return unit_cost_ms_[ui] * (static_cast<double>(iters) + eval_share());
+  // A unit pass in wall ms: its iterations plus its three evaluations (FP, quantized before and after).
+  double unit_work(size_t ui, const PassSpec& pass) const {
+    return iter_ms_.at(pass.index)[ui] * static_cast<double>(pass.iters) + eval_ms_[ui];
   }
   // One evaluation over the calibration set, in training iterations' worth of a unit's cost.
   double eval_share() const { return static_cast<double>(num_) / std::max(1, opts_.batch); }
   // Remaining seconds: the rate measured so far (all the time since the first unit, evaluation and cache
-  // handling included) applied to the work left; before any measurement, the cost model alone.
+  // handling included, over the predicted ms) applied to the work left; before any measurement, the prediction.
   double eta_seconds(double current_unit_done) const {
     const double done = work_done_ + current_unit_done;
     const double elapsed = std::chrono::duration<double>(clock_type::now() - t_units_).count();
-    const double rate = done > 0 && elapsed > 0.5 ? elapsed / done : ms_rate_prior_ * 1e-3;
+    const double rate = done > 0 && elapsed > 0.5 ? elapsed / done : 1e-3;
     return std::max(0.0, (work_left_ - done) * rate);
   }
 
-  // Iterations per unit that fit the time limit: the first trainable unit trains 12 real iterations
-  // (state restored afterwards) to measure seconds per unit of cost; the evaluations are costed the same way.
+  // Iterations per unit that fit the time limit. Every unit trains 8 real iterations of every pass on the
+  // first mini-batch (state restored afterwards; the median counts): the units' iterations differ in their
+  // fake-quant and elementwise work, not only in their convolutions (FastestDet's middle ShuffleNet units ran
+  // 1.6x what their FP forward + backward predicted). The first trainable unit's evaluation over the whole
+  // calibration set is timed and scaled to the others by their FP cost.
   int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, clock_type::time_point t0) {
-    size_t probe = units_.size();
-    for (size_t ui = 0; ui < units_.size() && probe == units_.size(); ++ui) {
+    size_t first = units_.size();
+    for (size_t ui = 0; ui < units_.size() && first == units_.size(); ++ui) {
       bool from_input = true;
       for (const auto& v : units_[ui].inputs) from_input &= v == network_input_;
-      if (from_input && !unit_weights_[ui].empty()) probe = ui;
+      if (from_input && !unit_weights_[ui].empty()) first = ui;
     }
-    double rate = ms_rate_prior_;  // ms of wall per unit of cost
-    double eval_rate = 1.0;         // the same for the evaluations
-    if (probe < units_.size()) {
-      store_.put("q:" + network_input_, quantized_network_input());
+    const uint64_t seed = mask_seed_;
+    if (first < units_.size()) {
       store_.put("fp:" + network_input_, images_);
-      const Snapshot saved = unit_state(probe);
-      const uint64_t seed = mask_seed_;
       const auto te = clock_type::now();
-      const auto fp_out = run_full(probe, "fp:", false, false);
+      run_full(first, "fp:", false, false);
       const double eval_ms = std::chrono::duration<double, std::milli>(clock_type::now() - te).count();
-      PassSpec p = passes.front();
-      p.iters = 12;
-      UnitReport rep;
-      quiet_ = true;
-      probe_iter_ms_.clear();
-      train(probe, p, 1, fp_out, rep);
-      quiet_ = false;
-      restore(saved);
-      mask_seed_ = seed;
+      for (size_t ui = 0; ui < units_.size(); ++ui) eval_ms_[ui] = 3 * eval_ms * unit_cost_ms_[ui] / unit_cost_ms_[first];
       store_.clear();
-      // The median iteration: the first ones fault pages in and warm caches, and a busy neighbour can stall any.
-      std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
-      const double iter_ms = probe_iter_ms_.empty() ? rep.phase_ms.total : probe_iter_ms_[probe_iter_ms_.size() / 2];
-      rate = iter_ms / unit_cost_ms_[probe];
-      eval_rate = eval_ms / (unit_cost_ms_[probe] * eval_share());
     }
-    ms_rate_prior_ = rate;
+    {
+      const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
+      const auto ins = batch_unit_inputs(batch);
+      // The probe's calibration set is that one mini-batch, none held out.
+      struct Sizes { int64_t num, train, holdout; } saved_sizes{num_, num_train_, holdout_};
+      num_ = num_train_ = batch, holdout_ = 0;
+      try {
+        for (const auto& p0 : passes)
+          for (const auto& [ui, in] : ins) {
+            if (unit_weights_[ui].empty()) continue;
+            for (size_t j = 0; j < in.size(); ++j) {
+              store_.put("fp:" + units_[ui].inputs[j], in[j]);
+              store_.put("q:" + units_[ui].inputs[j], in[j]);
+            }
+            const Snapshot saved = unit_state(ui);
+            const auto fp_out = run_full(ui, "fp:", false, false);
+            PassSpec p = p0;
+            p.iters = 8;
+            UnitReport rep;
+            quiet_ = true;
+            probe_iter_ms_.clear();
+            train(ui, p, 1, fp_out, rep);
+            quiet_ = false;
+            restore(saved);
+            store_.clear();
+            if (probe_iter_ms_.empty()) continue;  // nothing to learn in this pass
+            // The median: the first iterations fault pages in and warm caches, and a busy neighbour can stall any.
+            std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
+            iter_ms_.at(p0.index)[ui] = probe_iter_ms_[probe_iter_ms_.size() / 2];
+          }
+      } catch (...) {
+        quiet_ = false;
+        num_ = saved_sizes.num, num_train_ = saved_sizes.train, holdout_ = saved_sizes.holdout;
+        throw;
+      }
+      num_ = saved_sizes.num, num_train_ = saved_sizes.train, holdout_ = saved_sizes.holdout;
+    }
+    mask_seed_ = seed;
     double per_iter = 0, evals = 0;  // ms over all units and passes
     for (const auto& p : passes) {
       const double share = p.index == 1 ? 1.0 : static_cast<double>(opts_.brecq_act_iters) / std::max<int64_t>(1, opts_.iters);
-      for (size_t ui = 0; ui < units_.size(); ++ui) {
-        per_iter += rate * unit_cost_ms_[ui] * share;
-        evals += 3 * eval_rate * unit_cost_ms_[ui] * eval_share();
-      }
+      for (size_t ui = 0; ui < units_.size(); ++ui) per_iter += iter_ms_.at(p.index)[ui] * share, evals += eval_ms_[ui];
     }
     const double left_ms = opts_.time_limit_s * 1e3 - std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
     const int64_t n = static_cast<int64_t>(std::floor((left_ms - evals) / per_iter));
@@ -1133,7 +1177,7 @@ class Reconstructor {
   std::string run_key() const {
     nlohmann::json j{{"fingerprint", opts_.fingerprint}, {"method", opts_.method}, {"iters", opts_.iters},
                      {"batch", opts_.batch}, {"seed", opts_.seed}, {"lr_rounding", opts_.lr_rounding},
-                     {"lr_act", opts_.lr_act}, {"brecq_lr_act", opts_.brecq_lr_act}, {"brecq_act_iters", opts_.brecq_act_iters},
+                     {"lr_act", opts_.lr_act}, {"brecq_lr_act", opts_.brecq_lr_act}, {"step_update", opts_.step_update}, {"brecq_act_iters", opts_.brecq_act_iters},
                      {"drop_prob", opts_.drop_prob}, {"input_mix", opts_.input_mix}, {"lambda", opts_.round_lambda},
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
                      {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()}, {"holdout", holdout_},
@@ -1267,8 +1311,11 @@ class Reconstructor {
     return pool_.get();
   }
   uint64_t next_mask_seed() { return mask_seed_ = quant::splitmix64(mask_seed_); }
-  // cost model (probe_unit_costs): per unit FP forward+backward ms; work in ms of that cost
+  // cost model (probe_unit_costs): per unit FP forward+backward ms, predicted wall ms per iteration (per
+  // pass) and of the unit's evaluations; work in predicted wall ms
   std::vector<double> unit_cost_ms_;
+  std::map<int, std::vector<double>> iter_ms_;
+  std::vector<double> eval_ms_;
   double work_left_ = 0, work_done_ = 0;
   // Wall ms per cost ms before anything is measured: QDrop's iteration over the units' FP forward + backward
   // on one thread was 0.90-1.13 (docs/BENCHMARKS.md), and two shard threads ran 1.55-1.63x faster.
