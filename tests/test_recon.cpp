@@ -545,35 +545,45 @@ TEST(Reconstruction, InlierQOnTheTinyNet) {
 }
 
 // One QDrop iteration moves every learned step by Adam's first update, lr·sign(g) (bias correction makes
-// it exact): by ±lr for --step-update absolute, by a factor e^(±lr) for log.
+// it exact): by ±lr·2^(4-b) for --step-update absolute (b-bit steps learn at the 4-bit rate scaled to
+// their size), by a factor e^(±lr) for log, at 4 and at 8 bits.
 TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
-  const auto [g, plan, xs, enc0] = tiny_net(21, 16);
-  for (const std::string mode : {"absolute", "log"}) {
-    auto opts = fast_options("qdrop");
-    opts.iters = 1;
-    opts.holdout = 0;  // nothing undone
-    opts.lr_rounding = 0;
-    opts.lr_act = 0.05;
-    opts.step_update = mode;
-    Graph gq = g;
-    quant::Encodings enc = enc0;
-    recon::reconstruct(gq, plan, enc, xs, opts);
-    int moved_fully = 0;
-    for (const auto& [v, a] : enc.activations) {
-      const double s0 = enc0.activations.at(v).scale, s1 = a.scale;
-      const double move = mode == "log" ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
-      EXPECT_LE(move, opts.lr_act * (1 + 1e-4) + 1e-7) << mode << ": step of " << v << " " << s0 << " -> " << s1;
-      moved_fully += move > 0.99 * opts.lr_act;
+  auto [g, plan4, xs, enc4] = tiny_net(21, 16);
+  quant::PlacementOptions po;
+  po.weight_bits = 4;
+  po.act_bits = 8;
+  const auto plan8 = quant::derive_plan(g, po);
+  const auto enc8 = mse_calibration(g, plan8, xs);
+  for (const int bits : {4, 8})
+    for (const std::string mode : {"absolute", "log"}) {
+      const auto& plan = bits == 4 ? plan4 : plan8;
+      const auto& enc0 = bits == 4 ? enc4 : enc8;
+      auto opts = fast_options("qdrop");
+      opts.iters = 1;
+      opts.holdout = 0;  // nothing undone
+      opts.lr_rounding = 0;
+      opts.lr_act = 0.05;
+      opts.step_update = mode;
+      Graph gq = g;
+      quant::Encodings enc = enc0;
+      recon::reconstruct(gq, plan, enc, xs, opts);
+      int moved_fully = 0;
+      for (const auto& [v, a] : enc.activations) {
+        const double s0 = enc0.activations.at(v).scale, s1 = a.scale;
+        const double move = mode == "log" ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
+        const double lr = mode == "log" ? opts.lr_act : opts.lr_act * std::ldexp(1.0, 4 - a.bits);
+        EXPECT_LE(move, lr * (1 + 1e-4) + 1e-7) << mode << " A" << bits << ": step of " << v << " " << s0 << " -> " << s1;
+        moved_fully += move > 0.99 * lr;
+      }
+      EXPECT_GT(moved_fully, 0) << mode << " A" << bits << ": no step moved by its lr";
     }
-    EXPECT_GT(moved_fully, 0) << mode << ": no step moved by lr";
-  }
   EXPECT_THROW(
       {
         auto opts = fast_options("qdrop");
         opts.step_update = "relative";
         Graph gq = g;
-        quant::Encodings enc = enc0;
-        recon::reconstruct(gq, plan, enc, xs, opts);
+        quant::Encodings enc = enc4;
+        recon::reconstruct(gq, plan4, enc, xs, opts);
       },
       Error);
 }

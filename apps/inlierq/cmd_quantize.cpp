@@ -168,14 +168,14 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--time-limit", q.time_limit_min, "reconstruction: choose the iterations per unit so that the whole command takes about this many minutes (replaces --iters; the count is printed)")->excludes(iters_opt);
   sub->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);
   sub->add_option("--lr-round", rc.lr_rounding, "Adam learning rate of the rounding logits V")->default_val(rc.lr_rounding);
-  sub->add_option("--lr-act", rc.lr_act, "Adam learning rate of the activation steps (QDrop; cosine decay)")->default_val(rc.lr_act);
+  sub->add_option("--lr-act", rc.lr_act, "Adam learning rate of 4-bit activation steps (QDrop; cosine decay); b-bit steps learn at lr·2^(4-b)")->default_val(rc.lr_act);
   sub->add_option("--round-lambda", rc.round_lambda, "weight of AdaRound's rounding regulariser")->default_val(rc.round_lambda);
   sub->add_option("--beta-start", rc.beta_start, "AdaRound β at the end of the warm-up")->default_val(rc.beta_start);
   sub->add_option("--beta-end", rc.beta_end, "AdaRound β at the last iteration")->default_val(rc.beta_end);
   sub->add_option("--warmup", rc.warmup, "fraction of iterations without the rounding regulariser")->default_val(rc.warmup);
   sub->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
   sub->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
-  sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of the activation steps")->default_val(rc.brecq_lr_act);
+  sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of 4-bit activation steps (b-bit: lr·2^(4-b))")->default_val(rc.brecq_lr_act);
   sub->add_option("--step-update", rc.step_update,
                   "how Adam moves the activation steps: absolute (on s, as the references; lr in units of s) or log "
                   "(on log s; lr is the relative change per iteration)")->default_val(rc.step_update);

@@ -49,7 +49,8 @@ struct ReconOptions {
   // AdaRound (ALGORITHMS §4)
   double lr_rounding = 1e-3;
   double round_lambda = 0.01, beta_start = 20, beta_end = 2, warmup = 0.2;
-  // learned activation steps (LSQ, cosine decay to 0)
+  // learned activation steps (LSQ, cosine decay to 0); the rates are those of 4-bit steps, a b-bit step
+  // learns at lr·2^(4-b) with the absolute update
   double lr_act = 4e-5;       // QDrop joint pass
   double brecq_lr_act = 4e-4; // BRECQ pass 2
   // absolute: Adam on the step s (the references; an update moves s by about lr whatever its size).

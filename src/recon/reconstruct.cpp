@@ -959,7 +959,9 @@ class Reconstructor {
             steps[j].second.step(log_s, g * sc.detach(), lr_act);  // d/d(log s) = s · d/ds
             sc.copy_(log_s.exp_());
           } else {
-            steps[j].second.step(sc, g, lr_act);
+            // The rates are for 4-bit steps (the references' activations); a b-bit grid over the same range
+            // has a 2^(b-4) times smaller step, so it learns at lr·2^(4-b) (ALGORITHMS §5).
+            steps[j].second.step(sc, g, lr_act * std::ldexp(1.0, 4 - steps[j].first->grid.bits));
           }
         }
         at::NoGradGuard ng;
