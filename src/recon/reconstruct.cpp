@@ -315,12 +315,16 @@ class Reconstructor {
     int64_t resumed_iters = -1;
     initial_steps_ = snapshot().steps;
     if (opts_.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
-    probe_unit_costs(passes);
-    if (opts_.time_limit_s > 0) {
+    {
+      // FP unit inputs of one mini-batch: the cost model's FP forward + backward and the time-limit probe.
+      const auto batch_inputs = batch_unit_inputs(std::min<int64_t>(opts_.batch, num_train_));
+      probe_unit_costs(passes, batch_inputs);
       // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
       // reproducible with --iters set to the printed count.
-      const int64_t n = resumed_iters >= 0 ? resumed_iters : iters_for_time_limit(passes, t0);
-      for (auto& p : passes) p.iters = p.index == 1 ? n : std::max<int64_t>(1, n * opts_.brecq_act_iters / std::max<int64_t>(1, opts_.iters));
+      if (opts_.time_limit_s > 0) {
+        const int64_t n = resumed_iters >= 0 ? resumed_iters : iters_for_time_limit(passes, batch_inputs, t0);
+        for (auto& p : passes) p.iters = p.index == 1 ? n : std::max<int64_t>(1, n * opts_.brecq_act_iters / std::max<int64_t>(1, opts_.iters));
+      }
     }
     chosen_iters_ = passes.front().iters;
     res.iters = chosen_iters_;
@@ -1006,10 +1010,10 @@ class Reconstructor {
   // evaluations over the calibration set (eval_ms_). Without --time-limit they come from every unit's plain
   // FP forward + backward at the training batch (measured once on FP inputs from one forward of the network)
   // times a prior rate; --time-limit replaces them with a few real iterations of every unit.
-  void probe_unit_costs(const std::vector<PassSpec>& passes) {
+  using BatchInputs = std::map<size_t, std::vector<at::Tensor>>;
+  void probe_unit_costs(const std::vector<PassSpec>& passes, const BatchInputs& ins) {
     unit_cost_ms_.assign(units_.size(), 1.0);
     const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
-    const auto ins = batch_unit_inputs(batch);
     for (const auto& [ui, in] : ins) unit_cost_ms_[ui] = std::max(1e-3, fp_reference_ms(ui, in, {}, batch, 3));
     for (const auto& p : passes) {
       auto& v = iter_ms_[p.index];
@@ -1020,7 +1024,7 @@ class Reconstructor {
     for (size_t ui = 0; ui < units_.size(); ++ui) eval_ms_[ui] = ms_rate_prior_ * unit_cost_ms_[ui] * eval_share();
   }
   // Every unit's inputs for the first `batch` calibration images, FP, from one forward of the network.
-  std::map<size_t, std::vector<at::Tensor>> batch_unit_inputs(int64_t batch) {
+  BatchInputs batch_unit_inputs(int64_t batch) {
     rt::ExecutorOptions eo;
     eo.device = device_;
     eo.fuse_silu = false;  // unit inputs must exist as tensors
@@ -1036,7 +1040,7 @@ class Reconstructor {
       values = ex.run({{network_input_, images_.narrow(0, 0, batch).to(device_)}}, ro);
     }
     values[network_input_] = images_.narrow(0, 0, batch).to(device_);
-    std::map<size_t, std::vector<at::Tensor>> out;
+    BatchInputs out;
     for (size_t ui = 0; ui < units_.size(); ++ui) {
       std::vector<at::Tensor> ins;
       bool ok = true;
@@ -1069,7 +1073,7 @@ class Reconstructor {
   // fake-quant and elementwise work, not only in their convolutions (FastestDet's middle ShuffleNet units ran
   // 1.6x what their FP forward + backward predicted). The first trainable unit's evaluation over the whole
   // calibration set is timed and scaled to the others by their FP cost.
-  int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, clock_type::time_point t0) {
+  int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, const BatchInputs& ins, clock_type::time_point t0) {
     size_t first = units_.size();
     for (size_t ui = 0; ui < units_.size() && first == units_.size(); ++ui) {
       bool from_input = true;
@@ -1086,41 +1090,36 @@ class Reconstructor {
       store_.clear();
     }
     {
-      const int64_t batch = std::min<int64_t>(opts_.batch, num_train_);
-      const auto ins = batch_unit_inputs(batch);
-      // The probe's calibration set is that one mini-batch, none held out.
-      struct Sizes { int64_t num, train, holdout; } saved_sizes{num_, num_train_, holdout_};
-      num_ = num_train_ = batch, holdout_ = 0;
-      try {
-        for (const auto& p0 : passes)
-          for (const auto& [ui, in] : ins) {
-            if (unit_weights_[ui].empty()) continue;
-            for (size_t j = 0; j < in.size(); ++j) {
-              store_.put("fp:" + units_[ui].inputs[j], in[j]);
-              store_.put("q:" + units_[ui].inputs[j], in[j]);
-            }
-            const Snapshot saved = unit_state(ui);
-            const auto fp_out = run_full(ui, "fp:", false, false);
-            PassSpec p = p0;
-            p.iters = 8;
-            UnitReport rep;
-            quiet_ = true;
-            probe_iter_ms_.clear();
-            train(ui, p, 1, fp_out, rep);
-            quiet_ = false;
-            restore(saved);
-            store_.clear();
-            if (probe_iter_ms_.empty()) continue;  // nothing to learn in this pass
-            // The median: the first iterations fault pages in and warm caches, and a busy neighbour can stall any.
-            std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
-            iter_ms_.at(p0.index)[ui] = probe_iter_ms_[probe_iter_ms_.size() / 2];
+      // The probe's calibration set is that one mini-batch, none held out, and nothing is reported.
+      struct ProbeScope {
+        Reconstructor& r;
+        int64_t num, train, holdout;
+        explicit ProbeScope(Reconstructor& rr, int64_t batch) : r(rr), num(rr.num_), train(rr.num_train_), holdout(rr.holdout_) {
+          r.num_ = r.num_train_ = batch, r.holdout_ = 0, r.quiet_ = true;
+        }
+        ~ProbeScope() { r.num_ = num, r.num_train_ = train, r.holdout_ = holdout, r.quiet_ = false; }
+      } scope(*this, std::min<int64_t>(opts_.batch, num_train_));
+      for (const auto& p0 : passes)
+        for (const auto& [ui, in] : ins) {
+          if (unit_weights_[ui].empty()) continue;
+          for (size_t j = 0; j < in.size(); ++j) {
+            store_.put("fp:" + units_[ui].inputs[j], in[j]);
+            store_.put("q:" + units_[ui].inputs[j], in[j]);
           }
-      } catch (...) {
-        quiet_ = false;
-        num_ = saved_sizes.num, num_train_ = saved_sizes.train, holdout_ = saved_sizes.holdout;
-        throw;
-      }
-      num_ = saved_sizes.num, num_train_ = saved_sizes.train, holdout_ = saved_sizes.holdout;
+          const Snapshot saved = unit_state(ui);
+          const auto fp_out = run_full(ui, "fp:", false, false);
+          PassSpec p = p0;
+          p.iters = 8;
+          UnitReport rep;
+          probe_iter_ms_.clear();
+          train(ui, p, 1, fp_out, rep);
+          restore(saved);
+          store_.clear();
+          if (probe_iter_ms_.empty()) continue;  // nothing to learn in this pass
+          // The median: the first iterations fault pages in and warm caches, and a busy neighbour can stall any.
+          std::sort(probe_iter_ms_.begin(), probe_iter_ms_.end());
+          iter_ms_.at(p0.index)[ui] = probe_iter_ms_[probe_iter_ms_.size() / 2];
+        }
     }
     mask_seed_ = seed;
     double per_iter = 0, evals = 0;  // ms over all units and passes
