@@ -63,7 +63,7 @@ void validate_options(const ReconOptions& o) {
   if (!(o.input_mix >= 0 && o.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
   if (!(o.lr_rounding >= 0) || !(o.lr_act >= 0) || !(o.brecq_lr_act >= 0)) throw Error("learning rates must be ≥ 0");
   if (o.step_update != "absolute" && o.step_update != "log")
-    throw Error("unknown step update '" + o.step_update + "' (expected absolute or log)");
+    throw Error("unknown --step-update '" + o.step_update + "' (expected absolute or log)");
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");

@@ -174,6 +174,10 @@ def main():
                      ["--time-limit", "qdrop"], rc=1)
         expect_error("quantize time limit and iterations", qbase + ["--preset", "w4a4", "--method", "qdrop", "--time-limit", "5", "--iters", "10"],
                      ["--time-limit", "--iters"])
+        expect_error("quantize unknown step update", qbase + ["--preset", "w4a4", "--method", "qdrop", "--step-update", "relative"],
+                     ["--step-update", "'relative'", "absolute or log"], rc=1)
+        expect_error("quantize asymmetric int8 weights", qbase + ["--preset", "w4a4", "--weight-asymmetric", "--weight-type", "int8"],
+                     ["--weight-asymmetric", "--weight-type int8"], rc=1)
         expect_error("quantize negative threads", ["--threads", "-1"] + qbase + ["--preset", "w4a4", "--method", "qdrop"], ["--threads"], rc=1)
         expect_error("quantize bad holdout", qbase + ["--preset", "w4a4", "--method", "qdrop", "--holdout", "-2"], ["--holdout"], rc=1)
         expect_error("quantize bad shard count", qbase + ["--preset", "w4a4", "--method", "qdrop", "--recon-shards", "100"], ["--recon-shards"], rc=1)
