@@ -239,6 +239,22 @@ TEST(QuantGraph, PlacementOnToyDetector) {
   EXPECT_EQ(find_weight(with_head, "pred")->bits, 8);
   EXPECT_FALSE(find_site(with_head, "pred"));
 
+  // Float head input (QDrop's COCO convention): the block ends that reach only the float prediction conv
+  // (d and f, through the Concat and the pool) stay unquantized and are listed as such; a, read by c2 and
+  // the residual Add, keeps its grid. With the head quantized, pred reads a grid again.
+  po.quantize_head = false;
+  po.float_inputs_of_float_nodes = true;
+  auto float_in = quant::derive_plan(g, po);
+  std::set<std::string> float_in_values;
+  for (const auto& a : float_in.activations) float_in_values.insert(a.value);
+  EXPECT_EQ(float_in_values, (std::set<std::string>{"a", "b"}));
+  EXPECT_EQ(std::set<std::string>(float_in.float_activations.begin(), float_in.float_activations.end()),
+            (std::set<std::string>{"d", "f"}));
+  po.quantize_head = true;
+  auto float_in_head = quant::derive_plan(g, po);
+  EXPECT_TRUE(find_site(float_in_head, "d") && find_site(float_in_head, "f"));
+  po.float_inputs_of_float_nodes = false;
+
   // Exclusions and overrides by name; unknown names are errors.
   po.quantize_head = false;
   po.exclude = {"c5", "b"};

@@ -147,6 +147,33 @@ TEST(Saliency, BatchReductionMatchesWholeGradient) {
   }
 }
 
+// The plain threshold InlierQ's EM is compared against: exactly the round(q·n) highest raw saliencies of
+// the volumes with a non-zero gradient get weight 1 (log and standardisation keep the order, so sorting the
+// raw values is an independent reference), every other volume 0; q outside (0, 1] is refused.
+TEST(Saliency, QuantileWeightingKeepsTheHighestScores) {
+  at::manual_seed(3);
+  at::Tensor raw = at::exp(3 * at::randn({4, 9, 7}, at::kDouble));
+  raw.masked_fill_(at::rand({4, 9, 7}) < 0.1, 0.0);  // volumes without a gradient never count as inliers
+  const at::Tensor nonzero = raw.masked_select(raw > 0);
+  for (double q : {0.1, 0.5, 0.9, 1.0}) {
+    inlier::InlierOptions io;
+    io.weighting = "quantile";
+    io.quantile = q;
+    const auto vw = inlier::volume_weights_from_raw(raw, io);
+    const int64_t k = std::llround(q * static_cast<double>(nonzero.numel()));
+    const double threshold = std::get<0>(at::sort(nonzero, 0, true))[k - 1].item<double>();
+    const at::Tensor expected = ((raw >= threshold) & (raw > 0)).to(at::kFloat);
+    EXPECT_TRUE(at::equal(vw.weights, expected)) << "q " << q;
+    EXPECT_EQ(vw.weights.sum().item<double>(), static_cast<double>(k)) << "q " << q;
+  }
+  inlier::InlierOptions bad;
+  bad.weighting = "quantile";
+  for (double q : {0.0, 1.5}) {
+    bad.quantile = q;
+    EXPECT_THROW(inlier::volume_weights_from_raw(raw, bad), Error) << q;
+  }
+}
+
 // Labels are never used for calibration; here they check that the label-free inlier posterior points at
 // objects: over 16 coco128 images, the mean posterior of volumes inside ground-truth boxes exceeds the
 // mean outside at the unit outputs nearest the head.

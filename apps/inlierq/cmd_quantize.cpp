@@ -184,7 +184,11 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
   sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (qdrop | brecq)")->default_val("qdrop");
   sub->add_option("--saliency", rc.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.saliency);
-  sub->add_option("--inlier-weighting", rc.inlier_weighting, "InlierQ weights: soft (posterior) | hard (posterior > 0.5)")->default_val(rc.inlier_weighting);
+  sub->add_option("--inlier-weighting", rc.inlier_weighting,
+                  "InlierQ weights: soft (posterior) | hard (posterior > 0.5) | quantile (the --inlier-quantile "
+                  "highest scores, no mixture)")->default_val(rc.inlier_weighting);
+  sub->add_option("--inlier-quantile", rc.inlier_quantile,
+                  "with --inlier-weighting quantile: the fraction of volumes kept as inliers")->default_val(rc.inlier_quantile);
   sub->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
   sub->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
   sub->add_option("--em-iters", rc.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.em_max_iters);
@@ -216,6 +220,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_flag("--weight-asymmetric", q.weight_asymmetric,
                 "per-channel weight grids with a zero point, as BRECQ and QDrop use (TensorRT needs symmetric weights)");
   sub->add_flag("--separate-concat-scales", q.separate_concat_scales, "give each Concat input its own scale");
+  sub->add_flag("--float-head-input", q.float_head_input,
+                "block layout: leave activations that only floating-point nodes read (the float head's input) "
+                "unquantized, as QDrop's COCO code does");
   sub->add_flag("!--no-ort-latency", q.ort_latency,
                 "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");
   sub->add_option("--weight-type", q.weight_type,

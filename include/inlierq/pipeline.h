@@ -81,6 +81,8 @@ struct QuantizeJob {
   bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;
   // Per-channel weight grids with a zero point (as BRECQ and QDrop use); TensorRT accepts only symmetric ones.
   bool weight_asymmetric = false;
+  // Block layout: activations that only floating-point nodes read (the float head's input) stay unquantized.
+  bool float_head_input = false;
   // Sensitivity analysis and fallback (with `auto`, a fallback given here replaces the automatic one).
   int fallback = 0;
   size_t sensitivity_images = 8;

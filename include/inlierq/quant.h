@@ -41,6 +41,10 @@ struct PlacementOptions {
   int head_last_bits = 8;
   // Concat inputs share one scale (ALGORITHMS §3; TensorRT then concatenates int8 without requantizing).
   bool share_concat_scales = true;
+  // Block layout: leave block outputs that only floating-point nodes read (the float head's input) unquantized,
+  // as QDrop's COCO code does. Off by default: measured worse on FastestDet W4A4 (docs/RECONSTRUCTION.md).
+  // The ORT layout always quantizes compute outputs (QLinearConv writes them).
+  bool float_inputs_of_float_nodes = false;
   std::vector<std::string> exclude;  // node names (or activation value names) kept in floating point
   // {"nodes": {"<node or value name>": {"weight_bits": N, "act_bits": N, "exclude": true}}}
   nlohmann::json overrides;

@@ -77,7 +77,10 @@ struct ReconOptions {
   // two-component EM per unit output, inlier-weighted reconstruction loss and inlier-aware ranges.
   bool inlier = false;
   std::string saliency = "sq";            // sq | norm | grad_act
-  std::string inlier_weighting = "soft";  // soft | hard
+  std::string inlier_weighting = "soft";  // soft | hard | quantile
+  // quantile weighting: the fraction of the volumes with a non-zero gradient kept as inliers (weight 1),
+  // those with the highest scores; no mixture decides (the plain threshold EM is compared against).
+  double inlier_quantile = 0.5;
   std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
   bool inlier_fisher = true;              // F = (|g| + 1)² in the weighted loss; false: F = 1
   int em_max_iters = 200;

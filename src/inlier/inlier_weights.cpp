@@ -42,7 +42,10 @@ VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, cons
 
 VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions& o) {
   const at::Tensor r = raw.to(at::kCPU).to(at::kDouble);
-  if (o.weighting != "soft" && o.weighting != "hard") throw Error("unknown inlier weighting '" + o.weighting + "' (expected soft or hard)");
+  if (o.weighting != "soft" && o.weighting != "hard" && o.weighting != "quantile")
+    throw Error("unknown inlier weighting '" + o.weighting + "' (expected soft, hard or quantile)");
+  if (o.weighting == "quantile" && !(o.quantile > 0 && o.quantile <= 1))
+    throw Error("inlier quantile must be in (0, 1], got " + std::to_string(o.quantile));
   VolumeWeights out;
   out.zero_gradient = r == 0;
   const at::Tensor logr = at::log(r + o.epsilon);
@@ -83,6 +86,13 @@ VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions
   out.scores = at::where(out.zero_gradient, at::zeros_like(s), s).to(at::kFloat);
   out.weights = (o.weighting == "hard" && !out.fit.fallback ? (post > 0.5).to(at::kDouble) : post).to(at::kFloat);
   if (out.fit.fallback) out.weights = out.zero_gradient.logical_not().to(at::kFloat);
+  if (o.weighting == "quantile") {
+    // The k highest scores of the non-zero volumes, ties at the threshold included: the mixture fit above
+    // is still reported, but it does not decide.
+    const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.quantile * static_cast<double>(n))));
+    const double threshold = std::get<0>(at::topk(snz, k)).min().item<double>();
+    out.weights = ((s >= threshold) & out.zero_gradient.logical_not()).to(at::kFloat);
+  }
   out.inlier_mass = out.weights.mean().item<double>();
   return out;
 }

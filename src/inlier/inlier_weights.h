@@ -16,7 +16,8 @@ namespace inlierq::inlier {
 
 struct InlierOptions {
   std::string saliency = "sq";   // sq: Σ_c g² | norm: ‖g‖₂ | grad_act: Σ_c |g·z|
-  std::string weighting = "soft"; // soft: w = π | hard: w = 1[π > 0.5]
+  std::string weighting = "soft"; // soft: w = π | hard: w = 1[π > 0.5] | quantile: w = 1[s ≥ s_(1−q)]
+  double quantile = 0.5;         // quantile: the fraction of non-zero-gradient volumes kept (highest scores)
   double epsilon = 1e-30;        // inside log(r + ε)
   size_t max_fit_samples = 200000;  // EM runs on an evenly strided subset of the volumes beyond this
   MixtureOptions em;

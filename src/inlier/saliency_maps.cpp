@@ -16,7 +16,7 @@ AuxLossOptions aux_options(const recon::ReconOptions& o) {
 
 InlierOptions inlier_options(const recon::ReconOptions& o) {
   InlierOptions i;
-  i.saliency = o.saliency, i.weighting = o.inlier_weighting;
+  i.saliency = o.saliency, i.weighting = o.inlier_weighting, i.quantile = o.inlier_quantile;
   i.em.max_iters = o.em_max_iters, i.em.tolerance = o.em_tolerance, i.em.variance_floor = o.em_variance_floor;
   i.em.min_prior = o.em_min_prior, i.em.min_separation = o.em_min_separation;
   return i;

@@ -66,6 +66,7 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
   po.weight_symmetric = !job.weight_asymmetric;
   po.quantize_head = job.quantize_head;
   po.share_concat_scales = !job.separate_concat_scales;
+  po.float_inputs_of_float_nodes = job.float_head_input;
   po.layout = quant::parse_layout(job.layout);
   po.exclude = job.exclude;
   if (!job.config.empty()) {

@@ -240,6 +240,28 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
       }
   }
 
+  // Whether a value reaches a compute node that will be quantized, through non-compute ops only. A block
+  // end read only by floating-point nodes (the detection head, exclusions) feeds no integer compute, and
+  // QDrop's COCO code leaves such FPN outputs unquantized; here that is an option, because on FastestDet
+  // W4A4 the 4-bit grid there scored better (docs/RECONSTRUCTION.md, "Faithful to the references").
+  auto will_quantize = [&](const Node& c) {
+    return is_compute(c, g) && !excluded.count(c.name) && (opts.quantize_head || !head.count(c.name));
+  };
+  std::map<std::string, bool> reaches_memo;
+  std::function<bool(const std::string&)> reaches_quantized_compute = [&](const std::string& v) -> bool {
+    auto it = reaches_memo.find(v);
+    if (it != reaches_memo.end()) return it->second;
+    reaches_memo[v] = false;
+    bool r = false;
+    for (const Node* c : index.consumers(v)) {
+      if (is_compute(*c, g)) r = r || will_quantize(*c);
+      else
+        for (const auto& o : c->outputs) r = r || reaches_quantized_compute(o);
+      if (r) break;
+    }
+    return reaches_memo[v] = r;
+  };
+
   auto float_node = [&](const std::string& n, const std::string& why) {
     plan.float_nodes.push_back(n);
     plan.float_reasons.push_back(why);
@@ -319,6 +341,11 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
       follow_activation();
     }
     if (index.is_graph_output(v)) continue;
+    if (opts.float_inputs_of_float_nodes && !reaches_quantized_compute(v)) {
+      plan.float_activations.push_back(v);
+      plan.float_activation_reasons.push_back(n.op_type + " output read only by floating-point nodes (" + n.name + ")");
+      continue;
+    }
     add_site(v, why, n.name);
   }
 

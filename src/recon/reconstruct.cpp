@@ -76,8 +76,10 @@ void validate_options(const ReconOptions& o) {
     throw Error("EM options out of range (--em-iters ≥ 1, --em-tol > 0, --em-var-floor > 0, --em-min-prior in [0, 0.5), --em-min-separation ≥ 0)");
   if (o.saliency != "sq" && o.saliency != "norm" && o.saliency != "grad_act")
     throw Error("unknown --saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
-  if (o.inlier_weighting != "soft" && o.inlier_weighting != "hard")
-    throw Error("unknown --inlier-weighting '" + o.inlier_weighting + "' (expected soft or hard)");
+  if (o.inlier_weighting != "soft" && o.inlier_weighting != "hard" && o.inlier_weighting != "quantile")
+    throw Error("unknown --inlier-weighting '" + o.inlier_weighting + "' (expected soft, hard or quantile)");
+  if (!(o.inlier_quantile > 0 && o.inlier_quantile <= 1))
+    throw Error("--inlier-quantile must be in (0, 1], got " + std::to_string(o.inlier_quantile));
   if (o.inlier_init != "minmax_inlier" && o.inlier_init != "mse_inlier" && o.inlier_init != "none")
     throw Error("unknown --inlier-init '" + o.inlier_init + "' (expected minmax_inlier, mse_inlier or none)");
   if (o.aux_loss != "bce" && o.aux_loss != "focal" && o.aux_loss != "neglogit")
@@ -1185,7 +1187,7 @@ class Reconstructor {
                      {"time_limit_s", opts_.time_limit_s},
                      {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
                      {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
-                     {"inlier_weighting", opts_.inlier_weighting}, {"inlier_init", opts_.inlier_init},
+                     {"inlier_weighting", opts_.inlier_weighting}, {"inlier_quantile", opts_.inlier_quantile}, {"inlier_init", opts_.inlier_init},
                      {"inlier_fisher", opts_.inlier_fisher},
                      {"em", {opts_.em_max_iters, opts_.em_tolerance, opts_.em_variance_floor, opts_.em_min_prior, opts_.em_min_separation}},
                      {"images", num_}};
