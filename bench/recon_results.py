@@ -57,6 +57,8 @@ ABLATIONS = {
     "no_fisher": "--no-inlier-fisher",
     "uniform": "--em-min-separation 1e9",  # EM result always rejected: uniform weights, Fisher and init kept
     "hard_nofisher": "--inlier-weighting hard --no-inlier-fisher",  # the two best single changes on FastestDet
+    # Issue 12 item 9: the EM posterior against a plain threshold on the same scores (the top half).
+    "quantile": "--inlier-weighting quantile --inlier-quantile 0.5",
 }
 
 

@@ -562,6 +562,45 @@ TEST(Calibrators, EveryRowOfTheTable) {
   std::printf("  calibrators: %s\n", names.c_str());
 }
 
+// avg_mse against calibrating each 2-image slice alone with mse: over 6 images in batches of 4 (slices
+// {0,1}, {2,3} | {4,5}), every group's scale is the mean of the slices' scales (the width of a range fixes
+// its scale), and its zero point lies within one code of theirs. At 4 bits the mean of the slices' optima is
+// not the whole-set optimum, so some group differs from mse's.
+TEST(Calibrators, AvgMseIsTheMeanOfTheSlicesOptima) {
+  std::mt19937 rng(13);
+  Graph g = toy_detector(rng);
+  quant::PlacementOptions po;
+  po.weight_bits = po.act_bits = 4;
+  const auto plan = quant::derive_plan(g, po);
+  const auto inputs = random_inputs(6, rng);
+  quant::CalibrationOptions co;
+  co.batch = 4;
+  co.method = "avg_mse";
+  const auto avg = quant::calibrate(g, plan, inputs, co);
+  EXPECT_EQ(avg.meta.at("slice_images"), 2);
+  co.method = "mse";
+  const auto whole = quant::calibrate(g, plan, inputs, co);
+  std::vector<quant::Encodings> slices;
+  for (size_t s = 0; s < inputs.size(); s += 2)
+    slices.push_back(quant::calibrate(g, plan, {inputs[s], inputs[s + 1]}, co));
+  bool differs_from_whole = false;
+  for (const auto& a : plan.activations) {
+    const auto& e = avg.activations.at(a.value);
+    if (a.image) continue;  // the network input keeps its min/max grid
+    double scale = 0, lo = 0;
+    for (const auto& sl : slices) {
+      const auto& x = sl.activations.at(a.value);
+      scale += x.scale / static_cast<double>(slices.size());
+      lo += (x.qn() - x.zero_point) * static_cast<double>(x.scale) / static_cast<double>(slices.size());
+    }
+    EXPECT_NEAR(e.scale, scale, 1e-5 * scale) << a.value;
+    const double zp = static_cast<double>(e.qn()) - lo / scale;
+    EXPECT_LE(std::fabs(e.zero_point - zp), 1.0 + 1e-6) << a.value;
+    differs_from_whole = differs_from_whole || e.scale != whole.activations.at(a.value).scale;
+  }
+  EXPECT_TRUE(differs_from_whole);
+}
+
 // `auto` calibrates every row in shared passes: each result must be what calibrate() gives for that row alone,
 // and calibrate_weights() what calibrate() puts in the weights.
 TEST(Calibrators, SharedPassesEqualOneCalibratorAtATime) {

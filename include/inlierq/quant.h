@@ -136,7 +136,7 @@ struct Encodings {
 };
 
 struct CalibrationOptions {
-  std::string method = "minmax";       // minmax | percentile | entropy | mse
+  std::string method = "minmax";       // minmax | percentile | entropy | mse | avg_mse
   std::string weight_method = "mse";   // minmax | mse (per output channel)
   double percentile = 99.99;
   int histogram_bins = 2048;

@@ -118,7 +118,9 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     return taken;
   };
   // 1. Activation calibrator, all from the same two passes.
-  const auto methods = quant::calibration_methods();
+  std::vector<std::string> methods;
+  for (const auto* c : quant::calibrators())
+    if (c->in_auto) methods.push_back(c->name);
   const auto calibrated = in.calibrate(plan_default, methods, in.weight_method);
   for (const auto& m : methods)
     try_config({m, in.weight_method, !in.placement.share_concat_scales, in.placement.quantize_head, {}}, &calibrated.at(m));

@@ -41,6 +41,11 @@ struct GroupStats {
   bool seen = false;
   bool image = false;  // holds the network input (ActSite::image)
   bool silu = true;    // every member is a SiLU pre-activation (ActSite::silu_input)
+  // Per-slice calibrators: this batch's member tensors until the batch ends, and the sums of the slices'
+  // optima.
+  std::vector<at::Tensor> pending;
+  double slice_lo_sum = 0, slice_hi_sum = 0;
+  int slices = 0;
 };
 
 // The raw float data of a dense CPU tensor in whatever memory order it has (order does not matter
@@ -128,6 +133,7 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
   if (methods.empty()) throw Error("calibrate_methods: no calibrator named");
   std::vector<const Calibrator*> cals;
   bool need_hist = false, need_abs_hist = false;
+  int slice_images = 0;
   for (const auto& m : methods) {
     const Calibrator& c = find_calibrator(m);
     CalibrationOptions o = opts;
@@ -136,6 +142,11 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
     cals.push_back(&c);
     need_hist |= c.histogram && !c.histogram_of_abs;
     need_abs_hist |= c.histogram && c.histogram_of_abs;
+    if (c.per_slice_images > 0) {
+      if (slice_images > 0 && slice_images != c.per_slice_images)
+        throw Error("calibrators with different slice sizes cannot share passes");
+      slice_images = c.per_slice_images;
+    }
   }
   if (g.inputs.size() != 1) throw Error("calibration needs a model with one input; it has " + std::to_string(g.inputs.size()));
   if (inputs.empty()) throw Error("no calibration images");
@@ -185,6 +196,32 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
   const int passes = need_hist || need_abs_hist ? 2 : 1;
   const size_t batch = static_cast<size_t>(std::max(1, opts.batch));
 
+  // The mse optimum of each slice of `slice_images` images of the batch just run, over the group's members
+  // together (one histogram per slice over the slice's own range), the same search as the mse row's.
+  CalibrationOptions slice_opts = opts;
+  slice_opts.method = "mse";
+  auto add_slice_optima = [&](int64_t images) {
+    for (auto& gs : groups) {
+      if (gs.pending.empty()) continue;
+      const QuantGrid grid = grid_of(gs.bits, gs.symmetric);
+      for (int64_t s = 0; s < images; s += slice_images) {
+        const int64_t len = std::min<int64_t>(slice_images, images - s);
+        std::vector<at::Tensor> parts;
+        double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+        for (const auto& t : gs.pending) {
+          parts.push_back(dense_cpu_float(t.narrow(0, s, len).contiguous()));
+          auto [mn, mx] = at::aminmax(parts.back());
+          lo = std::min(lo, mn.item<double>()), hi = std::max(hi, mx.item<double>());
+        }
+        Histogram h(lo, hi, opts.histogram_bins);
+        for (const auto& p : parts) h.add(p.data_ptr<float>(), static_cast<size_t>(p.numel()));
+        const auto r = kMseCalibrator.range(GroupStatistics{lo, hi, &h, grid, gs.silu}, slice_opts);
+        gs.slice_lo_sum += r.first, gs.slice_hi_sum += r.second, ++gs.slices;
+      }
+      gs.pending.clear();
+    }
+  };
+
   size_t batch_begin = 0;  // first image of the batch being run, for error messages
   auto run_pass = [&](int pass, const std::function<void(GroupStats&, const std::string&, const at::Tensor&)>& observe) {
     rt::RunOptions ro;
@@ -200,6 +237,7 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
       for (size_t k = i; k < std::min(inputs.size(), i + batch); ++k) xs.push_back(rt::to_aten(inputs[k]));
       at::Tensor x = at::cat(xs, 0).to(eo.device);
       ex.run({{input_name, x}}, ro);
+      if (pass == 1 && slice_images > 0) add_slice_optima(static_cast<int64_t>(xs.size()));
       if (opts.progress) opts.progress(pass, passes, std::min(inputs.size(), i + batch), inputs.size());
     }
   };
@@ -228,6 +266,8 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
     gs.min = std::min(gs.min, lo);
     gs.max = std::max(gs.max, hi);
     gs.seen = true;
+    // A copy: the executor may reuse the buffer of a value later in the same run.
+    if (slice_images > 0 && !gs.image) gs.pending.push_back(t.clone());
   });
   for (const auto& gs : groups)
     if (!gs.seen) throw Error("activation '" + gs.members.at(0) + "' was never computed during calibration");
@@ -266,7 +306,10 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
       // The network input is an image of 8-bit pixels: its min/max grid keeps it (nearly) exact, where a
       // search over its histogram would clip pixel values.
       const Histogram* hist = !calibrator.histogram ? nullptr : calibrator.histogram_of_abs ? gs.abs_hist.get() : gs.hist.get();
-      if (!gs.image) std::tie(lo, hi) = calibrator.range(GroupStatistics{gs.min, gs.max, hist, grid, gs.silu}, o);
+      GroupStatistics stats{gs.min, gs.max, hist, grid, gs.silu};
+      if (gs.slices > 0) stats.slice_lo = gs.slice_lo_sum / gs.slices, stats.slice_hi = gs.slice_hi_sum / gs.slices;
+      stats.slices = gs.slices;
+      if (!gs.image) std::tie(lo, hi) = calibrator.range(stats, o);
       if (gs.symmetric) {
         const double t = std::max(std::fabs(lo), std::fabs(hi));
         lo = -t, hi = t;
@@ -288,6 +331,7 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
     e.meta = {{"method", o.method}, {"weight_method", opts.weight_method}, {"calibration_images", inputs.size()},
               {"histogram_bins", opts.histogram_bins}};
     if (o.method == "percentile") e.meta["percentile"] = opts.percentile;
+    if (calibrator.per_slice_images > 0) e.meta["slice_images"] = calibrator.per_slice_images;
     e.meta["seconds"] = {{"weights", weight_seconds}, {"activation_passes", forward_seconds},
                          {"range_search", seconds_since(t_search)}};
     if (methods.size() > 1) e.meta["calibrated_with"] = methods;  // the passes were shared

@@ -6,7 +6,7 @@ namespace inlierq::quant {
 
 const std::vector<const Calibrator*>& calibrators() {
   static const std::vector<const Calibrator*> table = {&kMinmaxCalibrator, &kPercentileCalibrator, &kEntropyCalibrator,
-                                                       &kMseCalibrator};
+                                                       &kMseCalibrator, &kAvgMseCalibrator};
   return table;
 }
 

@@ -17,6 +17,10 @@ struct GroupStatistics {
   const Histogram* hist = nullptr;  // the second pass's histogram (null for one-pass calibrators)
   QuantGrid grid;
   bool silu_input = false;          // every member is a SiLU pre-activation
+  // Per-slice calibrators: the mean of the mse optima of the slices of `per_slice_images` images (0 slices
+  // when no row asked for them).
+  double slice_lo = 0, slice_hi = 0;
+  int slices = 0;
 };
 
 struct Calibrator {
@@ -27,9 +31,13 @@ struct Calibrator {
   // The (unsymmetrised) range of a group; calibrate() makes it symmetric where the grid is.
   std::pair<double, double> (*range)(const GroupStatistics& g, const CalibrationOptions& o);
   void (*validate)(const CalibrationOptions& o);  // option checks; may be null
+  // > 0: calibrate() also finds the mse optimum of every slice of this many images of each batch and hands
+  // the slices' mean to range() (GroupStatistics::slice_lo / slice_hi).
+  int per_slice_images = 0;
+  bool in_auto = true;  // a candidate of `--method auto`
 };
 
-extern const Calibrator kMinmaxCalibrator, kPercentileCalibrator, kEntropyCalibrator, kMseCalibrator;
+extern const Calibrator kMinmaxCalibrator, kPercentileCalibrator, kEntropyCalibrator, kMseCalibrator, kAvgMseCalibrator;
 
 const std::vector<const Calibrator*>& calibrators();
 // Error listing the known names when there is no calibrator `name`.
