@@ -12,11 +12,8 @@
 
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -40,10 +37,10 @@
 #include "quant/sqnr.h"
 #include "recon/activation_store.h"
 #include "recon/adaround.h"
+#include "recon/checkpoint.h"
 #include "recon/shard_pool.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
-#include "util/atomic_file.h"
 
 namespace fs = std::filesystem;
 
@@ -1195,86 +1192,31 @@ class Reconstructor {
   }
 
   void save_checkpoint(int pass, size_t units_done, const ReconResult& res) {
-    fs::create_directories(opts_.checkpoint_dir);
-    std::string blob;
-    nlohmann::json wj = nlohmann::json::array();
-    for (const auto& [node, p] : weights_) {
-      if (!p.hard.defined()) continue;
-      const at::Tensor h = p.hard.to(at::kCPU).contiguous();
-      wj.push_back({{"tensor", p.tensor}, {"offset", blob.size()}, {"numel", h.numel()}});
-      blob.append(static_cast<const char*>(h.data_ptr()), static_cast<size_t>(h.numel()) * 4);
-    }
-    const std::string wfile = fmt::format("weights-{}-{}.bin", pass, units_done);
-    write_file_atomically((fs::path(opts_.checkpoint_dir) / wfile).string(), blob);
-    // The new weights are on disk, the state that names them is not yet: the worst moment to die. A test
-    // kills the process here (tests/py/test_signals.py); the previous state.json must still load.
-    if (const char* k = std::getenv("INLIERQ_TEST_KILL_IN_CHECKPOINT"); k && std::atoll(k) == ++checkpoints_written_)
-      std::raise(SIGKILL);
-    nlohmann::json scales = nlohmann::json::object();
-    for (const auto& [gid, grp] : groups_) {
-      float s = grp.scale.item<float>();
-      uint32_t bits;
-      std::memcpy(&bits, &s, 4);
-      scales[std::to_string(gid)] = bits;  // exact float bits
-    }
-    nlohmann::json state{{"run", run_key()}, {"pass", pass}, {"units_done", units_done}, {"iters", chosen_iters_}, {"weights_file", wfile},
-                         {"weights", wj}, {"act_scale_bits", scales}, {"reports", res.to_json()["reports"]}};
-    const std::string state_path = (fs::path(opts_.checkpoint_dir) / "state.json").string();
-    write_file_atomically(state_path, state.dump(1));
-    // Older weight files are no longer referenced; temporary files of a killed run are litter.
-    for (const auto& e : fs::directory_iterator(opts_.checkpoint_dir)) {
-      const auto name = e.path().filename().string();
-      if ((name.rfind("weights-", 0) == 0 && name != wfile) || name.rfind("state.json.tmp.", 0) == 0) fs::remove(e.path());
-    }
+    CheckpointState st;
+    st.run = run_key(), st.pass = pass, st.units_done = units_done, st.iters = chosen_iters_, st.reports = res.reports;
+    for (const auto& [node, p] : weights_)
+      if (p.hard.defined()) st.hard_weights.emplace_back(p.tensor, p.hard);
+    for (const auto& [gid, grp] : groups_) st.act_scales[gid] = grp.scale.item<float>();
+    write_checkpoint(opts_.checkpoint_dir, st, checkpoints_written_);
   }
 
   std::tuple<int, size_t, int64_t> load_checkpoint(ReconResult& res) {
-    if (opts_.checkpoint_dir.empty()) throw Error("--resume needs a checkpoint directory");
-    const auto state_path = fs::path(opts_.checkpoint_dir) / "state.json";
-    std::ifstream f(state_path);
-    if (!f) throw Error("--resume: no checkpoint at '" + state_path.string() + "'");
-    nlohmann::json st;
-    try {
-      st = nlohmann::json::parse(f);
-    } catch (const std::exception& e) {
-      throw Error(state_path.string() + ": corrupt checkpoint: " + e.what());
-    }
-    if (st.value("run", std::string()) != run_key())
-      throw Error("--resume: the checkpoint in '" + opts_.checkpoint_dir +
-                  "' was written by a run with a different model, plan, calibration set or options");
-    const auto wpath = fs::path(opts_.checkpoint_dir) / st.at("weights_file").get<std::string>();
-    std::ifstream wf(wpath, std::ios::binary);
-    std::string blob((std::istreambuf_iterator<char>(wf)), std::istreambuf_iterator<char>());
     std::map<std::string, WeightParam*> by_tensor;
     for (auto& [n, p] : weights_) by_tensor[p.tensor] = &p;
-    for (const auto& w : st.at("weights")) {
-      auto it = by_tensor.find(w.at("tensor").get<std::string>());
-      const size_t off = w.at("offset").get<size_t>(), numel = w.at("numel").get<size_t>();
-      if (it == by_tensor.end() || off + numel * 4 > blob.size() || static_cast<int64_t>(numel) != it->second->w.numel())
-        throw Error("--resume: checkpoint weights in '" + wpath.string() + "' do not match the model");
-      at::Tensor h = at::empty(it->second->w.sizes(), at::kFloat);
-      std::memcpy(h.data_ptr(), blob.data() + off, numel * 4);
-      it->second->hard = h.to(device_);
+    const CheckpointState st = read_checkpoint(opts_.checkpoint_dir, run_key(), [&](const std::string& t) -> int64_t {
+      auto it = by_tensor.find(t);
+      return it == by_tensor.end() ? -1 : it->second->w.numel();
+    });
+    for (const auto& [tensor, h] : st.hard_weights) {
+      WeightParam& p = *by_tensor.at(tensor);
+      p.hard = h.view(p.w.sizes()).to(device_);
     }
-    for (const auto& [k, bits] : st.at("act_scale_bits").items()) {
-      uint32_t b = bits.get<uint32_t>();
-      float s;
-      std::memcpy(&s, &b, 4);
-      groups_.at(std::stoi(k)).scale = at::full({1}, static_cast<double>(s), at::TensorOptions().dtype(at::kFloat).device(device_));
-    }
-    for (const auto& r : st.at("reports")) {
-      UnitReport u;
-      u.name = r.at("unit"), u.kind = r.at("kind"), u.pass = r.at("pass"), u.iters = r.at("iters");
-      u.sqnr_before_db = r.at("sqnr_before_db"), u.sqnr_after_db = r.at("sqnr_after_db");
-      u.loss_first = r.at("loss_first"), u.loss_last = r.at("loss_last"), u.seconds = r.at("seconds");
-      u.holdout_before = r.value("holdout_loss_before", 0.0), u.holdout_after = r.value("holdout_loss_after", 0.0);
-      u.kept_start = r.value("kept_start", false);
-      res.reports.push_back(u);
-    }
-    const int pass = st.at("pass");
-    const size_t done = st.at("units_done");
-    if (opts_.log) opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint_dir, pass, done, units_.size()));
-    return {pass, done, st.value("iters", static_cast<int64_t>(-1))};
+    for (const auto& [gid, s] : st.act_scales)
+      groups_.at(gid).scale = at::full({1}, static_cast<double>(s), at::TensorOptions().dtype(at::kFloat).device(device_));
+    res.reports.insert(res.reports.end(), st.reports.begin(), st.reports.end());
+    if (opts_.log)
+      opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint_dir, st.pass, st.units_done, units_.size()));
+    return {st.pass, st.units_done, st.iters};
   }
 
   Graph& g_;
