@@ -506,8 +506,8 @@ TEST(Reconstruction, InlierQOnTheTinyNet) {
     quant::Encodings enc = t.enc0;
     recon::ReconOptions o = fast_options("qdrop");
     o.inlier = inlier;
-    o.topk = 20;
-    o.heatmap = {{"sources", {{{"output", "pred"}, {"layout", "channels_positions"}, {"channels", {0, 6}}, {"values", "logits"}}}}};
+    o.heatmap_loss.topk = 20;
+    o.heatmap_loss.heatmap = {{"sources", {{{"output", "pred"}, {"layout", "channels_positions"}, {"channels", {0, 6}}, {"values", "logits"}}}}};
     auto res = recon::reconstruct(gq, t.plan, enc, t.xs, o);
     return std::make_tuple(std::move(gq), std::move(enc), std::move(res));
   };

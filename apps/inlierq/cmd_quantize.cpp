@@ -183,23 +183,23 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
   sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (qdrop | brecq)")->default_val("qdrop");
-  sub->add_option("--saliency", rc.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.saliency);
-  sub->add_option("--inlier-weighting", rc.inlier_weighting,
+  sub->add_option("--saliency", rc.inlier_split.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.inlier_split.saliency);
+  sub->add_option("--inlier-weighting", rc.inlier_split.weighting,
                   "InlierQ weights: soft (posterior) | hard (posterior > 0.5) | quantile (the --inlier-quantile "
-                  "highest scores, no mixture)")->default_val(rc.inlier_weighting);
-  sub->add_option("--inlier-quantile", rc.inlier_quantile,
-                  "with --inlier-weighting quantile: the fraction of volumes kept as inliers")->default_val(rc.inlier_quantile);
+                  "highest scores, no mixture)")->default_val(rc.inlier_split.weighting);
+  sub->add_option("--inlier-quantile", rc.inlier_split.quantile,
+                  "with --inlier-weighting quantile: the fraction of volumes kept as inliers")->default_val(rc.inlier_split.quantile);
   sub->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
   sub->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
-  sub->add_option("--em-iters", rc.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.em_max_iters);
-  sub->add_option("--em-tol", rc.em_tolerance, "InlierQ EM: relative log-likelihood change to stop")->default_val(rc.em_tolerance);
-  sub->add_option("--em-var-floor", rc.em_variance_floor, "InlierQ EM: variance floor (× score variance)")->default_val(rc.em_variance_floor);
-  sub->add_option("--em-min-prior", rc.em_min_prior, "InlierQ EM: uniform weights when the inlier prior is below p or above 1−p")->default_val(rc.em_min_prior);
-  sub->add_option("--em-min-separation", rc.em_min_separation, "InlierQ EM: uniform weights when the means are closer (pooled sds)")->default_val(rc.em_min_separation);
+  sub->add_option("--em-iters", rc.inlier_split.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.inlier_split.em_max_iters);
+  sub->add_option("--em-tol", rc.inlier_split.em_tolerance, "InlierQ EM: relative log-likelihood change to stop")->default_val(rc.inlier_split.em_tolerance);
+  sub->add_option("--em-var-floor", rc.inlier_split.em_variance_floor, "InlierQ EM: variance floor (× score variance)")->default_val(rc.inlier_split.em_variance_floor);
+  sub->add_option("--em-min-prior", rc.inlier_split.em_min_prior, "InlierQ EM: uniform weights when the inlier prior is below p or above 1−p")->default_val(rc.inlier_split.em_min_prior);
+  sub->add_option("--em-min-separation", rc.inlier_split.em_min_separation, "InlierQ EM: uniform weights when the means are closer (pooled sds)")->default_val(rc.inlier_split.em_min_separation);
   sub->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
-  sub->add_option("--topk", rc.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.topk);
-  sub->add_option("--aux-loss", rc.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.aux_loss);
-  sub->add_option("--topk-selection", rc.topk_selection, "per_class | global | max_class")->default_val(rc.topk_selection);
+  sub->add_option("--topk", rc.heatmap_loss.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.heatmap_loss.topk);
+  sub->add_option("--aux-loss", rc.heatmap_loss.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.heatmap_loss.aux_loss);
+  sub->add_option("--topk-selection", rc.heatmap_loss.topk_selection, "per_class | global | max_class")->default_val(rc.heatmap_loss.topk_selection);
   sub->add_option("--recon-shards", rc.shards, "split each mini-batch into N shards run on separate threads (0 = 2 on CPU, 1 on CUDA); results depend on N, not on --threads")->default_val(rc.shards);
   sub->add_option("--holdout", rc.holdout, "calibration images held out of reconstruction training; each unit keeps its start state unless the learned one is better on them (-1 = 1/8 of the set)")->default_val(rc.holdout);
   sub->add_flag("--recon-timing", rc.measure_fp_reference, "also time a plain FP forward+backward of every unit (per-phase costs are in --json and the encodings)");

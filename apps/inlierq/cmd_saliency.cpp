@@ -20,7 +20,8 @@ namespace fs = std::filesystem;
 struct SaliencyArgs {
   std::string model, profile, out_dir, preset = "w4a4", device = "cpu";
   std::vector<std::string> images, units;
-  recon::ReconOptions opts;
+  inlier::HeatmapLossOptions loss;
+  inlier::InlierSplitOptions split;
   bool force = false;
 };
 
@@ -54,11 +55,9 @@ int run(const SaliencyArgs& a) {
     transforms.push_back(p.transform);
   }
   make_output_dir(a.out_dir);
-  recon::ReconOptions so = a.opts;
-  so.heatmap = profile.heatmap;
-  so.device = a.device;
-  recon::validate_options(so);
-  const auto maps = inlier::saliency_maps(g, values, inputs, so);
+  inlier::HeatmapLossOptions loss = a.loss;
+  loss.heatmap = profile.heatmap;
+  const auto maps = inlier::saliency_maps(g, values, inputs, loss, a.split, a.device);
   std::vector<std::string> written;
   auto out = [&](const std::string& name) {
     const std::string path = (fs::path(a.out_dir) / name).string();
@@ -96,10 +95,10 @@ Command add_saliency(CLI::App& app) {
   sub->add_option("-o,--output-dir", a->out_dir, "directory for the PNGs, SVGs and saliency.json")->required();
   sub->add_option("--unit", a->units, "unit name or unit output value (repeatable; 'all'); default: the last 3 units");
   sub->add_option("--preset", a->preset, "bit widths used to derive the units (placement)")->default_val("w4a4");
-  sub->add_option("--topk", a->opts.topk, "K of the top-K heatmap loss")->default_val(a->opts.topk);
-  sub->add_option("--aux-loss", a->opts.aux_loss, "bce | focal | neglogit")->default_val(a->opts.aux_loss);
-  sub->add_option("--topk-selection", a->opts.topk_selection, "per_class | global | max_class")->default_val(a->opts.topk_selection);
-  sub->add_option("--saliency", a->opts.saliency, "sq | norm | grad_act")->default_val(a->opts.saliency);
+  sub->add_option("--topk", a->loss.topk, "K of the top-K heatmap loss")->default_val(a->loss.topk);
+  sub->add_option("--aux-loss", a->loss.aux_loss, "bce | focal | neglogit")->default_val(a->loss.aux_loss);
+  sub->add_option("--topk-selection", a->loss.topk_selection, "per_class | global | max_class")->default_val(a->loss.topk_selection);
+  sub->add_option("--saliency", a->split.saliency, "sq | norm | grad_act")->default_val(a->split.saliency);
   sub->add_option("--device", a->device, "cpu or cuda[:N]");
   sub->add_flag("--force", a->force, "overwrite existing files");
   return {sub, [a] { return run(*a); }};

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inlierq/graph.h"
-#include "inlierq/recon.h"
+#include "inlierq/inlier_options.h"
 
 namespace inlierq::inlier {
 
@@ -19,9 +19,10 @@ struct SaliencyMaps {
 };
 
 // One FP forward + backward of the top-K heatmap loss over `inputs`, then the saliency and EM posterior
-// of every volume of each value in `values` (4-D [1, C, H, W] values only). Uses opts.heatmap, topk,
-// aux_loss, topk_selection and saliency.
+// of every volume of each value in `values` (4-D [1, C, H, W] values only), on `device` ("cpu", "cuda:0").
+// The pictures show the posterior itself: split.weighting is not used.
 std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
-                                        const std::vector<TensorData>& inputs, const recon::ReconOptions& opts);
+                                        const std::vector<TensorData>& inputs, const HeatmapLossOptions& loss,
+                                        const InlierSplitOptions& split, const std::string& device = "cpu");
 
 }  // namespace inlierq::inlier

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inlierq/graph.h"
+#include "inlierq/inlier_options.h"
 #include "inlierq/quant.h"
 
 namespace inlierq::recon {
@@ -69,25 +70,13 @@ struct ReconOptions {
   // is multiplied by (|g| + 1)², g = gradient of the label-free top-K heatmap loss w.r.t. that element,
   // computed once on the FP model. Needs the profile's heatmap definition.
   bool fisher = false;
-  nlohmann::json heatmap;       // the model profile's "heatmap"
-  int64_t topk = 100;           // K of the auxiliary loss
-  std::string aux_loss = "bce"; // bce | focal | neglogit
-  std::string topk_selection = "per_class";  // per_class | global | max_class
+  inlier::HeatmapLossOptions heatmap_loss;  // the profile's heatmap, K, loss form (Fisher and InlierQ)
   // InlierQ (ALGORITHMS §6) on top of the method: per-volume saliency from the same gradients, a
   // two-component EM per unit output, inlier-weighted reconstruction loss and inlier-aware ranges.
   bool inlier = false;
-  std::string saliency = "sq";            // sq | norm | grad_act
-  std::string inlier_weighting = "soft";  // soft | hard | quantile
-  // quantile weighting: the fraction of the volumes with a non-zero gradient kept as inliers (weight 1),
-  // those with the highest scores; no mixture decides (the plain threshold EM is compared against).
-  double inlier_quantile = 0.5;
+  inlier::InlierSplitOptions inlier_split;  // saliency, weighting, EM
   std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
   bool inlier_fisher = true;              // F = (|g| + 1)² in the weighted loss; false: F = 1
-  int em_max_iters = 200;
-  double em_tolerance = 1e-6;             // relative log-likelihood change
-  double em_variance_floor = 1e-6;        // × the scores' variance
-  double em_min_prior = 0.01;             // uniform weights when the inlier prior leaves [p, 1 − p]
-  double em_min_separation = 0.5;         // uniform weights when the means are closer (pooled sds)
   // Every mini-batch is split into this many shards, differentiated separately (in parallel, one thread
   // each, as far as --threads allows) and their gradients summed in shard order: results depend on the
   // shard count, never on the thread count. 0: 2 on the CPU, 1 on CUDA.

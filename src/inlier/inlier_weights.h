@@ -10,7 +10,7 @@
 
 #include "inlier/em.h"
 #include "inlier/saliency.h"
-#include "inlierq/recon.h"
+#include "inlierq/inlier_options.h"
 
 namespace inlierq::inlier {
 
@@ -36,9 +36,9 @@ struct VolumeWeights {
   nlohmann::json to_json() const;  // fit, fractions (no tensors)
 };
 
-// From the reconstruction options (the CLI flags): the auxiliary-loss and inlier settings.
-AuxLossOptions aux_options(const recon::ReconOptions& o);
-InlierOptions inlier_options(const recon::ReconOptions& o);
+// From the public options (the CLI flags): the auxiliary-loss and inlier settings.
+AuxLossOptions aux_options(const HeatmapLossOptions& o);
+InlierOptions inlier_options(const InlierSplitOptions& o);
 
 // grad, act: [N, C, positions...] (act only for grad_act). Volumes are the positions of one sample.
 VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, const InlierOptions& opts = {});

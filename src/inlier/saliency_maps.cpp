@@ -8,34 +8,37 @@
 
 namespace inlierq::inlier {
 
-AuxLossOptions aux_options(const recon::ReconOptions& o) {
+AuxLossOptions aux_options(const HeatmapLossOptions& o) {
   AuxLossOptions a;
   a.k = o.topk, a.form = o.aux_loss, a.selection = o.topk_selection;
   return a;
 }
 
-InlierOptions inlier_options(const recon::ReconOptions& o) {
+InlierOptions inlier_options(const InlierSplitOptions& o) {
   InlierOptions i;
-  i.saliency = o.saliency, i.weighting = o.inlier_weighting, i.quantile = o.inlier_quantile;
+  i.saliency = o.saliency, i.weighting = o.weighting, i.quantile = o.quantile;
   i.em.max_iters = o.em_max_iters, i.em.tolerance = o.em_tolerance, i.em.variance_floor = o.em_variance_floor;
   i.em.min_prior = o.em_min_prior, i.em.min_separation = o.em_min_separation;
   return i;
 }
 
 std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
-                                        const std::vector<TensorData>& inputs, const recon::ReconOptions& opts) {
+                                        const std::vector<TensorData>& inputs, const HeatmapLossOptions& loss,
+                                        const InlierSplitOptions& split, const std::string& device) {
   if (inputs.empty()) throw Error("saliency needs at least one image");
+  validate(loss);
+  validate(split);
   rt::ExecutorOptions eo;
-  eo.device = at::Device(opts.device);
+  eo.device = at::Device(device);
   eo.fuse_silu = false;
   rt::Executor ex(g, eo);
   std::vector<at::Tensor> xs;
   for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
-  const AuxLossOptions ao = aux_options(opts);
-  InlierOptions io = inlier_options(opts);
+  const AuxLossOptions ao = aux_options(loss);
+  InlierOptions io = inlier_options(split);
   io.weighting = "soft";  // the pictures show the posterior itself
   std::map<std::string, SaliencyMaps> by_value;
-  aux_loss_gradients(ex, opts.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
+  aux_loss_gradients(ex, loss.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
     if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");
     const VolumeWeights vw = volume_weights(grad, z, io);
     SaliencyMaps m;
@@ -51,7 +54,7 @@ std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::s
       m.posterior.emplace_back(b.data_ptr<float>(), b.data_ptr<float>() + b.numel());
     }
     by_value[v] = std::move(m);
-  }, opts.saliency == "grad_act");
+  }, split.saliency == "grad_act");
   std::vector<SaliencyMaps> out;
   for (const auto& v : values) out.push_back(std::move(by_value.at(v)));
   return out;

@@ -306,7 +306,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     FidelityOptions fo;
     fo.device = job.device;
     fo.reference_score = job.fidelity_reference_score;
-    fo.topk = job.recon.topk;
+    fo.topk = job.recon.heatmap_loss.topk;
     fo.progress = [](size_t, size_t) { throw_if_interrupted(); };
     reference = std::make_unique<FidelityReference>(g, profile, std::move(held_inputs), std::move(held_transforms), fo);
   }
@@ -409,7 +409,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   double t_reconstructed = t_calibrated;
   if (res.reconstruction) {
     recon::ReconOptions ro = reconstruction_options(job);
-    ro.heatmap = profile.heatmap;
+    ro.heatmap_loss.heatmap = profile.heatmap;
     ro.seed = job.seed;
     ro.device = job.device;
     ro.checkpoint_dir = paths.checkpoint;
@@ -541,11 +541,10 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
       try {
         const auto units = recon::derive_units(g, final_plan);
         const size_t shown = std::min<size_t>(3, inputs.size());
-        recon::ReconOptions so = res.reconstruction ? reconstruction_options(job) : job.recon;
-        so.heatmap = profile.heatmap;
-        so.device = job.device;
+        inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
+        loss.heatmap = profile.heatmap;
         const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
-        const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, so);
+        const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, loss, job.recon.inlier_split, job.device);
         std::vector<InputTransform> transforms(transforms_of_inputs.begin(), transforms_of_inputs.begin() + static_cast<long>(shown));
         const std::vector<std::string> shown_paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
         for (auto& [caption, img] : report::saliency_figures(maps, shown_paths, transforms, 320))

@@ -67,22 +67,10 @@ void validate_options(const ReconOptions& o) {
   if (o.holdout < -1) throw Error("--holdout must be ≥ 0, or -1 for 1/8 of the calibration set");
   if (o.threads < 0) throw Error("--threads must be ≥ 0");
   if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
-  if (o.topk < 1) throw Error("--topk must be ≥ 1");
-  if (o.em_max_iters < 1 || !(o.em_tolerance > 0) || !(o.em_variance_floor > 0) || !(o.em_min_prior >= 0 && o.em_min_prior < 0.5) ||
-      !(o.em_min_separation >= 0))
-    throw Error("EM options out of range (--em-iters ≥ 1, --em-tol > 0, --em-var-floor > 0, --em-min-prior in [0, 0.5), --em-min-separation ≥ 0)");
-  if (o.saliency != "sq" && o.saliency != "norm" && o.saliency != "grad_act")
-    throw Error("unknown --saliency '" + o.saliency + "' (expected sq, norm or grad_act)");
-  if (o.inlier_weighting != "soft" && o.inlier_weighting != "hard" && o.inlier_weighting != "quantile")
-    throw Error("unknown --inlier-weighting '" + o.inlier_weighting + "' (expected soft, hard or quantile)");
-  if (!(o.inlier_quantile > 0 && o.inlier_quantile <= 1))
-    throw Error("--inlier-quantile must be in (0, 1], got " + std::to_string(o.inlier_quantile));
+  inlier::validate(o.heatmap_loss);
+  inlier::validate(o.inlier_split);
   if (o.inlier_init != "minmax_inlier" && o.inlier_init != "mse_inlier" && o.inlier_init != "none")
     throw Error("unknown --inlier-init '" + o.inlier_init + "' (expected minmax_inlier, mse_inlier or none)");
-  if (o.aux_loss != "bce" && o.aux_loss != "focal" && o.aux_loss != "neglogit")
-    throw Error("unknown --aux-loss '" + o.aux_loss + "' (expected bce, focal or neglogit)");
-  if (o.topk_selection != "per_class" && o.topk_selection != "global" && o.topk_selection != "max_class")
-    throw Error("unknown --topk-selection '" + o.topk_selection + "' (expected per_class, global or max_class)");
 }
 
 nlohmann::json ReconResult::to_json() const {
@@ -427,14 +415,14 @@ class Reconstructor {
         if (seen.insert(v).second) values.push_back(v);
     std::vector<at::Tensor> xs;
     for (int64_t i = 0; i < num_; ++i) xs.push_back(images_.narrow(0, i, 1));
-    const inlier::AuxLossOptions ao = inlier::aux_options(opts_);
+    const inlier::AuxLossOptions ao = inlier::aux_options(opts_.heatmap_loss);
     if (opts_.log) opts_.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
-    const inlier::InlierOptions io = inlier::inlier_options(opts_);
+    const inlier::InlierOptions io = inlier::inlier_options(opts_.inlier_split);
     nlohmann::json fits = nlohmann::json::object();
     const bool want_fisher = opts_.fisher || (opts_.inlier && opts_.inlier_fisher);
     // Reduced per batch: F in float16 and the per-volume raw saliency; the full gradient is never kept.
     inlier::aux_loss_reduce(
-        ex, opts_.heatmap, xs, values, ao, 4,
+        ex, opts_.heatmap_loss.heatmap, xs, values, ao, 4,
         [&](const std::string&, const at::Tensor& g_full, const at::Tensor& z) {
           // Rounded to bfloat16 as when whole-set gradients were kept in bfloat16: the measured tables
           // came from that, and InlierQ's mAP moves with rounding this small (FastestDet W4A4 seed 0:
@@ -457,7 +445,7 @@ class Reconstructor {
                                     vw.fit.fallback ? " (fallback: " + vw.fit.fallback_reason + ")" : std::string()));
           }
         },
-        opts_.inlier && opts_.saliency == "grad_act");
+        opts_.inlier && opts_.inlier_split.saliency == "grad_act");
     if (opts_.inlier) res.inlier["units"] = fits;
   }
 
@@ -1182,11 +1170,12 @@ class Reconstructor {
                      {"beta", {opts_.beta_start, opts_.beta_end}}, {"warmup", opts_.warmup}, {"rec_p", opts_.rec_p},
                      {"brecq_act_p", opts_.brecq_act_p}, {"max_block_compute", opts_.max_block_compute}, {"shards", shard_count()}, {"holdout", holdout_},
                      {"time_limit_s", opts_.time_limit_s},
-                     {"fisher", opts_.fisher}, {"topk", opts_.topk}, {"aux_loss", opts_.aux_loss},
-                     {"topk_selection", opts_.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.saliency},
-                     {"inlier_weighting", opts_.inlier_weighting}, {"inlier_quantile", opts_.inlier_quantile}, {"inlier_init", opts_.inlier_init},
+                     {"fisher", opts_.fisher}, {"topk", opts_.heatmap_loss.topk}, {"aux_loss", opts_.heatmap_loss.aux_loss},
+                     {"topk_selection", opts_.heatmap_loss.topk_selection}, {"inlier", opts_.inlier}, {"saliency", opts_.inlier_split.saliency},
+                     {"inlier_weighting", opts_.inlier_split.weighting}, {"inlier_quantile", opts_.inlier_split.quantile}, {"inlier_init", opts_.inlier_init},
                      {"inlier_fisher", opts_.inlier_fisher},
-                     {"em", {opts_.em_max_iters, opts_.em_tolerance, opts_.em_variance_floor, opts_.em_min_prior, opts_.em_min_separation}},
+                     {"em", {opts_.inlier_split.em_max_iters, opts_.inlier_split.em_tolerance, opts_.inlier_split.em_variance_floor,
+                             opts_.inlier_split.em_min_prior, opts_.inlier_split.em_min_separation}},
                      {"images", num_}};
     return j.dump();
   }
