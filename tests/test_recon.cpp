@@ -371,7 +371,7 @@ TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
   ASSERT_FALSE(etas.empty());
   for (double e : etas) EXPECT_GE(e, 0);
   // The probe trains every unit a few iterations and restores it: the run equals one with --iters set to
-  // the chosen count (what the log line promises), for QDrop and for BRECQ's two passes.
+  // the chosen count (what the log line promises) and no probe, for QDrop and for BRECQ's two passes.
   for (const std::string method : {"qdrop", "brecq"}) {
     auto opts = fast_options(method);
     opts.time_limit_s = 1.5;
@@ -379,6 +379,7 @@ TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
     quant::Encodings ea = enc0, eb = enc0;
     const auto timed = recon::reconstruct(ga, plan, ea, xs, opts);
     opts.time_limit_s = 0;
+    opts.measure_costs = false;
     opts.iters = timed.iters;
     opts.brecq_act_iters = std::max<int64_t>(1, timed.iters * fast_options(method).brecq_act_iters / fast_options(method).iters);
     recon::reconstruct(gb, plan, eb, xs, opts);

@@ -48,6 +48,10 @@ struct ReconOptions {
   // > 0: choose the iterations per unit (replacing `iters`; BRECQ's pass 2 keeps its ratio to it) so that
   // reconstruct() returns within this many seconds, from the units' measured costs. Chosen once, logged.
   double time_limit_s = 0;
+  // Without a time limit, the costs behind the first estimate and the ETA are measured too (8 iterations of
+  // every unit, state restored) when that is at most 5 % of `iters`; false: predicted from the FP cost only.
+  // Results do not depend on it (tested).
+  bool measure_costs = true;
   int batch = 8;                 // calibration samples per iteration
   uint64_t seed = 0;
   // AdaRound (ALGORITHMS §4)

@@ -306,10 +306,14 @@ class Reconstructor {
       // FP unit inputs of one mini-batch: the cost model's FP forward + backward and the time-limit probe.
       const auto batch_inputs = batch_unit_inputs(std::min<int64_t>(opts_.batch, num_train_));
       probe_unit_costs(passes, batch_inputs);
+      // Measured iterations cost 8 per unit and pass: done for a time limit, and otherwise when that is at
+      // most 5 % of the iterations, so that the first estimate and ETA rest on measured costs.
+      measured_costs_ = opts_.time_limit_s > 0 || (opts_.measure_costs && kProbeIters * 20 <= opts_.iters);
+      if (measured_costs_) measure_unit_iterations(passes, batch_inputs);
       // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
       // reproducible with --iters set to the printed count.
       if (opts_.time_limit_s > 0) {
-        const int64_t n = resumed_iters >= 0 ? resumed_iters : iters_for_time_limit(passes, batch_inputs, t0);
+        const int64_t n = resumed_iters >= 0 ? resumed_iters : iters_for_time_limit(passes, t0);
         for (auto& p : passes) p.iters = p.index == 1 ? n : std::max<int64_t>(1, n * opts_.brecq_act_iters / std::max<int64_t>(1, opts_.iters));
       }
     }
@@ -323,8 +327,9 @@ class Reconstructor {
     if (opts_.log && opts_.time_limit_s <= 0) {
       // The reference budgets take days on a small CPU: say so before the first unit, not after it.
       const int64_t eta = static_cast<int64_t>(work_left_ * 1e-3);
-      opts_.log(fmt::format("[recon] estimated {}:{:02d}:{:02d} for {} iterations per unit ({} units; from their measured costs){}", eta / 3600,
+      opts_.log(fmt::format("[recon] estimated {}:{:02d}:{:02d} for {} iterations per unit ({} units; {}){}", eta / 3600,
                             eta / 60 % 60, eta % 60, chosen_iters_, units_.size(),
+                            measured_costs_ ? "from 8 measured iterations of each" : "from their FP cost, not measured at this budget",
                             eta > 3600 ? "; --time-limit MINUTES chooses the iterations that fit a budget" : ""));
     }
     t_units_ = clock_type::now();
@@ -1055,12 +1060,12 @@ class Reconstructor {
     return std::max(0.0, (work_left_ - done) * rate);
   }
 
-  // Iterations per unit that fit the time limit. Every unit trains 8 real iterations of every pass on the
+  // The cost model from measurements: every unit trains kProbeIters real iterations of every pass on the
   // first mini-batch (state restored afterwards; the median counts): the units' iterations differ in their
   // fake-quant and elementwise work, not only in their convolutions (FastestDet's middle ShuffleNet units ran
   // 1.6x what their FP forward + backward predicted). The first trainable unit's evaluation over the whole
   // calibration set is timed and scaled to the others by their FP cost.
-  int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, const BatchInputs& ins, clock_type::time_point t0) {
+  void measure_unit_iterations(const std::vector<PassSpec>& passes, const BatchInputs& ins) {
     size_t first = units_.size();
     for (size_t ui = 0; ui < units_.size() && first == units_.size(); ++ui) {
       bool from_input = true;
@@ -1096,7 +1101,7 @@ class Reconstructor {
           const Snapshot saved = unit_state(ui);
           const auto fp_out = run_full(ui, "fp:", false, false);
           PassSpec p = p0;
-          p.iters = 8;
+          p.iters = kProbeIters;
           UnitReport rep;
           probe_iter_ms_.clear();
           train(ui, p, 1, fp_out, rep);
@@ -1109,6 +1114,10 @@ class Reconstructor {
         }
     }
     mask_seed_ = seed;
+  }
+
+  // Iterations per unit that fit the time limit, from the measured cost model.
+  int64_t iters_for_time_limit(const std::vector<PassSpec>& passes, clock_type::time_point t0) {
     double per_iter = 0, evals = 0;  // ms over all units and passes
     for (const auto& p : passes) {
       const double share = p.index == 1 ? 1.0 : static_cast<double>(opts_.brecq_act_iters) / std::max<int64_t>(1, opts_.iters);
@@ -1255,6 +1264,8 @@ class Reconstructor {
   // on one thread was 0.90-1.13 (docs/BENCHMARKS.md), and two shard threads ran 1.55-1.63x faster.
   double ms_rate_prior_ = 1.05 / (1 + 0.6 * (std::min(shard_count(), intra_threads_) - 1));
   int64_t chosen_iters_ = 0;
+  static constexpr int64_t kProbeIters = 8;
+  bool measured_costs_ = false;  // the cost model's iteration times were measured (measure_unit_iterations)
   int64_t checkpoints_written_ = 0;
   bool quiet_ = false;  // no progress callbacks (the time-limit probe)
   std::vector<double> probe_iter_ms_;  // wall ms of each iteration while quiet_
