@@ -239,14 +239,14 @@ def markdown(rows, args, best, fp32):
     lines += ["", "FP32 mAP (same evaluator, 500 images): " +
               ", ".join(f"{m} {fp32[m]:.4f}" for m in args.models if m in fp32) + ". \"recovered\" = (method − best calibrator) / "
               "(FP32 − best calibrator)."]
-    if args.section == SECTION:
+    if args.section.startswith("## Block reconstruction"):
         lines += ["", "**Target** (QDrop at W4A4 recovers ≥ 60 % of the best calibrator's loss, every model):", ""]
         lines += [f"- {v}" for v in verdicts] or ["- no QDrop W4A4 rows yet"]
         lines += ["", "**W4A8 target** (the best reconstruction within 0.01 mAP of FP32, every model):", ""]
         lines += [f"- {mod}: {meth} {v:.4f} vs FP32 {fp32[mod]:.4f}: {v - fp32[mod]:+.4f} — "
                   f"**{'MET' if fp32[mod] - v <= 0.01 else 'MISSED'}**"
                   for mod, (v, meth) in w4a8_best.items() if mod in fp32] or ["- no W4A8 rows yet"]
-    if inlier_verdicts and args.section == SECTION:
+    if inlier_verdicts and args.section.startswith("## Block reconstruction"):
         lines += ["", "**InlierQ target** (W4A4 mean ≥ the better of BRECQ/QDrop + 0.004 on three of the four models; "
                   "W8A8 no loss, read here as within 0.002 of the better peer):", ""]
         lines += [f"- {v}" for v in inlier_verdicts]
