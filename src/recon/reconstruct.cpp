@@ -307,8 +307,9 @@ class Reconstructor {
       const auto batch_inputs = batch_unit_inputs(std::min<int64_t>(opts_.batch, num_train_));
       probe_unit_costs(passes, batch_inputs);
       // Measured iterations cost 8 per unit and pass: done for a time limit, and otherwise when that is at
-      // most 5 % of the iterations, so that the first estimate and ETA rest on measured costs.
-      measured_costs_ = opts_.time_limit_s > 0 || (opts_.measure_costs && kProbeIters * 20 <= opts_.iters);
+      // most 5 % of the iterations, so that the first estimate and ETA rest on measured costs. Not on resume:
+      // the iteration count is the checkpoint's, and the probe would train units that are already finished.
+      measured_costs_ = !opts_.resume && (opts_.time_limit_s > 0 || (opts_.measure_costs && kProbeIters * 20 <= opts_.iters));
       if (measured_costs_) measure_unit_iterations(passes, batch_inputs);
       // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
       // reproducible with --iters set to the printed count.
