@@ -137,6 +137,7 @@ struct UnitReport {
            optimizer = 0, total = 0;
     double fp_reference = 0;  // plain FP forward + backward of the unit at the same batch (--recon-timing), 0 if not measured
   } phase_ms;
+  nlohmann::json to_json() const;
 };
 
 struct ReconResult {

@@ -67,6 +67,9 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
   po.quantize_head = job.quantize_head;
   po.share_concat_scales = !job.separate_concat_scales;
   po.float_inputs_of_float_nodes = job.float_head_input;
+  if (job.float_head_input && (job.layout == "ort" || (job.layout == "auto" && abits >= 8)))
+    throw Error("--float-head-input applies to the block layout (below 8-bit activations, or --layout block); "
+                "the ort layout quantizes every compute output");
   po.layout = quant::parse_layout(job.layout);
   po.exclude = job.exclude;
   if (!job.config.empty()) {

@@ -18,12 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nlohmann::json reports_json(const std::vector<UnitReport>& reports) {
-  ReconResult r;
-  r.reports = reports;
-  return r.to_json()["reports"];
-}
-
 UnitReport report_from_json(const nlohmann::json& r) {
   UnitReport u;
   u.name = r.at("unit"), u.kind = r.at("kind"), u.pass = r.at("pass"), u.iters = r.at("iters");
@@ -50,6 +44,8 @@ void write_checkpoint(const std::string& dir, const CheckpointState& st, int64_t
   // The new weights are on disk, the state that names them is not yet: the worst moment to die. A test
   // kills the process here (tests/py/test_signals.py); the previous state.json must still load.
   if (const char* k = std::getenv("INLIERQ_TEST_KILL_IN_CHECKPOINT"); k && std::atoll(k) == ++kill_counter) std::raise(SIGKILL);
+  nlohmann::json reports = nlohmann::json::array();
+  for (const auto& r : st.reports) reports.push_back(r.to_json());
   nlohmann::json scales = nlohmann::json::object();
   for (const auto& [gid, s] : st.act_scales) {
     uint32_t bits;
@@ -58,7 +54,7 @@ void write_checkpoint(const std::string& dir, const CheckpointState& st, int64_t
   }
   nlohmann::json state{{"run", st.run}, {"pass", st.pass}, {"units_done", st.units_done}, {"iters", st.iters},
                        {"weights_file", wfile}, {"weights", wj}, {"act_scale_bits", scales},
-                       {"reports", reports_json(st.reports)}};
+                       {"reports", reports}};
   write_file_atomically((fs::path(dir) / "state.json").string(), state.dump(1));
   // Older weight files are no longer referenced; temporary files of a killed run are litter.
   for (const auto& e : fs::directory_iterator(dir)) {

@@ -73,19 +73,22 @@ void validate_options(const ReconOptions& o) {
     throw Error("unknown --inlier-init '" + o.inlier_init + "' (expected minmax_inlier, mse_inlier or none)");
 }
 
+nlohmann::json UnitReport::to_json() const {
+  return {{"unit", name}, {"kind", kind}, {"pass", pass}, {"iters", iters},
+          {"sqnr_before_db", sqnr_before_db}, {"sqnr_after_db", sqnr_after_db},
+          {"loss_first", loss_first}, {"loss_last", loss_last}, {"seconds", seconds},
+          {"predicted_seconds", predicted_seconds}, {"holdout_loss_before", holdout_before}, {"holdout_loss_after", holdout_after}, {"kept_start", kept_start},
+          {"phase_ms", {{"data", phase_ms.data}, {"soft_weights", phase_ms.soft_weights},
+                        {"forward", phase_ms.forward}, {"fake_quant", phase_ms.fake_quant},
+                        {"loss", phase_ms.loss}, {"backward", phase_ms.backward},
+                        {"fake_quant_backward", phase_ms.fake_quant_backward},
+                        {"optimizer", phase_ms.optimizer}, {"total", phase_ms.total},
+                        {"fp_reference", phase_ms.fp_reference}}}};
+}
+
 nlohmann::json ReconResult::to_json() const {
   nlohmann::json reps = nlohmann::json::array();
-  for (const auto& r : reports)
-    reps.push_back({{"unit", r.name}, {"kind", r.kind}, {"pass", r.pass}, {"iters", r.iters},
-                    {"sqnr_before_db", r.sqnr_before_db}, {"sqnr_after_db", r.sqnr_after_db},
-                    {"loss_first", r.loss_first}, {"loss_last", r.loss_last}, {"seconds", r.seconds},
-                    {"predicted_seconds", r.predicted_seconds}, {"holdout_loss_before", r.holdout_before}, {"holdout_loss_after", r.holdout_after}, {"kept_start", r.kept_start},
-                    {"phase_ms", {{"data", r.phase_ms.data}, {"soft_weights", r.phase_ms.soft_weights},
-                                  {"forward", r.phase_ms.forward}, {"fake_quant", r.phase_ms.fake_quant},
-                                  {"loss", r.phase_ms.loss}, {"backward", r.phase_ms.backward},
-                                  {"fake_quant_backward", r.phase_ms.fake_quant_backward},
-                                  {"optimizer", r.phase_ms.optimizer}, {"total", r.phase_ms.total},
-                                  {"fp_reference", r.phase_ms.fp_reference}}}});
+  for (const auto& r : reports) reps.push_back(r.to_json());
   nlohmann::json j{{"units", units.size()}, {"reports", reps}, {"iters", iters}, {"completed", completed}, {"seconds", seconds},
                    {"peak_cache_mb", peak_cache_bytes / 1048576.0}, {"spilled_mb", spilled_bytes / 1048576.0}};
   if (!inlier.is_null()) j["inlier"] = inlier;

@@ -176,6 +176,10 @@ def main():
                      ["--time-limit", "--iters"])
         expect_error("quantize unknown step update", qbase + ["--preset", "w4a4", "--method", "qdrop", "--step-update", "relative"],
                      ["--step-update", "'relative'", "absolute or log"], rc=1)
+        expect_error("quantize inlier quantile out of range", qbase + ["--preset", "w4a4", "--method", "inlierq", "--inlier-weighting",
+                                                                "quantile", "--inlier-quantile", "1.5"], ["--inlier-quantile", "(0, 1]"], rc=1)
+        expect_error("quantize float head input in the ort layout", qbase + ["--preset", "w8a8", "--float-head-input"],
+                     ["--float-head-input", "block layout"], rc=1)
         expect_error("quantize asymmetric int8 weights", qbase + ["--preset", "w4a4", "--weight-asymmetric", "--weight-type", "int8"],
                      ["--weight-asymmetric", "--weight-type int8"], rc=1)
         expect_error("quantize negative threads", ["--threads", "-1"] + qbase + ["--preset", "w4a4", "--method", "qdrop"], ["--threads"], rc=1)
