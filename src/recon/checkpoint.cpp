@@ -105,4 +105,22 @@ CheckpointState read_checkpoint(const std::string& dir, const std::string& run,
   return out;
 }
 
+std::string checkpoint_run_key(const ReconOptions& o, int shards, int64_t holdout, int64_t images) {
+  nlohmann::json j{{"fingerprint", o.fingerprint}, {"method", o.method}, {"iters", o.iters},
+                   {"batch", o.batch}, {"seed", o.seed}, {"lr_rounding", o.lr_rounding},
+                   {"lr_act", o.lr_act}, {"brecq_lr_act", o.brecq_lr_act}, {"step_update", o.step_update}, {"brecq_act_iters", o.brecq_act_iters},
+                   {"drop_prob", o.drop_prob}, {"input_mix", o.input_mix}, {"lambda", o.round_lambda},
+                   {"beta", {o.beta_start, o.beta_end}}, {"warmup", o.warmup}, {"rec_p", o.rec_p},
+                   {"brecq_act_p", o.brecq_act_p}, {"max_block_compute", o.max_block_compute}, {"shards", shards}, {"holdout", holdout},
+                   {"time_limit_s", o.time_limit_s},
+                   {"fisher", o.fisher}, {"topk", o.heatmap_loss.topk}, {"aux_loss", o.heatmap_loss.aux_loss},
+                   {"topk_selection", o.heatmap_loss.topk_selection}, {"inlier", o.inlier}, {"saliency", o.inlier_split.saliency},
+                   {"inlier_weighting", o.inlier_split.weighting}, {"inlier_quantile", o.inlier_split.quantile}, {"inlier_init", o.inlier_init},
+                   {"inlier_fisher", o.inlier_fisher},
+                   {"em", {o.inlier_split.em_max_iters, o.inlier_split.em_tolerance, o.inlier_split.em_variance_floor,
+                           o.inlier_split.em_min_prior, o.inlier_split.em_min_separation}},
+                   {"images", images}};
+  return j.dump();
+}
+
 }  // namespace inlierq::recon

@@ -34,4 +34,8 @@ void write_checkpoint(const std::string& dir, const CheckpointState& state, int6
 CheckpointState read_checkpoint(const std::string& dir, const std::string& run,
                                 const std::function<int64_t(const std::string&)>& numel_of);
 
+// The options that decide a run's results, as a key that a checkpoint must match to be resumed: every
+// option that changes what is learned, the shard count and held-out images, and the run's fingerprint.
+std::string checkpoint_run_key(const ReconOptions& opts, int shards, int64_t holdout, int64_t images);
+
 }  // namespace inlierq::recon
