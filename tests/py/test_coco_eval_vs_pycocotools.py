@@ -60,7 +60,7 @@ def ours(tmp, gt_path, dets, img_ids=None):
     return json.loads(proc.stdout)
 
 
-def compare(checks, what, tmp, gt_path, dets, img_ids=None, max_seconds=None):
+def compare(checks, what, tmp, gt_path, dets, img_ids=None):
     stats, per_class, text = reference(gt_path, dets, img_ids)
     got = ours(tmp, gt_path, dets, img_ids)
     diffs = {n: abs(got[n] - s) for n, s in zip(NAMES, stats)}
@@ -72,12 +72,8 @@ def compare(checks, what, tmp, gt_path, dets, img_ids=None, max_seconds=None):
                  f"{what}: 12 stats, max |d| = {diffs[worst]:.1e} ({worst}); AP = {got['AP']:.4f} vs {stats[0]:.4f}")
     checks.check(pc_diff <= TOL, f"{what}: per-class AP of {len(per_class)} classes, max |d| = {pc_diff:.1e}")
     checks.check(got["summary"] == text, f"{what}: summary text identical to COCOeval.summarize()")
-    if max_seconds is not None and os.environ.get("INLIERQ_SANITIZED"):
-        print(f"SKIP {what}: the speed check (sanitized build, {got['eval_seconds'] * 1e3:.1f} ms)")
-    elif max_seconds is not None:
-        checks.check(got["eval_seconds"] < max_seconds,
-                     f"{what}: {got['num_detections']} detections on {got['num_images']} images "
-                     f"evaluated in {got['eval_seconds'] * 1e3:.1f} ms")
+    # Speed is measured by bench/coco_eval_speed.py (docs/BENCHMARKS.md), not asserted here.
+    print(f"{what}: {got['num_detections']} detections on {got['num_images']} images, {got['eval_seconds'] * 1e3:.1f} ms")
     return max(max(diffs.values()), pc_diff)
 
 
@@ -199,7 +195,7 @@ def main():
         img_ids = sorted(im["id"] for im in val500["images"])
         for seed in range(4):
             dets = synthetic_detections(val500, seed)
-            worst = max(worst, compare(checks, f"val500 seed {seed}", tmp, VAL500, dets, max_seconds=1.0))
+            worst = max(worst, compare(checks, f"val500 seed {seed}", tmp, VAL500, dets))
         subset = [int(i) for i in np.random.default_rng(9).choice(img_ids, 150, replace=False)]
         worst = max(worst, compare(checks, "val500 150-image subset", tmp, VAL500, synthetic_detections(val500, 9), subset))
 
