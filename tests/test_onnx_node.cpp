@@ -12,7 +12,10 @@
 #include "graph_builders.h"
 #include "inlierq/error.h"
 #include "inlierq/onnx_io.h"
+#include "graph/op_traits.h"
+#include "inlierq/quant.h"
 #include "inlierq/runtime.h"
+#include "quant/grid_ops.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
 
@@ -205,4 +208,158 @@ TEST(OnnxNodeTests, KernelsWithoutNodeCases) {
             EXPECT_NEAR(y.data_ptr<float>()[flat], xv[flat] / norm, 1e-6) << "LpNormalization p=" << p << " axis=" << axis;
           }
     }
+}
+
+// ---- the op-traits table (src/graph/op_traits.h), checked row by row against ONNX's own node cases
+
+namespace {
+
+// Rows whose role no node case can show, with the reason (checked both ways below).
+const std::map<std::string, std::string> kRowsWithoutNodeCase = {
+    {"Pad", "its constant-mode cases give the pad value as a graph input, which placement rightly does not treat as 0, "
+            "and this libonnx-testdata has no edge or reflect case"},
+};
+
+struct NodeCase {
+  std::string name;
+  Graph graph;
+  std::vector<rt::TensorMap> inputs, outputs;  // per test_data_set
+};
+
+// The single-node cases of `op` that load, with their data.
+std::vector<NodeCase> node_cases_of(const std::string& op) {
+  std::vector<NodeCase> out;
+  const fs::path root = fs::path(INLIERQ_ONNX_TESTDATA) / "node";
+  if (!fs::exists(root)) return out;
+  std::vector<fs::path> dirs;
+  for (const auto& e : fs::directory_iterator(root)) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& dir : dirs) {
+    NodeCase c;
+    c.name = dir.filename().string();
+    try {
+      c.graph = load_node_case((dir / "model.onnx").string());
+    } catch (const Error&) {
+      continue;
+    }
+    if (c.graph.nodes.size() != 1 || c.graph.nodes[0].op_type != op || !c.graph.nodes[0].domain.empty()) continue;
+    if (kKnownUnsupported.count(c.name)) continue;
+    std::vector<fs::path> sets;
+    for (const auto& ds : fs::directory_iterator(dir))
+      if (ds.is_directory() && ds.path().filename().string().rfind("test_data_set", 0) == 0) sets.push_back(ds.path());
+    std::sort(sets.begin(), sets.end());
+    for (const auto& ds : sets) {
+      rt::TensorMap in, outs;
+      for (size_t i = 0; i < c.graph.inputs.size(); ++i)
+        if (auto p = ds / ("input_" + std::to_string(i) + ".pb"); fs::exists(p)) in[c.graph.inputs[i].name] = rt::to_aten(load_tensor_pb(p.string()));
+      for (size_t i = 0; i < c.graph.outputs.size(); ++i)
+        if (auto p = ds / ("output_" + std::to_string(i) + ".pb"); fs::exists(p)) outs[c.graph.outputs[i].name] = rt::to_aten(load_tensor_pb(p.string()));
+      c.inputs.push_back(std::move(in));
+      c.outputs.push_back(std::move(outs));
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(OpTraits, EveryRowIsAnOpTheExecutorRuns) {
+  std::set<std::string> seen;
+  for (const auto& row : op_traits_table()) {
+    EXPECT_TRUE(seen.insert(row.op_type).second) << row.op_type << " has two rows";
+    EXPECT_NE(row.roles, 0u) << row.op_type << " has a row but no role";
+    EXPECT_TRUE(op_supported(row.op_type)) << row.op_type << " has a quantization role but the executor cannot run it";
+    EXPECT_EQ(row.has(kCompute), row.macs != MacRule::None) << row.op_type << ": compute rows, and only they, count MACs";
+    EXPECT_EQ(row.has(kCompute), row.weight_axis != WeightAxis::None) << row.op_type << ": compute rows, and only they, have a weight axis";
+  }
+}
+
+// A grid-preserving op must output only values of its data inputs: on every node case where placement treats the
+// node as grid-preserving, each float output value occurs among the data inputs' values (exact bits). ONNX's
+// reference outputs are the evidence, not our kernels.
+TEST(OpTraits, GridPreservingRowsOutputOnlyValuesOfTheirDataInputs) {
+  if (!fs::exists(fs::path(INLIERQ_ONNX_TESTDATA) / "node")) GTEST_SKIP() << "libonnx-testdata not installed";
+  for (const auto& row : op_traits_table()) {
+    if (!row.has(kGridPreserving)) continue;
+    int checked = 0;
+    for (const auto& c : node_cases_of(row.op_type)) {
+      const Node& n = c.graph.nodes[0];
+      if (!quant::is_passthrough(n, c.graph)) continue;
+      for (size_t s = 0; s < c.inputs.size(); ++s) {
+        std::vector<float> values;
+        bool float_data = true;
+        for (const auto& v : quant::passthrough_data_inputs(n)) {
+          auto it = c.inputs[s].find(v);
+          if (it == c.inputs[s].end() || it->second.scalar_type() != at::kFloat) { float_data = false; break; }
+          const at::Tensor x = it->second.contiguous();
+          values.insert(values.end(), x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
+        }
+        if (!float_data || values.empty()) continue;
+        std::sort(values.begin(), values.end());
+        for (const auto& [name, y] : c.outputs[s]) {
+          if (y.scalar_type() != at::kFloat) continue;  // e.g. MaxPool's indices
+          const at::Tensor yc = y.contiguous();
+          int64_t foreign = 0;
+          for (int64_t i = 0; i < yc.numel(); ++i) foreign += !std::binary_search(values.begin(), values.end(), yc.data_ptr<float>()[i]);
+          EXPECT_EQ(foreign, 0) << c.name << ": " << foreign << " of " << yc.numel() << " values of output '" << name
+                                << "' are not values of the data inputs, yet " << row.op_type << " is grid-preserving";
+          ++checked;
+        }
+      }
+    }
+    const bool excused = kRowsWithoutNodeCase.count(row.op_type) > 0;
+    if (checked == 0 && !excused)
+      ADD_FAILURE() << row.op_type << " is grid-preserving but no node case shows it; add one or list it in kRowsWithoutNodeCase";
+    if (checked > 0 && excused) ADD_FAILURE() << row.op_type << " is listed in kRowsWithoutNodeCase but a case shows it";
+  }
+}
+
+// A compute row's weight axis is the output channels, and its MACs are the products summed per output element,
+// counted from the node's input and output shapes: on every node case with the weight made an initializer.
+TEST(OpTraits, ComputeRowsWeightAxisAndMacsMatchTheNodeCases) {
+  if (!fs::exists(fs::path(INLIERQ_ONNX_TESTDATA) / "node")) GTEST_SKIP() << "libonnx-testdata not installed";
+  for (const auto& row : op_traits_table()) {
+    if (!row.has(kCompute)) continue;
+    int checked = 0;
+    for (const auto& c : node_cases_of(row.op_type)) {
+      if (c.inputs.empty() || c.graph.inputs.size() < 2) continue;
+      Graph g = c.graph;
+      const Node& n = g.nodes[0];
+      const auto& in0 = c.inputs[0];
+      if (!in0.count(n.inputs[0]) || !in0.count(n.inputs[1]) || c.outputs[0].empty()) continue;
+      const at::Tensor x = in0.at(n.inputs[0]), w = in0.at(n.inputs[1]), y = c.outputs[0].begin()->second;
+      if (w.scalar_type() != at::kFloat || w.dim() < 2) continue;
+      g.initializers[n.inputs[1]] = rt::from_aten(w.contiguous());
+      g.inputs.erase(std::remove_if(g.inputs.begin(), g.inputs.end(), [&](const ValueInfo& v) { return v.name == n.inputs[1]; }),
+                     g.inputs.end());
+      const int axis = weight_channel_axis(n, g);
+      ASSERT_GE(axis, 0) << c.name;
+      const int64_t group = n.get_int("group", 1);
+      int64_t out_channels = 0, macs = 0;
+      if (row.op_type == "Conv") {
+        out_channels = y.size(1);
+        macs = y.numel() / y.size(0) * (x.size(1) / group) * (w.numel() / (w.size(0) * w.size(1)));
+      } else if (row.op_type == "ConvTranspose") {
+        out_channels = y.size(1);
+        macs = x.numel() / x.size(0) * (y.size(1) / group) * (w.numel() / (w.size(0) * w.size(1)));
+      } else if (row.op_type == "Gemm") {
+        out_channels = y.size(1);
+        macs = y.numel() * x.size(n.get_int("transA", 0) ? 0 : 1);
+      } else {
+        out_channels = y.size(-1);
+        macs = y.numel() / (y.dim() > 2 ? y.size(0) : 1) * x.size(-1);
+      }
+      const int64_t along_axis = w.size(axis) * (row.op_type == "ConvTranspose" ? group : 1);
+      EXPECT_EQ(along_axis, out_channels) << c.name << ": weight axis " << axis << " is not the output channels";
+      quant::PlacementOptions po;
+      po.quantize_head = true;
+      const auto plan = quant::derive_plan(g, po);
+      ASSERT_EQ(plan.weights.size(), 1u) << c.name << ": placement does not quantize the weight";
+      EXPECT_EQ(plan.weights[0].axis, axis) << c.name;
+      if (row.op_type != "MatMul" || y.dim() <= 2) EXPECT_EQ(node_macs(g, n), macs) << c.name;
+      ++checked;
+    }
+    EXPECT_GT(checked, 0) << row.op_type << " is a compute row but no node case checks it";
+  }
 }

@@ -10,26 +10,20 @@
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
 #include "inlierq/transforms.h"
+#include "graph/op_traits.h"
 #include "quant/grid_ops.h"
 
 namespace inlierq::quant {
 namespace {
 
 bool is_compute(const Node& n, const Graph& g) {
-  if (!n.domain.empty()) return false;
-  if (n.op_type != "Conv" && n.op_type != "ConvTranspose" && n.op_type != "Gemm" && n.op_type != "MatMul") return false;
-  if (n.inputs.size() < 2) return false;
+  if (!has_role(n, kCompute) || n.inputs.size() < 2) return false;
   auto it = g.initializers.find(n.inputs[1]);
   return it != g.initializers.end() && it->second.dtype == DType::Float;
 }
 
 // Element-wise activations a compute block may end with.
-bool is_unary_activation(const Node& n) {
-  static const std::set<std::string> ops = {"Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid",
-                                            "Tanh", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-                                            "Gelu", "ThresholdedRelu", "Mish"};
-  return n.domain.empty() && ops.count(n.op_type) && !n.outputs.empty();
-}
+bool is_unary_activation(const Node& n) { return has_role(n, kBlockActivation) && !n.outputs.empty(); }
 
 // The Mul of x·sigmoid(x) when v's consumers are exactly Sigmoid(v) and v · Sigmoid(v), the Sigmoid feeding
 // nothing else; nullptr otherwise.
@@ -49,8 +43,8 @@ const Node* silu_mul(const GraphIndex& index, const std::string& v) {
 // ClipQuantFusion, when the quantized range starts at zero): v's only consumer, reading v. nullptr otherwise.
 const Node* foldable_activation(const GraphIndex& index, const std::string& v) {
   const auto& cons = index.consumers(v);
-  if (index.is_graph_output(v) || cons.size() != 1 || !cons[0]->domain.empty() || cons[0]->inputs.empty() ||
-      cons[0]->inputs[0] != v || (cons[0]->op_type != "Relu" && cons[0]->op_type != "Clip"))
+  if (index.is_graph_output(v) || cons.size() != 1 || cons[0]->inputs.empty() || cons[0]->inputs[0] != v ||
+      !has_role(*cons[0], kFoldsIntoQuantize))
     return nullptr;
   return cons[0];
 }
@@ -291,9 +285,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     w.symmetric = opts.weight_symmetric;
     const bool first = reads_input(n.inputs[0]);
     if (first) plan.first_nodes.push_back(n.name);
-    if (n.op_type == "ConvTranspose") w.axis = 1;
-    else if (n.op_type == "Gemm") w.axis = n.get_int("transB", 0) ? 0 : 1;
-    else if (n.op_type == "MatMul") w.axis = static_cast<int>(g.initializers.at(n.inputs[1]).shape.size()) - 1;
+    w.axis = weight_channel_axis(n, g);
     if (weight_bits_override.count(n.name)) { w.bits = weight_bits_override[n.name]; w.reason = "config override"; }
     else if (first) { w.bits = opts.first_layer_bits; w.reason = "first layer"; }
     else if (in_head && head_leaves.count(n.name)) { w.bits = opts.head_last_bits; w.reason = "head prediction layer"; }
@@ -334,7 +326,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     };
     follow_activation();
     const auto& cons = index.consumers(v);
-    if (cons.size() == 1 && !index.is_graph_output(v) && (cons[0]->op_type == "Add" || cons[0]->op_type == "Sum") &&
+    if (cons.size() == 1 && !index.is_graph_output(v) && has_role(*cons[0], kResidualSum) &&
         cons[0]->inputs.size() == 2 && !g.is_initializer(cons[0]->inputs[0]) && !g.is_initializer(cons[0]->inputs[1])) {
       v = cons[0]->outputs[0];
       why += " → residual Add";
@@ -354,19 +346,17 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   // x·sigmoid(x) and residual Adds between quantized convs run on integers. Nodes are in topological
   // order, so one sweep follows chains.
   if (layout == QdqLayout::Ort) {
-    static const std::set<std::string> integer_ops = {"Sigmoid", "LeakyRelu", "Relu", "Clip", "Mul", "Add",
-                                                      "AveragePool", "GlobalAveragePool"};
     auto on_grid = [&](const std::string& v) {
       return from_sources_through_passthrough(g, index, v, [&](const std::string& x) { return site_values.count(x) > 0; });
     };
     for (const auto& n : g.nodes) {
-      if (!n.domain.empty() || !integer_ops.count(n.op_type) || n.outputs.empty() || excluded.count(n.name)) continue;
+      if (!has_role(n, kIntegerKernel) || n.outputs.empty() || excluded.count(n.name)) continue;
       const std::string& out = n.outputs[0];
       if (site_values.count(out) || index.is_graph_output(out) || index.consumers(out).empty()) continue;
-      const size_t data_inputs = (n.op_type == "Add" || n.op_type == "Mul") ? 2 : 1;
-      if (n.inputs.size() < data_inputs) continue;
+      const auto data = data_inputs(n);
+      if (data.size() < static_cast<size_t>(op_traits(n)->data_inputs)) continue;
       bool ok = true;
-      for (size_t i = 0; i < data_inputs; ++i) ok = ok && !g.is_initializer(n.inputs[i]) && on_grid(n.inputs[i]);
+      for (const auto& in : data) ok = ok && !g.is_initializer(in) && on_grid(in);
       if (ok) add_site(out, n.op_type + " output (QLinear" + n.op_type + ")", "");
     }
   }

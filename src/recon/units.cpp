@@ -9,13 +9,12 @@
 
 #include "inlierq/error.h"
 #include "inlierq/recon.h"
+#include "graph/op_traits.h"
 
 namespace inlierq::recon {
 namespace {
 
-bool is_compute(const Node& n) {
-  return n.op_type == "Conv" || n.op_type == "ConvTranspose" || n.op_type == "Gemm" || n.op_type == "MatMul";
-}
+bool is_compute(const Node& n) { return has_role(n, kCompute); }
 
 // Positions of the unit part of the graph and the value bookkeeping the SESE test needs. Values are
 // integer ids so that the O(window²) search around every merge node stays cheap.

@@ -1,4 +1,5 @@
 // Model statistics for `inlierq inspect`: op histogram, parameters, MACs, unsupported ops.
+#include "graph/op_traits.h"
 #include "inlierq/runtime.h"
 
 namespace inlierq {
@@ -28,23 +29,23 @@ int64_t known_numel(const Graph& g, const std::string& name, std::vector<int64_t
 }  // namespace
 
 int64_t node_macs(const Graph& g, const Node& n) {
+  const OpTraits* t = op_traits(n);
+  if (!t || t->macs == MacRule::None || n.inputs.size() < 2) return 0;
   std::vector<int64_t> w, in;
   // Conv: each output element sums C_in/group × kernel products; ConvTranspose: each input element
   // scatters into C_out/group × kernel outputs. Both are numel × prod(weight dims 1..).
-  if ((n.op_type == "Conv" || n.op_type == "ConvTranspose") && n.inputs.size() > 1) {
-    int64_t side = known_numel(g, n.op_type == "Conv" ? n.outputs[0] : n.inputs[0]);
+  if (t->macs == MacRule::PerOutputElement || t->macs == MacRule::PerInputElement) {
+    int64_t side = known_numel(g, t->macs == MacRule::PerOutputElement ? n.outputs[0] : n.inputs[0]);
     if (side < 0 || known_numel(g, n.inputs[1], &w) < 0 || w.size() < 2) return 0;
     int64_t per_element = 1;
     for (size_t i = 1; i < w.size(); ++i) per_element *= w[i];
     return side * per_element;
   }
-  if ((n.op_type == "Gemm" || n.op_type == "MatMul") && n.inputs.size() > 1) {
-    int64_t out = known_numel(g, n.outputs[0]);
-    if (out < 0 || known_numel(g, n.inputs[0], &in) < 0 || in.empty()) return 0;
-    int64_t k = (n.op_type == "Gemm" && n.get_int("transA", 0)) ? in[0] : in.back();
-    return out * k;
-  }
-  return 0;
+  // MacRule::MatMul: every output element sums K products.
+  int64_t out = known_numel(g, n.outputs[0]);
+  if (out < 0 || known_numel(g, n.inputs[0], &in) < 0 || in.empty()) return 0;
+  int64_t k = (n.op_type == "Gemm" && n.get_int("transA", 0)) ? in[0] : in.back();
+  return out * k;
 }
 
 ModelSummary summarize(const Graph& g) {
