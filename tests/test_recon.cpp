@@ -10,6 +10,7 @@
 
 #include "graph_builders.h"
 #include "inlierq/onnx_io.h"
+#include "inlierq/pipeline.h"
 #include "inlierq/quant.h"
 #include "inlierq/recon.h"
 #include "inlierq/transforms.h"
@@ -254,7 +255,8 @@ TEST(Reconstruction, LowersOutputErrorOfTinyW4A4Net) {
   const auto test_xs = images(16, rng);
   const quant::Encodings enc0 = mse_calibration(g, plan, xs);
   const double rtn = output_mse(g, quant::make_qdq_graph(g, plan, enc0), test_xs);
-  for (const std::string method : {"adaround", "brecq", "qdrop"}) {
+  // Every base method of the table (recon::reconstruction_method_table); InlierQ, the composite, in InlierQOnTheTinyNet.
+  for (const std::string& method : recon::reconstruction_methods()) {
     Graph gq = g;
     quant::Encodings enc = enc0;
     const auto res = recon::reconstruct(gq, plan, enc, xs, fast_options(method));
@@ -587,4 +589,35 @@ TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
         recon::reconstruct(gq, plan4, enc, xs, opts);
       },
       Error);
+}
+
+// Every row of the method table is a method the pipeline runs: a base method as itself, a composite as each of
+// its bases with the inlier stage; unknown names and bases are refused with the table's names.
+TEST(ReconMethods, EveryRowOfTheTableResolves) {
+  const auto bases = recon::reconstruction_methods();
+  ASSERT_FALSE(bases.empty());
+  for (const auto& m : recon::reconstruction_method_table()) {
+    EXPECT_FALSE(m.description.empty()) << m.name;
+    EXPECT_EQ(recon::find_reconstruction_method(m.name), &m);
+    pipeline::QuantizeJob job;
+    job.method = m.name;
+    for (const auto& base : m.bases.empty() ? std::vector<std::string>{""} : m.bases) {
+      if (!base.empty()) {
+        EXPECT_NE(std::find(bases.begin(), bases.end(), base), bases.end()) << m.name << ": base " << base << " is not a base method";
+        job.base = base;
+      }
+      const auto ro = pipeline::reconstruction_options(job);
+      EXPECT_EQ(ro.method, base.empty() ? m.name : base) << m.name;
+      EXPECT_EQ(ro.inlier, m.inlier) << m.name;
+      EXPECT_NO_THROW(recon::validate_options(ro)) << m.name;
+    }
+    if (!m.bases.empty()) {
+      job.base = m.name;  // a composite is not a base
+      EXPECT_THROW(pipeline::reconstruction_options(job), Error) << m.name;
+    }
+  }
+  EXPECT_EQ(recon::find_reconstruction_method("mse"), nullptr);
+  recon::ReconOptions o;
+  o.method = "inlierq";  // a composite is not a ReconOptions::method
+  EXPECT_THROW(recon::validate_options(o), Error);
 }

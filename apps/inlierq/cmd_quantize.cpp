@@ -158,8 +158,7 @@ Command add_quantize(CLI::App& app, const int& threads) {
     for (const auto& n : names) s += (s.empty() ? "" : " | ") + n;
     return s;
   };
-  auto recon_methods = recon::reconstruction_methods();
-  recon_methods.push_back("inlierq");
+  const auto recon_methods = recon::all_reconstruction_methods();
   sub->add_option("--method", q.method, "auto (default: every calibrator, weight method and concat policy, and a fallback of the most harmful quantizers, chosen by the fidelity on held-out images) | " + bar(quant::calibration_methods()) + " (calibrators) | " + bar(recon_methods) + " (reconstruction)")
       ->default_val("auto");
   sub->add_option("--init-method", q.init_method, "with " + bar(recon_methods) + ": activation range initialisation (" +
@@ -182,7 +181,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
   sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
-  sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (qdrop | brecq)")->default_val("qdrop");
+  const recon::ReconMethod& inlierq = *recon::find_reconstruction_method("inlierq");
+  sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (" + bar(inlierq.bases) + ")")
+      ->default_val(inlierq.bases.front());
   sub->add_option("--saliency", rc.inlier_split.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.inlier_split.saliency);
   sub->add_option("--inlier-weighting", rc.inlier_split.weighting,
                   "InlierQ weights: soft (posterior) | hard (posterior > 0.5) | quantile (the --inlier-quantile "

@@ -155,7 +155,18 @@ struct ReconResult {
   nlohmann::json to_json() const;
 };
 
-std::vector<std::string> reconstruction_methods();
+// The reconstruction methods, one row each (src/recon/methods.cpp). A base method is what ReconOptions::method
+// names; a composite (InlierQ) runs one of its `bases` (the first is the default) with the inlier stage on.
+struct ReconMethod {
+  std::string name;
+  std::string description;
+  std::vector<std::string> bases;  // empty: a base method
+  bool inlier = false;             // turns ReconOptions::inlier on
+};
+const std::vector<ReconMethod>& reconstruction_method_table();
+const ReconMethod* find_reconstruction_method(const std::string& name);  // nullptr: no such method
+std::vector<std::string> reconstruction_methods();      // the base methods
+std::vector<std::string> all_reconstruction_methods();  // every row, composites included
 // Throws Error naming the offending option (CLI flag names).
 void validate_options(const ReconOptions& opts);
 // Learns the rounding of every quantized weight (and, for brecq/qdrop, the activation steps) unit by

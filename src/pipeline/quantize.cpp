@@ -84,18 +84,17 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
   return po;
 }
 
-bool is_reconstruction_method(const std::string& method) {
-  const auto m = recon::reconstruction_methods();
-  return method == "inlierq" || std::find(m.begin(), m.end(), method) != m.end();
-}
+bool is_reconstruction_method(const std::string& method) { return recon::find_reconstruction_method(method) != nullptr; }
 
 recon::ReconOptions reconstruction_options(const QuantizeJob& job) {
   recon::ReconOptions ro = job.recon;
   ro.method = job.method;
-  if (job.method == "inlierq") {
-    if (job.base != "qdrop" && job.base != "brecq") throw Error("--base must be qdrop or brecq, got '" + job.base + "'");
+  const recon::ReconMethod* m = recon::find_reconstruction_method(job.method);
+  if (m && !m->bases.empty()) {
+    if (std::find(m->bases.begin(), m->bases.end(), job.base) == m->bases.end())
+      throw Error("--base must be " + quant::join_names(m->bases) + " with --method " + m->name + ", got '" + job.base + "'");
     ro.method = job.base;
-    ro.inlier = true;
+    ro.inlier = m->inlier;
   }
   return ro;
 }
@@ -131,8 +130,7 @@ struct Paths {
 
 Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon_method) {
   const auto methods = quant::calibration_methods();
-  auto recon_methods = recon::reconstruction_methods();
-  recon_methods.push_back("inlierq");
+  const auto recon_methods = recon::all_reconstruction_methods();
   const bool auto_method = act_method == "auto" && !recon_method;
   if (!auto_method && std::find(methods.begin(), methods.end(), act_method) == methods.end())
     throw Error(recon_method ? "unknown --init-method '" + act_method + "' (expected " + quant::join_names(methods) + ")"
@@ -172,9 +170,9 @@ void check_checkpoint_options(const QuantizeJob& job, const Paths& p, bool recon
     fs::remove_all(p.checkpoint);
   }
   if (recon_method) recon::validate_options(reconstruction_options(job));
-  if (job.resume && !recon_method) throw Error("--resume applies to --method adaround, brecq, qdrop or inlierq");
+  if (job.resume && !recon_method) throw Error("--resume applies to --method " + quant::join_names(recon::all_reconstruction_methods()));
   if (job.time_limit_min < 0) throw Error("--time-limit must be > 0 minutes");
-  if (job.time_limit_min > 0 && !recon_method) throw Error("--time-limit applies to --method adaround, brecq, qdrop or inlierq");
+  if (job.time_limit_min > 0 && !recon_method) throw Error("--time-limit applies to --method " + quant::join_names(recon::all_reconstruction_methods()));
   if (job.resume) {
     const auto state = fs::path(p.checkpoint) / "state.json";
     std::ifstream f(state);

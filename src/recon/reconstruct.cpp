@@ -21,19 +21,19 @@
 
 #include "inlierq/error.h"
 #include "inlier/gradient_stage.h"
+#include "quant/calibrators.h"
 #include "quant/range_search.h"
 #include "quant/sqnr.h"
 #include "recon/checkpoint.h"
+#include "recon/methods.h"
 #include "runtime/tensor_convert.h"
 
 namespace inlierq::recon {
 
-std::vector<std::string> reconstruction_methods() { return {"adaround", "brecq", "qdrop"}; }
-
 void validate_options(const ReconOptions& o) {
   const auto methods = reconstruction_methods();
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
-    throw Error("unknown reconstruction method '" + o.method + "' (expected adaround, brecq or qdrop)");
+    throw Error("unknown reconstruction method '" + o.method + "' (expected " + quant::join_names(methods) + ")");
   if (o.iters < 0) throw Error("--iters must be ≥ 0");
   if (!(o.time_limit_s >= 0)) throw Error("--time-limit must be ≥ 0 minutes");
   if (o.brecq_act_iters < 0) throw Error("--brecq-act-iters must be ≥ 0");
@@ -118,7 +118,7 @@ Reconstructor::Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Enco
   if (g.inputs.size() != 1) throw Error("reconstruction needs a model with one input");
   UnitOptions uo;
   uo.max_block_compute = opts.max_block_compute;
-  uo.layerwise = opts.method == "adaround";
+  uo.layerwise = method_is_layerwise(opts.method);
   units_ = derive_units(g, plan, uo);
   std::vector<at::Tensor> xs;
   for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
@@ -173,16 +173,7 @@ ReconResult Reconstructor::run() {
   const auto t0 = clock_type::now();
   ReconResult res;
   res.units = units_;
-  std::vector<PassSpec> passes;
-  const int64_t it = opts_.iters;
-  if (opts_.method == "adaround") {
-    passes.push_back({1, true, false, false, 1, 0, opts_.rec_p, 0, it});
-  } else if (opts_.method == "brecq") {
-    passes.push_back({1, true, false, false, 1, 0, opts_.rec_p, 0, it});
-    passes.push_back({2, false, true, true, 1, 0, opts_.brecq_act_p, opts_.brecq_lr_act, opts_.brecq_act_iters});
-  } else {
-    passes.push_back({1, true, true, true, opts_.drop_prob, opts_.input_mix, opts_.rec_p, opts_.lr_act, it});
-  }
+  std::vector<PassSpec> passes = method_passes(opts_);
   if (opts_.fisher || opts_.inlier) compute_gradient_weights(res);
   if (opts_.inlier && opts_.inlier_init != "none") init_inlier_ranges(res);
   release_free_heap();
