@@ -9,6 +9,7 @@
 #include <random>
 
 #include "graph_builders.h"
+#include "inlierq/inlier.h"
 #include "inlierq/onnx_io.h"
 #include "inlierq/pipeline.h"
 #include "inlierq/quant.h"
@@ -511,6 +512,7 @@ TEST(Reconstruction, InlierQOnTheTinyNet) {
     o.inlier = inlier;
     o.heatmap_loss.topk = 20;
     o.heatmap_loss.heatmap = {{"sources", {{{"output", "pred"}, {"layout", "channels_positions"}, {"channels", {0, 6}}, {"values", "logits"}}}}};
+    o.picture_units = 1, o.picture_images = 2;
     auto res = recon::reconstruct(gq, t.plan, enc, t.xs, o);
     return std::make_tuple(std::move(gq), std::move(enc), std::move(res));
   };
@@ -534,6 +536,32 @@ TEST(Reconstruction, InlierQOnTheTinyNet) {
     EXPECT_LE(r["inlier"][1].get<double>(), r["full"][1].get<double>() + 1e-6) << gid;
   }
   EXPECT_TRUE(res_q.inlier.is_null() || !res_q.inlier.contains("units"));
+  // The report's pictures come from the same gradients and fits: those of saliency_maps() over every image (both
+  // keep the gradients in bfloat16, so they agree to the bit; a fit on the two pictured images alone would not).
+  ASSERT_EQ(res_in.saliency_maps.size(), 1u);
+  EXPECT_TRUE(res_q.saliency_maps.empty());
+  const auto& shared = res_in.saliency_maps.front();
+  EXPECT_EQ(shared.value, res_in.units.back().outputs.front());
+  ASSERT_EQ(shared.saliency.size(), 2u);
+  {
+    inlier::HeatmapLossOptions loss;
+    loss.topk = 20;
+    loss.heatmap = {{"sources", {{{"output", "pred"}, {"layout", "channels_positions"}, {"channels", {0, 6}}, {"values", "logits"}}}}};
+    const auto own = inlier::saliency_maps(t.g, {shared.value}, t.xs, loss, {}).front();
+    EXPECT_EQ(own.rows, shared.rows);
+    EXPECT_EQ(own.cols, shared.cols);
+    double ds = 0, dp = 0;
+    for (size_t n = 0; n < 2; ++n) {
+      ASSERT_EQ(shared.saliency[n].size(), static_cast<size_t>(shared.rows * shared.cols));
+      for (size_t i = 0; i < shared.saliency[n].size(); ++i) {
+        ds = std::max(ds, std::fabs(static_cast<double>(shared.saliency[n][i] - own.saliency[n][i])));
+        dp = std::max(dp, std::fabs(static_cast<double>(shared.posterior[n][i] - own.posterior[n][i])));
+      }
+    }
+    EXPECT_LT(ds, 1e-6);
+    EXPECT_LT(dp, 1e-6);
+    std::printf("  shared pictures vs a pass of their own: saliency %.1e, posterior %.1e\n", ds, dp);
+  }
   bool differs = false;
   for (const auto& w : t.plan.weights) differs |= g_in.initializers.at(w.tensor).bytes != g_q.initializers.at(w.tensor).bytes;
   EXPECT_TRUE(differs) << "InlierQ reconstructed exactly what QDrop did";

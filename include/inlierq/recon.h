@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inlierq/graph.h"
+#include "inlierq/inlier.h"
 #include "inlierq/inlier_options.h"
 #include "inlierq/quant.h"
 
@@ -80,6 +81,10 @@ struct ReconOptions {
   bool inlier = false;
   inlier::InlierSplitOptions inlier_split;  // saliency, weighting, EM
   std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
+  // InlierQ: the saliency and posterior pictures of the last `picture_units` units' first outputs on the first
+  // `picture_images` images, from the gradients the inlier weights come from (ReconResult::saliency_maps).
+  int picture_units = 0;
+  int picture_images = 3;
   bool inlier_fisher = true;              // F = (|g| + 1)² in the weighted loss; false: F = 1
   // Every mini-batch is split into this many shards, differentiated separately (in parallel, one thread
   // each, as far as --threads allows) and their gradients summed in shard order: results depend on the
@@ -152,6 +157,7 @@ struct ReconResult {
   // the pass (every quantizer on), and whether the pass was undone because it made that worse.
   nlohmann::json passes = nlohmann::json::array();
   nlohmann::json inlier;  // per unit output: EM fit, inlier mass; per activation group: full vs inlier range
+  std::vector<inlier::SaliencyMaps> saliency_maps;  // ReconOptions::picture_units (InlierQ only)
   nlohmann::json to_json() const;
 };
 

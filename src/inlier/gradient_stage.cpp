@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <memory>
+#include <set>
 
 #include "inlier/inlier_weights.h"
 #include "inlier/saliency.h"
@@ -14,7 +15,8 @@ namespace inlierq::inlier {
 
 nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const std::vector<std::string>& values,
                                 const GradientStageOptions& opts,
-                                const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink) {
+                                const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
+                                std::vector<SaliencyMaps>* maps) {
   rt::ExecutorOptions eo;
   eo.device = at::Device(opts.device);
   eo.fuse_silu = false;  // every chosen value must exist as a tensor
@@ -25,6 +27,8 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
   if (opts.log) opts.log(fmt::format("[saliency] gradients of the top-{} heatmap loss at {} unit outputs", ao.k, values.size()));
   const InlierOptions io = inlier_options(opts.split);
   nlohmann::json fits = nlohmann::json::object();
+  std::map<std::string, SaliencyMaps> pictures;
+  const std::set<std::string> pictured(opts.maps_of.begin(), opts.maps_of.end());
   // Reduced per batch: F in float16 and the per-volume raw saliency; the full gradient is never kept.
   aux_loss_reduce(
       ex, opts.heatmap_loss.heatmap, xs, values, ao, 4,
@@ -44,6 +48,11 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
           auto vw = volume_weights_from_raw(kept[1], io);
           w = vw.weights;
           fits[v] = vw.to_json();
+          if (maps && pictured.count(v) && vw.weights.dim() == 3) {
+            InlierOptions soft = io;
+            soft.weighting = "soft";  // the pictures show the posterior itself
+            pictures[v] = saliency_pictures(v, io.weighting == "soft" ? vw : volume_weights_from_raw(kept[1], soft), opts.map_images);
+          }
           if (opts.log)
             opts.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, Ashman D {:.2f}, inlier mass {:.2f}{}", v,
                                  vw.fit.mean[0], vw.fit.mean[1], vw.fit.prior[1], vw.fit.ashman_d(), vw.inlier_mass,
@@ -52,6 +61,9 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
         sink(v, opts.fisher ? kept[0] : at::Tensor(), w);
       },
       opts.inlier && opts.split.saliency == "grad_act");
+  if (maps)
+    for (const auto& v : opts.maps_of)
+      if (auto it = pictures.find(v); it != pictures.end()) maps->push_back(std::move(it->second));
   return fits;
 }
 

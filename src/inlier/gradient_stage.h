@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inlierq/graph.h"
+#include "inlierq/inlier.h"
 #include "inlierq/inlier_options.h"
 #include "quant/range_search.h"
 
@@ -26,6 +27,10 @@ struct GradientStageOptions {
   bool inlier = false;  // keep the per-volume inlier weights [N, H, W] of the EM split
   std::string device = "cpu";
   std::function<void(const std::string&)> log;
+  // With `inlier`: the saliency and posterior pictures of these values on the first map_images images, from
+  // the same gradients and the fit on every image (what the report shows; saliency_maps() without a pass).
+  std::vector<std::string> maps_of;
+  int64_t map_images = 0;
 };
 
 // The gradient stage over `images` [N, C, H, W] at `values` of the FP graph `g`. `sink(value, F, w)` receives
@@ -33,7 +38,8 @@ struct GradientStageOptions {
 // EM fit of every value (VolumeWeights::to_json), else an empty object.
 nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const std::vector<std::string>& values,
                                 const GradientStageOptions& opts,
-                                const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink);
+                                const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& sink,
+                                std::vector<SaliencyMaps>* maps = nullptr);
 
 // Activation ranges from inlier volumes only, for the scale groups of the activation values in `sites`: a
 // site takes the weight map given with it (the inlier weights of its unit's first output, [N, H, W]),

@@ -10,6 +10,7 @@
 
 #include "inlier/em.h"
 #include "inlier/saliency.h"
+#include "inlierq/inlier.h"
 #include "inlierq/inlier_options.h"
 
 namespace inlierq::inlier {
@@ -38,6 +39,8 @@ struct VolumeWeights {
 
 // From the public options (the CLI flags): the auxiliary-loss and inlier settings.
 AuxLossOptions aux_options(const HeatmapLossOptions& o);
+// The report's pictures of one value from its volume weights (soft: the posterior): the first `images` rows.
+SaliencyMaps saliency_pictures(const std::string& value, const VolumeWeights& vw, int64_t images);
 InlierOptions inlier_options(const InlierSplitOptions& o);
 
 // grad, act: [N, C, positions...] (act only for grad_act). Volumes are the positions of one sample.

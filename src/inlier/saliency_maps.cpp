@@ -22,6 +22,22 @@ InlierOptions inlier_options(const InlierSplitOptions& o) {
   return i;
 }
 
+SaliencyMaps saliency_pictures(const std::string& value, const VolumeWeights& vw, int64_t images) {
+  SaliencyMaps m;
+  m.value = value;
+  m.rows = static_cast<int>(vw.weights.size(1));
+  m.cols = static_cast<int>(vw.weights.size(2));
+  m.fit = vw.to_json();
+  const at::Tensor shown = (vw.scores / 6.0 + 0.5).clamp(0, 1).contiguous();
+  const at::Tensor post = vw.weights.contiguous();  // soft weights = posterior (0 for zero gradients)
+  for (int64_t n = 0; n < std::min<int64_t>(images, shown.size(0)); ++n) {
+    const at::Tensor a = shown[n].contiguous(), b = post[n].contiguous();
+    m.saliency.emplace_back(a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
+    m.posterior.emplace_back(b.data_ptr<float>(), b.data_ptr<float>() + b.numel());
+  }
+  return m;
+}
+
 std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
                                         const std::vector<TensorData>& inputs, const HeatmapLossOptions& loss,
                                         const InlierSplitOptions& split, const std::string& device) {
@@ -40,20 +56,7 @@ std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::s
   std::map<std::string, SaliencyMaps> by_value;
   aux_loss_gradients(ex, loss.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
     if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");
-    const VolumeWeights vw = volume_weights(grad, z, io);
-    SaliencyMaps m;
-    m.value = v;
-    m.rows = static_cast<int>(vw.weights.size(1));
-    m.cols = static_cast<int>(vw.weights.size(2));
-    m.fit = vw.to_json();
-    const at::Tensor shown = (vw.scores / 6.0 + 0.5).clamp(0, 1).contiguous();
-    const at::Tensor post = vw.weights.contiguous();  // soft weights = posterior (0 for zero gradients)
-    for (int64_t n = 0; n < shown.size(0); ++n) {
-      const at::Tensor a = shown[n].contiguous(), b = post[n].contiguous();
-      m.saliency.emplace_back(a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
-      m.posterior.emplace_back(b.data_ptr<float>(), b.data_ptr<float>() + b.numel());
-    }
-    by_value[v] = std::move(m);
+    by_value[v] = saliency_pictures(v, volume_weights(grad, z, io), grad.size(0));
   }, split.saliency == "grad_act");
   std::vector<SaliencyMaps> out;
   for (const auto& v : values) out.push_back(std::move(by_value.at(v)));

@@ -408,6 +408,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   Graph quantized_weights = g;  // reconstruction writes hardened weights here
   const double t_calibrated = seconds_since(t0);
   double t_reconstructed = t_calibrated;
+  std::vector<inlier::SaliencyMaps> recon_maps;  // the report's pictures, when reconstruction's gradients give them
   if (res.reconstruction) {
     recon::ReconOptions ro = reconstruction_options(job);
     ro.heatmap_loss.heatmap = profile.heatmap;
@@ -421,6 +422,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
                                     {"weight_method", job.weight_method}}.dump();
     ro.progress = ev.recon_progress;
     ro.log = ev.log;
+    if (profile.heatmap.contains("sources")) ro.picture_units = 2, ro.picture_images = 3;
     if (job.time_limit_min > 0) {
       // The limit covers the whole job: what calibration took is spent; export and the report take ~2 %.
       ro.time_limit_s = std::max(1.0, job.time_limit_min * 60 * 0.98 - seconds_since(t0));
@@ -443,6 +445,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     res.units = rr.units.size();
     res.units_done = rr.reports.size();
     if (!rr.completed) return res;  // stopped after recon.stop_after_units: the checkpoint is kept
+    recon_maps = std::move(rr.saliency_maps);
     nlohmann::json rj = rr.to_json();
     rj["method"] = job.method;
     rj["init_method"] = res.init_method;
@@ -540,12 +543,16 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     std::vector<report::Figure> figures;
     if (profile.heatmap.contains("sources")) {
       try {
-        const auto units = recon::derive_units(g, final_plan);
-        const size_t shown = std::min<size_t>(3, inputs.size());
-        inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
-        loss.heatmap = profile.heatmap;
-        const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
-        const auto maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, loss, job.recon.inlier_split, job.device);
+        // InlierQ's own gradients and fits over the whole calibration set when it ran; otherwise a pass of their own.
+        std::vector<inlier::SaliencyMaps> maps = std::move(recon_maps);
+        size_t shown = maps.empty() ? std::min<size_t>(3, inputs.size()) : maps.front().saliency.size();
+        if (maps.empty()) {
+          const auto units = recon::derive_units(g, final_plan);
+          inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
+          loss.heatmap = profile.heatmap;
+          const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + static_cast<long>(shown));
+          maps = inlier::saliency_maps(g, last_unit_outputs(units, 2), probe, loss, job.recon.inlier_split, job.device);
+        }
         std::vector<InputTransform> transforms(transforms_of_inputs.begin(), transforms_of_inputs.begin() + static_cast<long>(shown));
         const std::vector<std::string> shown_paths(folder.paths.begin(), folder.paths.begin() + static_cast<long>(shown));
         for (auto& [caption, img] : report::saliency_figures(maps, shown_paths, transforms, 320))

@@ -46,6 +46,7 @@ void validate_options(const ReconOptions& o) {
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
+  if (o.picture_units < 0 || o.picture_images < 0) throw Error("picture_units and picture_images must be ≥ 0");
   if (o.holdout < -1) throw Error("--holdout must be ≥ 0, or -1 for 1/8 of the calibration set");
   if (o.threads < 0) throw Error("--threads must be ≥ 0");
   if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
@@ -301,11 +302,16 @@ void Reconstructor::compute_gradient_weights(ReconResult& res) {
   go.inlier = opts_.inlier;
   go.device = opts_.device;
   go.log = opts_.log;
-  const nlohmann::json fits =
-      inlier::gradient_weights(g_, images_, values, go, [&](const std::string& v, const at::Tensor& f, const at::Tensor& w) {
+  for (size_t i = units_.size() > static_cast<size_t>(opts_.picture_units) ? units_.size() - opts_.picture_units : 0; i < units_.size(); ++i)
+    go.maps_of.push_back(units_[i].outputs.front());
+  go.map_images = opts_.picture_images;
+  const nlohmann::json fits = inlier::gradient_weights(
+      g_, images_, values, go,
+      [&](const std::string& v, const at::Tensor& f, const at::Tensor& w) {
         if (f.defined()) fisher_store_.put("f:" + v, f, true);
         if (w.defined()) fisher_store_.put("w:" + v, w, true);
-      });
+      },
+      &res.saliency_maps);
   if (opts_.inlier) res.inlier["units"] = fits;
 }
 
