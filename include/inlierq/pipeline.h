@@ -117,6 +117,7 @@ struct QuantizeResult {
   bool completed = false;  // false: reconstruction stopped by recon.stop_after_units (the checkpoint is kept)
   std::string out_onnx, out_encodings, out_trt, out_report, checkpoint_dir;  // out_trt empty below 8-bit activations
   int weight_bits = 0, act_bits = 0;
+  std::string profile;              // the model profile's name
   std::string method, init_method;  // init_method: the calibrator that set the ranges
   bool reconstruction = false;
   size_t calibration_images = 0;
@@ -132,9 +133,11 @@ struct QuantizeResult {
   size_t units = 0, units_done = 0;
   int64_t iters = 0;
   double recon_seconds = 0, peak_cache_mb = 0, spilled_mb = 0;
+  std::optional<recon::ReconResult> recon;  // per-unit reports, InlierQ's fits and ranges (saliency_maps moved out)
   // Export.
   int opset = 0;
   uint64_t bytes = 0, fp32_bytes = 0;
+  std::string weight_storage;  // how the exported weights are stored (int8, or uint8 with its zero points)
   double integer_mac_fraction = 0;
   nlohmann::json ort_latency;  // see ort_latency(); null when not run
   std::optional<Evaluation> evaluation;

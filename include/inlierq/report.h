@@ -9,6 +9,7 @@
 
 #include "inlierq/image.h"
 #include "inlierq/inlier.h"
+#include "inlierq/pipeline.h"
 #include "inlierq/preprocess.h"
 
 namespace inlierq::report {
@@ -39,9 +40,10 @@ struct Figure {
   std::string caption;
   std::string png;  // PNG bytes
 };
-// The report: configuration, timings, plan summary, per-unit SQNR before / after reconstruction, full vs
-// inlier activation ranges, EM fits, figures, and the mAP table (`evaluation`, may be null).
-std::string quantize_report_html(const nlohmann::json& encodings_meta, const std::vector<Figure>& figures,
-                                 const nlohmann::json& evaluation);
+// The report of a quantize run, from its typed result: configuration, timings, fidelity and mAP, per-unit SQNR
+// before / after reconstruction, full vs inlier activation ranges, EM fits, figures, placement and what stayed in
+// floating point. The encodings' record (result.encodings_meta) supplies auto's choice and the configuration dump.
+std::string quantize_report_html(const pipeline::QuantizeJob& job, const pipeline::QuantizeResult& result,
+                                 const std::vector<Figure>& figures);
 
 }  // namespace inlierq::report

@@ -446,6 +446,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     res.units_done = rr.reports.size();
     if (!rr.completed) return res;  // stopped after recon.stop_after_units: the checkpoint is kept
     recon_maps = std::move(rr.saliency_maps);
+    rr.saliency_maps.clear();
     nlohmann::json rj = rr.to_json();
     rj["method"] = job.method;
     rj["init_method"] = res.init_method;
@@ -460,6 +461,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     res.peak_cache_mb = rr.peak_cache_bytes / 1048576.0;
     res.spilled_mb = rr.spilled_bytes / 1048576.0;
     enc.meta["reconstruction"] = rj;
+    res.recon = std::move(rr);
     t_reconstructed = seconds_since(t0);
     res.seconds.reconstruction = t_reconstructed - t_calibrated;
     stage_done(Stage::Reconstruct);
@@ -469,6 +471,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   // ---- export
   enc.meta["model"] = job.model;
   enc.meta["profile"] = profile.name;
+  res.profile = profile.name;
   enc.meta["preset"] = fmt::format("w{}a{}", res.weight_bits, res.act_bits);
   enc.meta["calibration_folder"] = job.calib_dir;
   enc.meta["calibration_files"] = folder.paths;
@@ -485,7 +488,8 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   res.plan = final_plan;
   quant::ExportOptions xo;
   xo.unsigned_weights = job.weight_type == "uint8" || (job.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
-  enc.meta["weight_storage"] = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  res.weight_storage = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
+  enc.meta["weight_storage"] = res.weight_storage;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
   if (reference) {
@@ -565,12 +569,8 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
                                  {"calibration", res.seconds.calibration}, {"reconstruction", res.seconds.reconstruction},
                                  {"export", res.seconds.export_and_write}};
     enc.meta["method"] = job.method;
-    nlohmann::json evaluation;
-    if (res.evaluation)
-      evaluation = {{"fp32_map", res.evaluation->fp32.stats[0]}, {"fp32_map50", res.evaluation->fp32.stats[1]},
-                    {"map", res.evaluation->quantized.stats[0]}, {"map50", res.evaluation->quantized.stats[1]},
-                    {"eval_images", res.evaluation->images}, {"annotations", job.eval_annotations}};
-    write_file_atomically(paths.report, report::quantize_report_html(enc.meta, figures, evaluation));
+    res.encodings_meta = enc.meta;
+    write_file_atomically(paths.report, report::quantize_report_html(job, res, figures));
   } catch (const Interrupted& e) {
     throw Interrupted(e.signal(),
                       fmt::format("interrupted by {} after {}, {}{} were written; the evaluation and the report were not",

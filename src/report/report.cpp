@@ -146,92 +146,84 @@ std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int
   return svg;
 }
 
-std::string quantize_report_html(const nlohmann::json& meta, const std::vector<Figure>& figures, const nlohmann::json& evaluation) {
+std::string quantize_report_html(const pipeline::QuantizeJob& job, const pipeline::QuantizeResult& res, const std::vector<Figure>& figures) {
+  const nlohmann::json& meta = res.encodings_meta;  // the encodings' record: auto's choice and the configuration dump
+  const std::string preset = fmt::format("w{}a{}", res.weight_bits, res.act_bits);
   std::string h = R"(<!DOCTYPE html><html><head><meta charset="utf-8"><title>inlierq report</title><style>
 body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}table{border-collapse:collapse;margin:8px 0 16px}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eef}td.l,th.l{text-align:left}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}figure{display:inline-block;margin:6px}figcaption{font-size:12px}
 pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head><body>)";
   h += "<h1>inlierq quantization report</h1>";
-  const std::string model = meta.value("model", std::string("?"));
   h += fmt::format("<p>Model <code>{}</code>, profile <code>{}</code>, preset <b>{}</b>, method <b>{}</b>, {} calibration images.</p>",
-                   html_escape(model), html_escape(meta.value("profile", std::string("?"))), html_escape(meta.value("preset", std::string("?"))),
-                   html_escape(meta.value("method", std::string("?"))), meta.value("calibration_images", 0));
-  if (!evaluation.is_null() && evaluation.contains("fp32_map")) {
+                   html_escape(job.model), html_escape(res.profile), preset, html_escape(res.method), res.calibration_images);
+  if (res.evaluation) {
+    const auto& e = *res.evaluation;
     h += "<h2>Accuracy</h2><table><tr><th class=l>model</th><th>mAP</th><th>AP50</th><th>Δ mAP</th></tr>";
-    h += fmt::format("<tr><td class=l>FP32</td><td>{:.4f}</td><td>{:.4f}</td><td></td></tr>", evaluation["fp32_map"].get<double>(),
-                     evaluation.value("fp32_map50", 0.0));
-    h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.4f}</td><td>{:+.4f}</td></tr></table>",
-                     html_escape(meta.value("preset", std::string("quantized"))), evaluation["map"].get<double>(),
-                     evaluation.value("map50", 0.0), evaluation["map"].get<double>() - evaluation["fp32_map"].get<double>());
-    h += fmt::format("<p>{} images of {}.</p>", evaluation.value("eval_images", 0), html_escape(evaluation.value("annotations", std::string())));
+    h += fmt::format("<tr><td class=l>FP32</td><td>{:.4f}</td><td>{:.4f}</td><td></td></tr>", e.fp32.stats[0], e.fp32.stats[1]);
+    h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.4f}</td><td>{:+.4f}</td></tr></table>", preset, e.quantized.stats[0],
+                     e.quantized.stats[1], e.quantized.stats[0] - e.fp32.stats[0]);
+    h += fmt::format("<p>{} images of {}.</p>", e.images, html_escape(e.annotations));
   }
-  if (meta.contains("fidelity")) {
+  if (res.fidelity) {
     // Label-free: what a user without labels can check, on calibration-folder images never calibrated on.
-    const auto& f = meta["fidelity"];
+    const auto& f = *res.fidelity;
     h += fmt::format("<h2>Label-free fidelity</h2><p>On {} held-out calibration images, the quantized model's detections scored "
                      "against the FP32 model's detections with score ≥ {:.2g} ({} boxes) as ground truth.</p>",
-                     f.value("images", 0), f.value("reference_score", 0.0), f.value("reference_boxes", 0));
+                     f.images, f.reference_score, f.reference_boxes);
     h += "<table><tr><th>agreement mAP</th><th>agreement AP50</th><th>output SQNR (dB)</th><th>heatmap top-K loss FP32</th>"
          "<th>heatmap top-K loss quantized</th></tr>";
-    const auto loss = f.value("heatmap_topk_loss", nlohmann::json::object());
-    h += fmt::format("<tr><td>{:.4f}</td><td>{:.4f}</td><td>{:.2f}</td><td>{}</td><td>{}</td></tr></table>", f.value("agreement_map", -1.0),
-                     f.value("agreement_map50", -1.0), f.value("output_sqnr_db", 0.0),
-                     loss.contains("fp32") ? fmt::format("{:.4f}", loss["fp32"].get<double>()) : "",
-                     loss.contains("quantized") ? fmt::format("{:.4f}", loss["quantized"].get<double>()) : "");
+    h += fmt::format("<tr><td>{:.4f}</td><td>{:.4f}</td><td>{:.2f}</td><td>{}</td><td>{}</td></tr></table>", f.agreement_map,
+                     f.agreement_map50, f.output_sqnr_db, f.heatmap_loss_fp32 >= 0 ? fmt::format("{:.4f}", f.heatmap_loss_fp32) : "",
+                     f.heatmap_loss >= 0 ? fmt::format("{:.4f}", f.heatmap_loss) : "");
   }
-  if (meta.contains("auto")) {
+  if (res.method == "auto" && meta.contains("auto")) {
     const auto& a = meta["auto"];
     h += fmt::format("<h2>Automatic calibration choice</h2><p>Chosen: calibrator <b>{}</b>, weights {}, {} concat scales, {} "
                      "activation group(s) left in floating point. Every configuration measured, in order:</p>",
-                     html_escape(a.value("calibrator", std::string())), html_escape(a.value("weight_method", std::string())),
-                     a.value("separate_concat_scales", false) ? "separate" : "shared", a.value("fallback_groups", 0));
+                     html_escape(res.init_method), html_escape(a.value("weight_method", std::string())),
+                     a.value("separate_concat_scales", false) ? "separate" : "shared", res.fallback_groups);
     h += "<table><tr><th class=l>configuration</th><th>agreement mAP</th><th>output SQNR (dB)</th></tr>";
-    for (const auto& t : a.value("trials", nlohmann::json::array()))
+    for (const auto& t : res.auto_trials.is_array() ? res.auto_trials : nlohmann::json::array())
       h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.2f}</td></tr>", html_escape(t.value("config", std::string())),
                        t["fidelity"].value("agreement_map", -1.0), t["fidelity"].value("output_sqnr_db", 0.0));
     h += "</table>";
   }
-  if (meta.contains("stage_seconds")) {
-    h += "<h2>Timings</h2><table><tr>";
-    for (const auto& [k, v] : meta["stage_seconds"].items()) h += "<th>" + html_escape(k) + "</th>";
-    h += "</tr><tr>";
-    for (const auto& [k, v] : meta["stage_seconds"].items()) h += fmt::format("<td>{:.2f} s</td>", v.get<double>());
-    h += "</tr></table>";
+  {
+    const auto& s = res.seconds;
+    h += "<h2>Timings</h2><table><tr><th>load + prepare</th><th>images</th><th>calibration</th><th>reconstruction</th><th>export</th></tr>";
+    h += fmt::format("<tr><td>{:.2f} s</td><td>{:.2f} s</td><td>{:.2f} s</td><td>{:.2f} s</td><td>{:.2f} s</td></tr></table>", s.prepare,
+                     s.images, s.calibration, s.reconstruction, s.export_and_write);
   }
-  if (meta.contains("reconstruction")) {
-    const auto& r = meta["reconstruction"];
+  if (res.recon) {
+    const auto& r = *res.recon;
     h += fmt::format("<h2>Reconstruction: per-unit SQNR</h2><p>{} iterations per unit, batch {}, seed {}; {:.1f} s; peak activation cache {:.0f} MB. "
                      "SQNR of the unit output against FP on the quantized-prefix inputs, before (round-to-nearest, initial ranges) and after.</p>",
-                     r.value("iters", 0), r.value("batch", 0), r.value("seed", 0), r.value("seconds", 0.0), r.value("peak_cache_mb", 0.0));
+                     r.iters, job.recon.batch, job.seed, r.seconds, r.peak_cache_bytes / 1048576.0);
     h += "<table><tr><th>pass</th><th class=l>unit</th><th class=l>kind</th><th>iterations</th><th>loss first</th><th>loss last</th>"
          "<th>SQNR before (dB)</th><th>SQNR after (dB)</th><th>seconds</th></tr>";
-    for (const auto& u : r.value("reports", nlohmann::json::array()))
+    for (const auto& u : r.reports)
       h += fmt::format("<tr><td>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.1f}</td><td>{:.1f}</td><td>{:.1f}</td></tr>",
-                       u.value("pass", 1), html_escape(u.value("unit", std::string())), u.value("kind", std::string()), u.value("iters", 0),
-                       u.value("loss_first", 0.0), u.value("loss_last", 0.0), u.value("sqnr_before_db", 0.0), u.value("sqnr_after_db", 0.0),
-                       u.value("seconds", 0.0));
+                       u.pass, html_escape(u.name), u.kind, u.iters, u.loss_first, u.loss_last, u.sqnr_before_db, u.sqnr_after_db, u.seconds);
     h += "</table>";
-    if (r.contains("inlier")) {
-      const auto& in = r["inlier"];
-      if (in.contains("ranges")) {
-        h += "<h2>Activation ranges: full vs inlier volumes</h2><table><tr><th>group</th><th>full min</th><th>full max</th>"
-             "<th>inlier-init min</th><th>inlier-init max</th><th>scale before</th><th>scale</th></tr>";
-        std::vector<std::pair<int, nlohmann::json>> rows;
-        for (const auto& [gid, v] : in["ranges"].items()) rows.emplace_back(std::stoi(gid), v);
-        std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
-        for (const auto& [gid, v] : rows)
-          h += fmt::format("<tr><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td></tr>", gid,
-                           v["full"][0].get<double>(), v["full"][1].get<double>(), v["inlier"][0].get<double>(), v["inlier"][1].get<double>(),
-                           v["scale_before"].get<double>(), v["scale"].get<double>());
-        h += "</table>";
-      }
-      if (in.contains("units")) {
-        h += "<h2>EM fits per unit output</h2><div>";
-        for (const auto& [v, fit] : in["units"].items())
-          if (fit.contains("histogram")) h += "<figure>" + mixture_svg(fit, v) + "</figure>";
-        h += "</div>";
-      }
+    const auto& in = r.inlier;
+    if (in.is_object() && in.contains("ranges")) {
+      h += "<h2>Activation ranges: full vs inlier volumes</h2><table><tr><th>group</th><th>full min</th><th>full max</th>"
+           "<th>inlier-init min</th><th>inlier-init max</th><th>scale before</th><th>scale</th></tr>";
+      std::vector<std::pair<int, nlohmann::json>> rows;
+      for (const auto& [gid, v] : in["ranges"].items()) rows.emplace_back(std::stoi(gid), v);
+      std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+      for (const auto& [gid, v] : rows)
+        h += fmt::format("<tr><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:.4g}</td></tr>", gid,
+                         v["full"][0].get<double>(), v["full"][1].get<double>(), v["inlier"][0].get<double>(), v["inlier"][1].get<double>(),
+                         v["scale_before"].get<double>(), v["scale"].get<double>());
+      h += "</table>";
+    }
+    if (in.is_object() && in.contains("units")) {
+      h += "<h2>EM fits per unit output</h2><div>";
+      for (const auto& [v, fit] : in["units"].items())
+        if (fit.contains("histogram")) h += "<figure>" + mixture_svg(fit, v) + "</figure>";
+      h += "</div>";
     }
   }
   if (!figures.empty()) {
@@ -241,38 +233,33 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
            html_escape(f.caption) + "</figcaption></figure>";
     h += "</div>";
   }
-  if (meta.contains("plan")) {
-    const auto& p = meta["plan"];
+  {
+    const auto& p = res.plan;
     h += fmt::format("<h2>Placement</h2><p>Layout <b>{}</b>: {} weight quantizers, {} activation quantizers, {} compute nodes in floating point.</p>",
-                     html_escape(p.value("layout", std::string("?"))), p.value("weights", nlohmann::json::array()).size(),
-                     p.value("activations", nlohmann::json::array()).size(), p.value("float_nodes", nlohmann::json::array()).size());
-    if (meta.contains("export")) {
-      const auto& x = meta["export"];
-      h += fmt::format("<p>Exported file {:.2f} MB (FP32 {:.2f} MB), weights stored as {}; {:.1f} % of the compute MACs in integer kernels.</p>",
-                       x.value("bytes", 0) / 1e6, x.value("fp32_bytes", 0) / 1e6, html_escape(x.value("weight_storage", std::string("?"))),
-                       100 * x.value("integer_mac_fraction", 0.0));
-      if (x.contains("ort_latency") && x["ort_latency"].contains("quantized_ms")) {
-        const auto& l = x["ort_latency"];
-        h += fmt::format("<p>ONNX Runtime {} (CPU, 1 thread, median of {} runs): FP32 {:.2f} ms, this file {:.2f} ms (<b>{:.2f}×</b>).</p>",
-                         html_escape(l.value("onnxruntime", std::string())), l.value("runs", 0), l["fp32_ms"].get<double>(),
-                         l["quantized_ms"].get<double>(), l["ratio"].get<double>());
-      } else if (x.contains("ort_latency")) {
-        h += "<p>ONNX Runtime latency: skipped (" + html_escape(x["ort_latency"].value("skipped", std::string())) + ").</p>";
-      }
+                     quant::layout_name(p.layout), p.weights.size(), p.activations.size(), p.float_nodes.size());
+    h += fmt::format("<p>Exported file {:.2f} MB (FP32 {:.2f} MB), weights stored as {}; {:.1f} % of the compute MACs in integer kernels.</p>",
+                     res.bytes / 1e6, res.fp32_bytes / 1e6, html_escape(res.weight_storage), 100 * res.integer_mac_fraction);
+    const auto& l = res.ort_latency;
+    if (l.is_object() && l.contains("quantized_ms")) {
+      h += fmt::format("<p>ONNX Runtime {} (CPU, 1 thread, median of {} runs): FP32 {:.2f} ms, this file {:.2f} ms (<b>{:.2f}×</b>).</p>",
+                       html_escape(l.value("onnxruntime", std::string())), l.value("runs", 0), l["fp32_ms"].get<double>(),
+                       l["quantized_ms"].get<double>(), l["ratio"].get<double>());
+    } else if (l.is_object()) {
+      h += "<p>ONNX Runtime latency: skipped (" + html_escape(l.value("skipped", std::string())) + ").</p>";
     }
-    if (!p.value("float_nodes", nlohmann::json::array()).empty()) {
+    if (!p.float_nodes.empty()) {
       // Whatever stays in floating point is a choice the user should see, with its reason.
       h += "<table><tr><th class=l>compute node in floating point</th><th class=l>why</th></tr>";
-      for (const auto& f : p["float_nodes"])
-        h += "<tr><td class=l>" + html_escape(f.value("node", std::string())) + "</td><td class=l>" +
-             html_escape(f.value("reason", std::string())) + "</td></tr>";
+      for (size_t i = 0; i < p.float_nodes.size(); ++i)
+        h += "<tr><td class=l>" + html_escape(p.float_nodes[i]) + "</td><td class=l>" +
+             html_escape(i < p.float_reasons.size() ? p.float_reasons[i] : std::string()) + "</td></tr>";
       h += "</table>";
     }
   }
-  if (!meta.value("skipped_images", nlohmann::json::array()).empty()) {
+  if (!res.skipped_images.empty()) {
     h += "<h2>Calibration images skipped</h2><p>These files in the calibration folder did not decode; the next "
          "files in path order were used instead.</p><table><tr><th class=l>file and reason</th></tr>";
-    for (const auto& w : meta["skipped_images"]) h += "<tr><td class=l>" + html_escape(w.get<std::string>()) + "</td></tr>";
+    for (const auto& w : res.skipped_images) h += "<tr><td class=l>" + html_escape(w) + "</td></tr>";
     h += "</table>";
   }
   nlohmann::json config = meta;
