@@ -586,7 +586,7 @@ TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
   const auto plan8 = quant::derive_plan(g, po);
   const auto enc8 = mse_calibration(g, plan8, xs);
   for (const int bits : {4, 8})
-    for (const std::string mode : {"absolute", "log"}) {
+    for (const recon::StepUpdate mode : {recon::StepUpdate::Absolute, recon::StepUpdate::Log}) {
       const auto& plan = bits == 4 ? plan4 : plan8;
       const auto& enc0 = bits == 4 ? enc4 : enc8;
       auto opts = fast_options("qdrop");
@@ -601,22 +601,14 @@ TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
       int moved_fully = 0;
       for (const auto& [v, a] : enc.activations) {
         const double s0 = enc0.activations.at(v).scale, s1 = a.scale;
-        const double move = mode == "log" ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
-        const double lr = mode == "log" ? opts.lr_act : opts.lr_act * std::ldexp(1.0, 4 - a.bits);
-        EXPECT_LE(move, lr * (1 + 1e-4) + 1e-7) << mode << " A" << bits << ": step of " << v << " " << s0 << " -> " << s1;
+        const double move = mode == recon::StepUpdate::Log ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
+        const double lr = mode == recon::StepUpdate::Log ? opts.lr_act : opts.lr_act * std::ldexp(1.0, 4 - a.bits);
+        EXPECT_LE(move, lr * (1 + 1e-4) + 1e-7) << recon::step_update_names().name(mode) << " A" << bits << ": step of " << v << " " << s0 << " -> " << s1;
         moved_fully += move > 0.99 * lr;
       }
-      EXPECT_GT(moved_fully, 0) << mode << " A" << bits << ": no step moved by its lr";
+      EXPECT_GT(moved_fully, 0) << recon::step_update_names().name(mode) << " A" << bits << ": no step moved by its lr";
     }
-  EXPECT_THROW(
-      {
-        auto opts = fast_options("qdrop");
-        opts.step_update = "relative";
-        Graph gq = g;
-        quant::Encodings enc = enc4;
-        recon::reconstruct(gq, plan4, enc, xs, opts);
-      },
-      Error);
+  EXPECT_THROW(recon::step_update_names().parse("relative", "--step-update"), Error);
 }
 
 // Every row of the method table is a method the pipeline runs: a base method as itself, a composite as each of
@@ -648,4 +640,36 @@ TEST(ReconMethods, EveryRowOfTheTableResolves) {
   recon::ReconOptions o;
   o.method = "inlierq";  // a composite is not a ReconOptions::method
   EXPECT_THROW(recon::validate_options(o), Error);
+}
+
+// Every option name table: names unique and non-empty, each name parses back to its value, and an unknown name is
+// refused with an error naming the option and every name.
+namespace {
+template <class E>
+void check_name_table(const NameTable<E>& t, const std::string& what) {
+  std::set<std::string> seen;
+  for (const auto& [value, name] : t.rows) {
+    EXPECT_FALSE(name.empty()) << what;
+    EXPECT_TRUE(seen.insert(name).second) << what << ": " << name << " twice";
+    EXPECT_EQ(t.parse(name, what), value) << what << ": " << name;
+    EXPECT_EQ(t.name(value), name) << what;
+  }
+  try {
+    t.parse("no-such-name", what);
+    ADD_FAILURE() << what << ": an unknown name was accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    for (const auto& n : t.names()) EXPECT_NE(msg.find(n), std::string::npos) << what << ": the error does not list " << n << ": " << msg;
+  }
+}
+}  // namespace
+
+TEST(OptionNames, EveryTableRoundTrips) {
+  check_name_table(recon::step_update_names(), "--step-update");
+  check_name_table(recon::inlier_init_names(), "--inlier-init");
+  check_name_table(inlier::aux_loss_names(), "--aux-loss");
+  check_name_table(inlier::topk_selection_names(), "--topk-selection");
+  check_name_table(inlier::saliency_names(), "--saliency");
+  check_name_table(inlier::weighting_names(), "--inlier-weighting");
 }

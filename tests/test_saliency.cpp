@@ -122,7 +122,7 @@ TEST(Saliency, BatchReductionMatchesWholeGradient) {
   for (int64_t i = 0; i < 5; ++i) xs.push_back(x.narrow(0, i, 1));
   inlier::AuxLossOptions o;
   o.k = 5;
-  for (const std::string saliency : {"sq", "norm", "grad_act"}) {
+  for (const auto& [saliency, saliency_name] : inlier::saliency_names().rows) {
     inlier::InlierOptions io;
     io.saliency = saliency;
     at::Tensor grad, act, raw;
@@ -142,8 +142,8 @@ TEST(Saliency, BatchReductionMatchesWholeGradient) {
     ASSERT_EQ(raw.sizes(), (at::IntArrayRef{5, 6, 5}));
     const auto whole = inlier::volume_weights(grad, act, io);
     const auto batched = inlier::volume_weights_from_raw(raw, io);
-    EXPECT_TRUE(at::allclose(whole.weights, batched.weights, 1e-6, 1e-6)) << saliency;
-    EXPECT_NEAR(whole.fit.mean[1], batched.fit.mean[1], 1e-9) << saliency;
+    EXPECT_TRUE(at::allclose(whole.weights, batched.weights, 1e-6, 1e-6)) << saliency_name;
+    EXPECT_NEAR(whole.fit.mean[1], batched.fit.mean[1], 1e-9) << saliency_name;
   }
 }
 
@@ -157,7 +157,7 @@ TEST(Saliency, QuantileWeightingKeepsTheHighestScores) {
   const at::Tensor nonzero = raw.masked_select(raw > 0);
   for (double q : {0.1, 0.5, 0.9, 1.0}) {
     inlier::InlierOptions io;
-    io.weighting = "quantile";
+    io.weighting = inlier::Weighting::Quantile;
     io.quantile = q;
     const auto vw = inlier::volume_weights_from_raw(raw, io);
     const int64_t k = std::llround(q * static_cast<double>(nonzero.numel()));
@@ -167,7 +167,7 @@ TEST(Saliency, QuantileWeightingKeepsTheHighestScores) {
     EXPECT_EQ(vw.weights.sum().item<double>(), static_cast<double>(k)) << "q " << q;
   }
   inlier::InlierOptions bad;
-  bad.weighting = "quantile";
+  bad.weighting = inlier::Weighting::Quantile;
   for (double q : {0.0, 1.5}) {
     bad.quantile = q;
     EXPECT_THROW(inlier::volume_weights_from_raw(raw, bad), Error) << q;

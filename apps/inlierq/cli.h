@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "inlierq/names.h"
 #include "inlierq/pipeline.h"
 #include "util/atomic_file.h"  // make_output_dir
 
@@ -32,6 +33,17 @@ std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const
                                                  const std::string& preset, bool quantize_head = false,
                                                  const std::vector<std::string>& exclude = {},
                                                  const std::string& layout = "auto");
+
+// A flag whose values are the names of `table`; --help lists them after `help`. The text is turned into `target`
+// by the returned resolver, which the command calls first: an unknown name is an inlierq::Error naming the flag and
+// the table's names (exit status 1, as every other bad option).
+template <class E>
+std::function<void()> add_named_option(CLI::App* sub, const std::string& flag, E& target, const NameTable<E>& table,
+                                       const std::string& help) {
+  auto text = std::make_shared<std::string>(table.name(target));
+  sub->add_option(flag, *text, help + " (" + table.list() + ")")->default_val(*text);
+  return [text, &target, &table, flag] { target = table.parse(*text, flag); };
+}
 
 // "built-in profile (yolox, ...) or JSON path (docs/PROFILES.md)"
 std::string profile_help();

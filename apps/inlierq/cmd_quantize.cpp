@@ -15,6 +15,7 @@ namespace {
 struct QuantizeArgs {
   pipeline::QuantizeJob job;
   bool as_json = false;
+  std::vector<std::function<void()>> named;  // the named flags' resolvers (add_named_option)
 };
 
 void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const pipeline::QuantizeJob& job) {
@@ -115,6 +116,7 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
 }
 
 int run(QuantizeArgs& a, int threads) {
+  for (const auto& resolve : a.named) resolve();
   auto& job = a.job;
   job.recon.threads = threads;
   pipeline::Events ev = console_events();
@@ -175,22 +177,23 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
   sub->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
   sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of 4-bit activation steps (b-bit: lr·2^(4-b))")->default_val(rc.brecq_lr_act);
-  sub->add_option("--step-update", rc.step_update,
-                  "how Adam moves the activation steps: absolute (on s, as the references; lr in units of s) or log "
-                  "(on log s; lr is the relative change per iteration)")->default_val(rc.step_update);
+  a->named.push_back(add_named_option(sub, "--step-update", rc.step_update, recon::step_update_names(),
+                                      "how Adam moves the activation steps: absolute (on s, as the references; lr in units of s) "
+                                      "or log (on log s; lr is the relative change per iteration)"));
   sub->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
   sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
   sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
   const recon::ReconMethod& inlierq = *recon::find_reconstruction_method("inlierq");
   sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (" + bar(inlierq.bases) + ")")
       ->default_val(inlierq.bases.front());
-  sub->add_option("--saliency", rc.inlier_split.saliency, "InlierQ per-volume saliency: sq (Σ g²) | norm (‖g‖) | grad_act (Σ |g·z|)")->default_val(rc.inlier_split.saliency);
-  sub->add_option("--inlier-weighting", rc.inlier_split.weighting,
-                  "InlierQ weights: soft (posterior) | hard (posterior > 0.5) | quantile (the --inlier-quantile "
-                  "highest scores, no mixture)")->default_val(rc.inlier_split.weighting);
+  a->named.push_back(add_named_option(sub, "--saliency", rc.inlier_split.saliency, inlier::saliency_names(),
+                                      "InlierQ per-volume saliency: Σ g², ‖g‖ or Σ |g·z|"));
+  a->named.push_back(add_named_option(sub, "--inlier-weighting", rc.inlier_split.weighting, inlier::weighting_names(),
+                                      "InlierQ weights: the posterior, posterior > 0.5, or the --inlier-quantile highest "
+                                      "scores with no mixture"));
   sub->add_option("--inlier-quantile", rc.inlier_split.quantile,
                   "with --inlier-weighting quantile: the fraction of volumes kept as inliers")->default_val(rc.inlier_split.quantile);
-  sub->add_option("--inlier-init", rc.inlier_init, "InlierQ range init: minmax_inlier | mse_inlier | none")->default_val(rc.inlier_init);
+  a->named.push_back(add_named_option(sub, "--inlier-init", rc.inlier_init, recon::inlier_init_names(), "InlierQ range init"));
   sub->add_flag("!--no-inlier-fisher", rc.inlier_fisher, "InlierQ: F = 1 instead of (|g|+1)² in the weighted loss");
   sub->add_option("--em-iters", rc.inlier_split.em_max_iters, "InlierQ EM: maximum iterations")->default_val(rc.inlier_split.em_max_iters);
   sub->add_option("--em-tol", rc.inlier_split.em_tolerance, "InlierQ EM: relative log-likelihood change to stop")->default_val(rc.inlier_split.em_tolerance);
@@ -199,8 +202,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--em-min-separation", rc.inlier_split.em_min_separation, "InlierQ EM: uniform weights when the means are closer (pooled sds)")->default_val(rc.inlier_split.em_min_separation);
   sub->add_flag("--fisher", rc.fisher, "weight the reconstruction error by (|g|+1)², g = gradient of the label-free top-K heatmap loss (BRECQ's Fisher option)");
   sub->add_option("--topk", rc.heatmap_loss.topk, "K of the top-K heatmap loss (Fisher weighting)")->default_val(rc.heatmap_loss.topk);
-  sub->add_option("--aux-loss", rc.heatmap_loss.aux_loss, "top-K loss: bce | focal | neglogit")->default_val(rc.heatmap_loss.aux_loss);
-  sub->add_option("--topk-selection", rc.heatmap_loss.topk_selection, "per_class | global | max_class")->default_val(rc.heatmap_loss.topk_selection);
+  a->named.push_back(add_named_option(sub, "--aux-loss", rc.heatmap_loss.aux_loss, inlier::aux_loss_names(), "top-K loss"));
+  a->named.push_back(add_named_option(sub, "--topk-selection", rc.heatmap_loss.topk_selection, inlier::topk_selection_names(),
+                                      "which heatmap entries are the top K"));
   sub->add_option("--recon-shards", rc.shards, "split each mini-batch into N shards run on separate threads (0 = 2 on CPU, 1 on CUDA); results depend on N, not on --threads")->default_val(rc.shards);
   sub->add_option("--holdout", rc.holdout, "calibration images held out of reconstruction training; each unit keeps its start state unless the learned one is better on them (-1 = 1/8 of the set)")->default_val(rc.holdout);
   sub->add_flag("--recon-timing", rc.measure_fp_reference, "also time a plain FP forward+backward of every unit (per-phase costs are in --json and the encodings)");

@@ -23,11 +23,13 @@ struct SaliencyArgs {
   inlier::HeatmapLossOptions loss;
   inlier::InlierSplitOptions split;
   bool force = false;
+  std::vector<std::function<void()>> named;  // the named flags' resolvers (add_named_option)
 };
 
 // Per chosen unit output: IMAGE_STEM.VALUE.png (saliency | inlier posterior over the image) and
 // VALUE.histogram.svg (standardised log-saliency histogram with the fitted mixture), plus saliency.json.
-int run(const SaliencyArgs& a) {
+int run(SaliencyArgs& a) {
+  for (const auto& resolve : a.named) resolve();
   const ModelProfile profile = load_profile(a.profile);
   const auto [g, plan] = prepared_plan(a.model, "", a.preset);
   const auto units = recon::derive_units(g, plan);
@@ -96,9 +98,10 @@ Command add_saliency(CLI::App& app) {
   sub->add_option("--unit", a->units, "unit name or unit output value (repeatable; 'all'); default: the last 3 units");
   sub->add_option("--preset", a->preset, "bit widths used to derive the units (placement)")->default_val("w4a4");
   sub->add_option("--topk", a->loss.topk, "K of the top-K heatmap loss")->default_val(a->loss.topk);
-  sub->add_option("--aux-loss", a->loss.aux_loss, "bce | focal | neglogit")->default_val(a->loss.aux_loss);
-  sub->add_option("--topk-selection", a->loss.topk_selection, "per_class | global | max_class")->default_val(a->loss.topk_selection);
-  sub->add_option("--saliency", a->split.saliency, "sq | norm | grad_act")->default_val(a->split.saliency);
+  a->named.push_back(add_named_option(sub, "--aux-loss", a->loss.aux_loss, inlier::aux_loss_names(), "top-K loss"));
+  a->named.push_back(add_named_option(sub, "--topk-selection", a->loss.topk_selection, inlier::topk_selection_names(),
+                                      "which heatmap entries are the top K"));
+  a->named.push_back(add_named_option(sub, "--saliency", a->split.saliency, inlier::saliency_names(), "per-volume saliency"));
   sub->add_option("--device", a->device, "cpu or cuda[:N]");
   sub->add_flag("--force", a->force, "overwrite existing files");
   return {sub, [a] { return run(*a); }};

@@ -11,6 +11,7 @@
 #include "inlierq/graph.h"
 #include "inlierq/inlier.h"
 #include "inlierq/inlier_options.h"
+#include "inlierq/names.h"
 #include "inlierq/quant.h"
 
 namespace inlierq::recon {
@@ -40,6 +41,13 @@ nlohmann::json units_json(const std::vector<Unit>& units);
 std::string format_units(const std::vector<Unit>& units);
 
 // ---- reconstruction ---------------------------------------------------------------------------------
+// How Adam moves a learned activation step: on s itself (the references), or on log s.
+enum class StepUpdate { Absolute, Log };
+// InlierQ's range initialisation: the mse search or min/max over inlier volumes, or the calibrator's ranges.
+enum class InlierInit { MseInlier, MinmaxInlier, None };
+const NameTable<StepUpdate>& step_update_names();
+const NameTable<InlierInit>& inlier_init_names();
+
 struct ReconOptions {
   std::string method = "qdrop";  // adaround | brecq | qdrop
   // Defaults sized for a small CPU (docs/RECONSTRUCTION.md, "Defaults"): the references run 20000 iterations
@@ -64,7 +72,7 @@ struct ReconOptions {
   double brecq_lr_act = 4e-3; // BRECQ pass 2
   // absolute: Adam on the step s (the references; an update moves s by about lr whatever its size).
   // log: Adam on log s, so lr is the relative change per iteration, the same for 8-bit and 4-bit steps.
-  std::string step_update = "absolute";
+  StepUpdate step_update = StepUpdate::Absolute;
   int64_t brecq_act_iters = 125;  // a quarter of `iters`, as the references (5000 of 20000)
   double brecq_act_p = 2.4;   // Lp of BRECQ pass 2's loss
   double rec_p = 2.0;         // Lp of the rounding / joint pass loss
@@ -80,7 +88,7 @@ struct ReconOptions {
   // two-component EM per unit output, inlier-weighted reconstruction loss and inlier-aware ranges.
   bool inlier = false;
   inlier::InlierSplitOptions inlier_split;  // saliency, weighting, EM
-  std::string inlier_init = "mse_inlier";  // mse_inlier | minmax_inlier | none (keep the calibrator's)
+  InlierInit inlier_init = InlierInit::MseInlier;
   // InlierQ: the saliency and posterior pictures of the last `picture_units` units' first outputs on the first
   // `picture_images` images, from the gradients the inlier weights come from (ReconResult::saliency_maps).
   int picture_units = 0;

@@ -50,8 +50,8 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
           fits[v] = vw.to_json();
           if (maps && pictured.count(v) && vw.weights.dim() == 3) {
             InlierOptions soft = io;
-            soft.weighting = "soft";  // the pictures show the posterior itself
-            pictures[v] = saliency_pictures(v, io.weighting == "soft" ? vw : volume_weights_from_raw(kept[1], soft), opts.map_images);
+            soft.weighting = Weighting::Soft;  // the pictures show the posterior itself
+            pictures[v] = saliency_pictures(v, io.weighting == Weighting::Soft ? vw : volume_weights_from_raw(kept[1], soft), opts.map_images);
           }
           if (opts.log)
             opts.log(fmt::format("[inlierq] {}: EM means {:.2f} / {:.2f}, inlier prior {:.2f}, Ashman D {:.2f}, inlier mass {:.2f}{}", v,
@@ -60,7 +60,7 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
         }
         sink(v, opts.fisher ? kept[0] : at::Tensor(), w);
       },
-      opts.inlier && opts.split.saliency == "grad_act");
+      opts.inlier && opts.split.saliency == Saliency::GradAct);
   if (maps)
     for (const auto& v : opts.maps_of)
       if (auto it = pictures.find(v); it != pictures.end()) maps->push_back(std::move(it->second));
@@ -69,7 +69,7 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
 
 std::map<int, InlierRange> inlier_ranges(const Graph& g, const at::Tensor& images, const std::map<std::string, InlierRangeSite>& sites,
                                          const std::map<int, quant::QuantGrid>& grids, const std::set<std::string>& hooked,
-                                         const std::string& method, const std::string& device) {
+                                         bool mse, const std::string& device) {
   struct Stats {
     double lo = INFINITY, hi = -INFINITY, flo = INFINITY, fhi = -INFINITY;
     std::unique_ptr<quant::Histogram> hist;
@@ -81,7 +81,6 @@ std::map<int, InlierRange> inlier_ranges(const Graph& g, const at::Tensor& image
   rt::Executor ex(g, eo);
   const std::string input = g.inputs.at(0).name;
   const int64_t num = images.size(0);
-  const bool mse = method == "mse_inlier";
   const int64_t eb = 8;
   for (int pass = 1; pass <= (mse ? 2 : 1); ++pass) {
     for (int64_t b = 0; b < num; b += eb) {

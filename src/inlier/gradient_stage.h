@@ -44,7 +44,7 @@ nlohmann::json gradient_weights(const Graph& g, const at::Tensor& images, const 
 // Activation ranges from inlier volumes only, for the scale groups of the activation values in `sites`: a
 // site takes the weight map given with it (the inlier weights of its unit's first output, [N, H, W]),
 // resampled (nearest) to its own spatial size, or counts every volume without one. minmax_inlier: min/max
-// over volumes with w > 0.5; mse_inlier: the mse search on a w-weighted histogram. A group with no inlier
+// over volumes with w > 0.5 (mse false); mse: the mse search on a w-weighted histogram. A group with no inlier
 // volume keeps its full range. `hooked` are the values the executor keeps as tensors (every quantized
 // activation of the plan, as in calibration).
 struct InlierRangeSite {
@@ -57,6 +57,6 @@ struct InlierRange {
 };
 std::map<int, InlierRange> inlier_ranges(const Graph& g, const at::Tensor& images, const std::map<std::string, InlierRangeSite>& sites,
                                          const std::map<int, quant::QuantGrid>& grids, const std::set<std::string>& hooked,
-                                         const std::string& method, const std::string& device);
+                                         bool mse, const std::string& device);
 
 }  // namespace inlierq::inlier

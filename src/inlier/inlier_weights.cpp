@@ -15,22 +15,20 @@ nlohmann::json VolumeWeights::to_json() const {
           {"histogram", {{"lo", histogram_lo}, {"hi", histogram_hi}, {"counts", histogram}}}};
 }
 
-at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, const std::string& saliency) {
+at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, Saliency saliency) {
   if (grad.dim() < 2) throw Error("saliency needs a gradient of shape [N, C, ...]");
-  if (saliency != "sq" && saliency != "norm" && saliency != "grad_act")
-    throw Error("unknown saliency '" + saliency + "' (expected sq, norm or grad_act)");
-  if (saliency == "grad_act" && (!act.defined() || act.sizes() != grad.sizes()))
+  if (saliency == Saliency::GradAct && (!act.defined() || act.sizes() != grad.sizes()))
     throw Error("grad_act saliency needs the activation of the same shape");
   // One sample at a time in double: a whole calibration set's gradient in double would be the peak of
   // the InlierQ pass (YOLOX-Nano's stem output: 44 M values).
   std::vector<at::Tensor> rs;
   for (int64_t n = 0; n < grad.size(0); ++n) {
     const at::Tensor g = grad[n].to(at::kCPU).to(at::kDouble);
-    if (saliency == "grad_act") {
+    if (saliency == Saliency::GradAct) {
       rs.push_back((g * act[n].to(at::kCPU).to(at::kDouble)).abs().sum(0));
     } else {
       at::Tensor r = (g * g).sum(0);
-      rs.push_back(saliency == "norm" ? r.sqrt() : r);
+      rs.push_back(saliency == Saliency::Norm ? r.sqrt() : r);
     }
   }
   return at::stack(rs, 0);
@@ -42,9 +40,7 @@ VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, cons
 
 VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions& o) {
   const at::Tensor r = raw.to(at::kCPU).to(at::kDouble);
-  if (o.weighting != "soft" && o.weighting != "hard" && o.weighting != "quantile")
-    throw Error("unknown inlier weighting '" + o.weighting + "' (expected soft, hard or quantile)");
-  if (o.weighting == "quantile" && !(o.quantile > 0 && o.quantile <= 1))
+  if (o.weighting == Weighting::Quantile && !(o.quantile > 0 && o.quantile <= 1))
     throw Error("inlier quantile must be in (0, 1], got " + std::to_string(o.quantile));
   VolumeWeights out;
   out.zero_gradient = r == 0;
@@ -84,9 +80,9 @@ VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions
   }
   post = at::where(out.zero_gradient, at::zeros_like(post), post);
   out.scores = at::where(out.zero_gradient, at::zeros_like(s), s).to(at::kFloat);
-  out.weights = (o.weighting == "hard" && !out.fit.fallback ? (post > 0.5).to(at::kDouble) : post).to(at::kFloat);
+  out.weights = (o.weighting == Weighting::Hard && !out.fit.fallback ? (post > 0.5).to(at::kDouble) : post).to(at::kFloat);
   if (out.fit.fallback) out.weights = out.zero_gradient.logical_not().to(at::kFloat);
-  if (o.weighting == "quantile") {
+  if (o.weighting == Weighting::Quantile) {
     // The k highest scores of the non-zero volumes, ties at the threshold included: the mixture fit above
     // is still reported, but it does not decide.
     const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.quantile * static_cast<double>(n))));

@@ -16,8 +16,8 @@
 namespace inlierq::inlier {
 
 struct InlierOptions {
-  std::string saliency = "sq";   // sq: Σ_c g² | norm: ‖g‖₂ | grad_act: Σ_c |g·z|
-  std::string weighting = "soft"; // soft: w = π | hard: w = 1[π > 0.5] | quantile: w = 1[s ≥ s_(1−q)]
+  Saliency saliency = Saliency::Sq;       // sq: Σ_c g² | norm: ‖g‖₂ | grad_act: Σ_c |g·z|
+  Weighting weighting = Weighting::Soft;  // soft: w = π | hard: w = 1[π > 0.5] | quantile: w = 1[s ≥ s_(1−q)]
   double quantile = 0.5;         // quantile: the fraction of non-zero-gradient volumes kept (highest scores)
   double epsilon = 1e-30;        // inside log(r + ε)
   size_t max_fit_samples = 200000;  // EM runs on an evenly strided subset of the volumes beyond this
@@ -48,7 +48,7 @@ VolumeWeights volume_weights(const at::Tensor& grad, const at::Tensor& act, cons
 
 // The two halves of volume_weights, so the raw score can be reduced batch by batch: the raw saliency
 // r [N, positions...] (double; `saliency` as in InlierOptions), and the weights from the r of all images.
-at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, const std::string& saliency);
+at::Tensor raw_saliency(const at::Tensor& grad, const at::Tensor& act, Saliency saliency);
 VolumeWeights volume_weights_from_raw(const at::Tensor& raw, const InlierOptions& opts = {});
 
 }  // namespace inlierq::inlier

@@ -66,24 +66,20 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
 at::Tensor topk_aux_loss(const at::Tensor& h, const AuxLossOptions& o) {
   if (h.dim() != 3) throw Error("heatmap must be [N, C, M]");
   at::Tensor sel;  // selected logits, [N, ...]
-  if (o.selection == "per_class") {
+  if (o.selection == TopkSelection::PerClass) {
     sel = std::get<0>(at::topk(h, std::min<int64_t>(o.k, h.size(2)), 2));  // top by logit = top by σ
-  } else if (o.selection == "global") {
+  } else if (o.selection == TopkSelection::Global) {
     sel = std::get<0>(at::topk(h.flatten(1), std::min<int64_t>(o.k, h.size(1) * h.size(2)), 1));
-  } else if (o.selection == "max_class") {
+  } else {  // MaxClass
     sel = std::get<0>(at::topk(std::get<0>(h.max(1)), std::min<int64_t>(o.k, h.size(2)), 1));
-  } else {
-    throw Error("unknown top-K selection '" + o.selection + "' (expected per_class, global or max_class)");
   }
   at::Tensor l;
-  if (o.form == "bce") {
+  if (o.form == AuxLoss::Bce) {
     l = at::softplus(-sel);  // −log σ(h)
-  } else if (o.form == "focal") {
+  } else if (o.form == AuxLoss::Focal) {
     l = at::pow(1 - at::sigmoid(sel), o.focal_gamma) * at::softplus(-sel);
-  } else if (o.form == "neglogit") {
+  } else {  // NegLogit
     l = -sel;
-  } else {
-    throw Error("unknown auxiliary loss '" + o.form + "' (expected bce, focal or neglogit)");
   }
   return l.flatten(1).mean(1).sum();
 }

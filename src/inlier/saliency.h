@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "inlierq/inlier_options.h"
 #include "runtime/executor.h"
 
 namespace inlierq::inlier {
@@ -23,8 +24,8 @@ at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap&
 
 struct AuxLossOptions {
   int64_t k = 100;
-  std::string form = "bce";      // bce (toward 1) | focal | neglogit
-  std::string selection = "per_class";  // per_class | global | max_class
+  AuxLoss form = AuxLoss::Bce;
+  TopkSelection selection = TopkSelection::PerClass;
   double focal_gamma = 2.0;
 };
 // Per image: mean over the selected entries of the loss; summed over images, so that each image's

@@ -52,12 +52,12 @@ std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::s
   for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
   const AuxLossOptions ao = aux_options(loss);
   InlierOptions io = inlier_options(split);
-  io.weighting = "soft";  // the pictures show the posterior itself
+  io.weighting = Weighting::Soft;  // the pictures show the posterior itself
   std::map<std::string, SaliencyMaps> by_value;
   aux_loss_gradients(ex, loss.heatmap, xs, values, ao, 4, [&](const std::string& v, const at::Tensor& grad, const at::Tensor& z) {
     if (grad.dim() != 4) throw Error("value '" + v + "' is not a 4-D feature map; saliency maps need [N, C, H, W]");
     by_value[v] = saliency_pictures(v, volume_weights(grad, z, io), grad.size(0));
-  }, split.saliency == "grad_act");
+  }, split.saliency == Saliency::GradAct);
   std::vector<SaliencyMaps> out;
   for (const auto& v : values) out.push_back(std::move(by_value.at(v)));
   return out;

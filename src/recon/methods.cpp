@@ -47,6 +47,16 @@ const MethodRow& row_of(const std::string& name) {
 
 }  // namespace
 
+const NameTable<StepUpdate>& step_update_names() {
+  static const NameTable<StepUpdate> t{{{StepUpdate::Absolute, "absolute"}, {StepUpdate::Log, "log"}}};
+  return t;
+}
+const NameTable<InlierInit>& inlier_init_names() {
+  static const NameTable<InlierInit> t{
+      {{InlierInit::MseInlier, "mse_inlier"}, {InlierInit::MinmaxInlier, "minmax_inlier"}, {InlierInit::None, "none"}}};
+  return t;
+}
+
 const std::vector<ReconMethod>& reconstruction_method_table() {
   static const std::vector<ReconMethod> table = [] {
     std::vector<ReconMethod> t;

@@ -41,8 +41,6 @@ void validate_options(const ReconOptions& o) {
   if (!(o.drop_prob > 0 && o.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
   if (!(o.input_mix >= 0 && o.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
   if (!(o.lr_rounding >= 0) || !(o.lr_act >= 0) || !(o.brecq_lr_act >= 0)) throw Error("learning rates must be ≥ 0");
-  if (o.step_update != "absolute" && o.step_update != "log")
-    throw Error("unknown --step-update '" + o.step_update + "' (expected absolute or log)");
   if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
@@ -52,8 +50,6 @@ void validate_options(const ReconOptions& o) {
   if (o.shards < 0 || o.shards > 64) throw Error("--recon-shards must be in [0, 64] (0 = automatic)");
   inlier::validate(o.heatmap_loss);
   inlier::validate(o.inlier_split);
-  if (o.inlier_init != "minmax_inlier" && o.inlier_init != "mse_inlier" && o.inlier_init != "none")
-    throw Error("unknown --inlier-init '" + o.inlier_init + "' (expected minmax_inlier, mse_inlier or none)");
 }
 
 nlohmann::json UnitReport::to_json() const {
@@ -176,7 +172,7 @@ ReconResult Reconstructor::run() {
   res.units = units_;
   std::vector<PassSpec> passes = method_passes(opts_);
   if (opts_.fisher || opts_.inlier) compute_gradient_weights(res);
-  if (opts_.inlier && opts_.inlier_init != "none") init_inlier_ranges(res);
+  if (opts_.inlier && opts_.inlier_init != InlierInit::None) init_inlier_ranges(res);
   release_free_heap();
   int resume_pass = 0;
   size_t resume_units = 0;
@@ -335,7 +331,7 @@ void Reconstructor::init_inlier_ranges(ReconResult& res) {
   }
   std::map<int, quant::QuantGrid> grids;
   for (const auto& [gid, grp] : groups_) grids[gid] = grp.grid;
-  const auto found = inlier::inlier_ranges(g_, images_, sites, grids, hooked, opts_.inlier_init, opts_.device);
+  const auto found = inlier::inlier_ranges(g_, images_, sites, grids, hooked, opts_.inlier_init == InlierInit::MseInlier, opts_.device);
   nlohmann::json ranges = nlohmann::json::object();
   for (const auto& [gid, r] : found) {
     auto& grp = groups_.at(gid);
@@ -347,7 +343,7 @@ void Reconstructor::init_inlier_ranges(ReconResult& res) {
                                    {"scale", prm.scale}, {"zero_point", prm.zero_point}};
   }
   res.inlier["ranges"] = ranges;
-  if (opts_.log) opts_.log(fmt::format("[inlierq] {} activation ranges re-initialised from inlier volumes ({})", found.size(), opts_.inlier_init));
+  if (opts_.log) opts_.log(fmt::format("[inlierq] {} activation ranges re-initialised from inlier volumes ({})", found.size(), inlier_init_names().name(opts_.inlier_init)));
 }
 
 rt::Executor& Reconstructor::executor(size_t ui) {

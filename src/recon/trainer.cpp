@@ -37,10 +37,10 @@ double step_learning_rate(const PassSpec& pass, int64_t iteration) {
   return pass.lr_act * 0.5 * (1 + std::cos(M_PI * static_cast<double>(iteration) / static_cast<double>(pass.iters)));
 }
 
-void update_step(ActGroup& group, Adam& adam, const at::Tensor& grad, double lr, const std::string& step_update) {
+void update_step(ActGroup& group, Adam& adam, const at::Tensor& grad, double lr, StepUpdate step_update) {
   at::Tensor& sc = group.scale;
   if (grad.defined()) {
-    if (step_update == "log") {
+    if (step_update == StepUpdate::Log) {
       at::NoGradGuard ng;
       at::Tensor log_s = sc.detach().log();
       adam.step(log_s, grad * sc.detach(), lr);  // d/d(log s) = s · d/ds

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "inlierq/recon.h"
 #include "quant/range_search.h"
 
 namespace inlierq::recon {
@@ -61,7 +62,7 @@ double step_learning_rate(const PassSpec& pass, int64_t iteration);
 // One update of a learned activation step from its gradient (undefined: no update). absolute: Adam on s at lr·2^(4−b), as the rates
 // are those of 4-bit steps (a b-bit grid over the same range has a 2^(b−4) times smaller step); log: Adam on
 // log s at lr. The step stays ≥ 1e-8.
-void update_step(ActGroup& group, Adam& adam, const at::Tensor& grad, double lr, const std::string& step_update);
+void update_step(ActGroup& group, Adam& adam, const at::Tensor& grad, double lr, StepUpdate step_update);
 
 // The seed of a unit's pass: every (seed, pass, unit) gets its own stream.
 uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b);
