@@ -313,7 +313,7 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
   auto opts = fast_options("brecq");
   opts.iters = 20;
   opts.brecq_act_iters = 30;
-  opts.brecq_lr_act = 0.5;  // Adam moves every step by ~0.5 per iteration: destroys the calibrated steps
+  opts.steps.brecq_lr = 0.5;  // Adam moves every step by ~0.5 per iteration: destroys the calibrated steps
   opts.holdout = 4;
   Graph gq = g;
   quant::Encodings enc = enc0;
@@ -408,15 +408,15 @@ TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
     recon::reconstruct(ga, plan, ea, xs, opts);
     recon::reconstruct(gc, plan, ec, xs, opts);
     fs::remove_all(dir);
-    opts.checkpoint_dir = dir.string();
-    opts.stop_after_units = stop;
+    opts.checkpoint.dir = dir.string();
+    opts.checkpoint.stop_after_units = stop;
     const auto partial = recon::reconstruct(gb, plan, eb, xs, opts);
     EXPECT_FALSE(partial.completed);
     EXPECT_TRUE(fs::exists(dir / "state.json"));
     Graph gr = g;
     quant::Encodings er = enc0;
-    opts.stop_after_units = -1;
-    opts.resume = true;
+    opts.checkpoint.stop_after_units = -1;
+    opts.checkpoint.resume = true;
     const auto resumed = recon::reconstruct(gr, plan, er, xs, opts);
     EXPECT_TRUE(resumed.completed);
     for (const auto& w : plan.weights) {
@@ -428,8 +428,8 @@ TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
       EXPECT_EQ(a.scale, ec.activations.at(v).scale) << method << ": same seed, scale of " << v;
     }
     // A different seed gives a different result (the test can fail).
-    opts.resume = false;
-    opts.checkpoint_dir.clear();
+    opts.checkpoint.resume = false;
+    opts.checkpoint.dir.clear();
     opts.seed = 8;
     Graph gd = g;
     quant::Encodings ed = enc0;
@@ -439,8 +439,8 @@ TEST(Reconstruction, SameSeedSameResultAndResumeEqualsUninterrupted) {
     for (const auto& [v, a] : ea.activations) any_diff |= a.scale != ed.activations.at(v).scale;
     EXPECT_TRUE(any_diff) << method;
     // A checkpoint from other options is refused.
-    opts.checkpoint_dir = dir.string();
-    opts.resume = true;
+    opts.checkpoint.dir = dir.string();
+    opts.checkpoint.resume = true;
     Graph ge = g;
     quant::Encodings ee = enc0;
     EXPECT_THROW(recon::reconstruct(ge, plan, ee, xs, opts), Error) << method;
@@ -459,7 +459,7 @@ TEST(Reconstruction, CacheBudgetSpillsWithoutChangingTheResult) {
   Graph ga = g, gb = g;
   quant::Encodings ea = enc0, eb = enc0;
   const auto full = recon::reconstruct(ga, plan, ea, xs, opts);
-  opts.max_cache_mb = 0;  // everything goes to disk (as float16)
+  opts.cache.max_mb = 0;  // everything goes to disk (as float16)
   const auto spilled = recon::reconstruct(gb, plan, eb, xs, opts);
   EXPECT_EQ(full.spilled_bytes, 0u);
   EXPECT_GT(spilled.spilled_bytes, 0u);
@@ -487,8 +487,8 @@ TEST(Reconstruction, RealYoloxUnitLowersItsOutputError) {
   opts.method = "adaround";
   opts.iters = 400;
   opts.batch = 2;
-  opts.lr_rounding = 3e-3;
-  opts.stop_after_units = 2;  // the stem, then the first depthwise conv (4-bit weights)
+  opts.rounding.lr = 3e-3;
+  opts.checkpoint.stop_after_units = 2;  // the stem, then the first depthwise conv (4-bit weights)
   const auto res = recon::reconstruct(gq, plan, enc, xs, opts);
   ASSERT_EQ(res.reports.size(), 2u);
   const auto& r = res.reports[1];
@@ -592,9 +592,9 @@ TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
       auto opts = fast_options("qdrop");
       opts.iters = 1;
       opts.holdout = 0;  // nothing undone
-      opts.lr_rounding = 0;
-      opts.lr_act = 0.05;
-      opts.step_update = mode;
+      opts.rounding.lr = 0;
+      opts.steps.lr = 0.05;
+      opts.steps.update = mode;
       Graph gq = g;
       quant::Encodings enc = enc0;
       recon::reconstruct(gq, plan, enc, xs, opts);
@@ -602,7 +602,7 @@ TEST(Reconstruction, StepUpdateAbsoluteAndLogMoveStepsByTheirClosedForm) {
       for (const auto& [v, a] : enc.activations) {
         const double s0 = enc0.activations.at(v).scale, s1 = a.scale;
         const double move = mode == recon::StepUpdate::Log ? std::fabs(std::log(s1 / s0)) : std::fabs(s1 - s0);
-        const double lr = mode == recon::StepUpdate::Log ? opts.lr_act : opts.lr_act * std::ldexp(1.0, 4 - a.bits);
+        const double lr = mode == recon::StepUpdate::Log ? opts.steps.lr : opts.steps.lr * std::ldexp(1.0, 4 - a.bits);
         EXPECT_LE(move, lr * (1 + 1e-4) + 1e-7) << recon::step_update_names().name(mode) << " A" << bits << ": step of " << v << " " << s0 << " -> " << s1;
         moved_fully += move > 0.99 * lr;
       }

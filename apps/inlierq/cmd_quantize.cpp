@@ -168,21 +168,21 @@ Command add_quantize(CLI::App& app, const int& threads) {
   auto* iters_opt = sub->add_option("--iters", rc.iters, "reconstruction iterations per unit (AdaRound pass / QDrop joint pass)")->default_val(rc.iters);
   sub->add_option("--time-limit", q.time_limit_min, "reconstruction: choose the iterations per unit so that the whole command takes about this many minutes (replaces --iters; the count is printed)")->excludes(iters_opt);
   sub->add_option("--recon-batch", rc.batch, "calibration samples per reconstruction iteration")->default_val(rc.batch);
-  sub->add_option("--lr-round", rc.lr_rounding, "Adam learning rate of the rounding logits V")->default_val(rc.lr_rounding);
-  sub->add_option("--lr-act", rc.lr_act, "Adam learning rate of 4-bit activation steps (QDrop; cosine decay); b-bit steps learn at lr·2^(4-b)")->default_val(rc.lr_act);
-  sub->add_option("--round-lambda", rc.round_lambda, "weight of AdaRound's rounding regulariser")->default_val(rc.round_lambda);
-  sub->add_option("--beta-start", rc.beta_start, "AdaRound β at the end of the warm-up")->default_val(rc.beta_start);
-  sub->add_option("--beta-end", rc.beta_end, "AdaRound β at the last iteration")->default_val(rc.beta_end);
-  sub->add_option("--warmup", rc.warmup, "fraction of iterations without the rounding regulariser")->default_val(rc.warmup);
+  sub->add_option("--lr-round", rc.rounding.lr, "Adam learning rate of the rounding logits V")->default_val(rc.rounding.lr);
+  sub->add_option("--lr-act", rc.steps.lr, "Adam learning rate of 4-bit activation steps (QDrop; cosine decay); b-bit steps learn at lr·2^(4-b)")->default_val(rc.steps.lr);
+  sub->add_option("--round-lambda", rc.rounding.lambda, "weight of AdaRound's rounding regulariser")->default_val(rc.rounding.lambda);
+  sub->add_option("--beta-start", rc.rounding.beta_start, "AdaRound β at the end of the warm-up")->default_val(rc.rounding.beta_start);
+  sub->add_option("--beta-end", rc.rounding.beta_end, "AdaRound β at the last iteration")->default_val(rc.rounding.beta_end);
+  sub->add_option("--warmup", rc.rounding.warmup, "fraction of iterations without the rounding regulariser")->default_val(rc.rounding.warmup);
   sub->add_option("--rec-p", rc.rec_p, "Lp norm of the reconstruction loss (rounding / joint pass)")->default_val(rc.rec_p);
   sub->add_option("--brecq-act-iters", rc.brecq_act_iters, "BRECQ pass 2: activation-step iterations per unit")->default_val(rc.brecq_act_iters);
-  sub->add_option("--brecq-lr-act", rc.brecq_lr_act, "BRECQ pass 2: learning rate of 4-bit activation steps (b-bit: lr·2^(4-b))")->default_val(rc.brecq_lr_act);
-  a->named.push_back(add_named_option(sub, "--step-update", rc.step_update, recon::step_update_names(),
+  sub->add_option("--brecq-lr-act", rc.steps.brecq_lr, "BRECQ pass 2: learning rate of 4-bit activation steps (b-bit: lr·2^(4-b))")->default_val(rc.steps.brecq_lr);
+  a->named.push_back(add_named_option(sub, "--step-update", rc.steps.update, recon::step_update_names(),
                                       "how Adam moves the activation steps: absolute (on s, as the references; lr in units of s) "
                                       "or log (on log s; lr is the relative change per iteration)"));
   sub->add_option("--brecq-act-p", rc.brecq_act_p, "BRECQ pass 2: Lp norm of the loss")->default_val(rc.brecq_act_p);
-  sub->add_option("--drop-prob", rc.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.drop_prob);
-  sub->add_option("--input-mix", rc.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.input_mix);
+  sub->add_option("--drop-prob", rc.qdrop.drop_prob, "QDrop: probability that an activation element is quantized during training")->default_val(rc.qdrop.drop_prob);
+  sub->add_option("--input-mix", rc.qdrop.input_mix, "QDrop: probability that a unit-input element comes from the quantized prefix (else FP)")->default_val(rc.qdrop.input_mix);
   const recon::ReconMethod& inlierq = *recon::find_reconstruction_method("inlierq");
   sub->add_option("--base", q.base, "with --method inlierq: the reconstruction it builds on (" + bar(inlierq.bases) + ")")
       ->default_val(inlierq.bases.front());
@@ -209,11 +209,11 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--holdout", rc.holdout, "calibration images held out of reconstruction training; each unit keeps its start state unless the learned one is better on them (-1 = 1/8 of the set)")->default_val(rc.holdout);
   sub->add_flag("--recon-timing", rc.measure_fp_reference, "also time a plain FP forward+backward of every unit (per-phase costs are in --json and the encodings)");
   sub->add_option("--max-unit-convs", rc.max_block_compute, "blocks with more compute nodes are split into layers")->default_val(rc.max_block_compute);
-  sub->add_option("--max-cache-mb", rc.max_cache_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.max_cache_mb);
-  sub->add_option("--cache-dir", rc.spill_dir, "where activation caches over budget are spilled (default: temp dir)");
+  sub->add_option("--max-cache-mb", rc.cache.max_mb, "activation cache budget; beyond it caches go float16, then to disk")->default_val(rc.cache.max_mb);
+  sub->add_option("--cache-dir", rc.cache.spill_dir, "where activation caches over budget are spilled (default: temp dir)");
   sub->add_option("--checkpoint-dir", q.checkpoint_dir, "reconstruction checkpoint (default OUT.ckpt; removed when the run finishes)");
   sub->add_flag("--resume", q.resume, "continue an interrupted reconstruction from its checkpoint");
-  sub->add_option("--stop-after-units", rc.stop_after_units, "stop after N reconstructed units, as if interrupted (testing)")->group("");
+  sub->add_option("--stop-after-units", rc.checkpoint.stop_after_units, "stop after N reconstructed units, as if interrupted (testing)")->group("");
   sub->add_option("--weight-method", q.weight_method, "weight scale initialisation: mse | minmax")->default_val("mse");
   sub->add_option("--percentile", q.percentile, "percentile calibrator: keep [100-p, p] %")->default_val(99.99);
   sub->add_option("--seed", q.seed, "random seed of reconstruction (mini-batches, QDrop masks); recorded otherwise");

@@ -114,7 +114,7 @@ struct Evaluation {
 };
 
 struct QuantizeResult {
-  bool completed = false;  // false: reconstruction stopped by recon.stop_after_units (the checkpoint is kept)
+  bool completed = false;  // false: reconstruction stopped by recon.checkpoint.stop_after_units (the checkpoint is kept)
   std::string out_onnx, out_encodings, out_trt, out_report, checkpoint_dir;  // out_trt empty below 8-bit activations
   int weight_bits = 0, act_bits = 0;
   std::string profile;              // the model profile's name

@@ -48,6 +48,38 @@ enum class InlierInit { MseInlier, MinmaxInlier, None };
 const NameTable<StepUpdate>& step_update_names();
 const NameTable<InlierInit>& inlier_init_names();
 
+// AdaRound's learned rounding (ALGORITHMS §4).
+struct AdaRoundOptions {
+  double lr = 1e-2;  // Adam on the rounding logits V (--lr-round)
+  double lambda = 0.01, beta_start = 20, beta_end = 2, warmup = 0.2;
+};
+// Learned activation steps (LSQ, cosine decay to 0). The rates are those of 4-bit steps; a b-bit step learns at
+// lr·2^(4-b) with the absolute update.
+struct StepLearningOptions {
+  double lr = 1e-2;        // QDrop's joint pass (--lr-act)
+  double brecq_lr = 4e-3;  // BRECQ's pass 2 (--brecq-lr-act)
+  // absolute: Adam on the step s (the references; an update moves s by about lr whatever its size).
+  // log: Adam on log s, so lr is the relative change per iteration, the same for 8-bit and 4-bit steps.
+  StepUpdate update = StepUpdate::Absolute;
+};
+struct QDropOptions {
+  double drop_prob = 0.5;  // probability that an activation element is quantized in training
+  double input_mix = 0.5;  // probability that a unit input element comes from the quantized prefix
+};
+// Caches: FP inputs/outputs and quantized-prefix inputs of the live units.
+struct CacheOptions {
+  size_t max_mb = 3072;
+  std::string spill_dir;  // where caches over budget go (default: system temp directory)
+};
+struct CheckpointOptions {
+  std::string dir;  // written after every finished unit when set
+  bool resume = false;
+  // Identifies the run for --resume (model, plan, calibration files); mismatches refuse to resume.
+  std::string fingerprint;
+  // Stops (as if interrupted) after this many finished units, counted over all passes; -1 = never.
+  int64_t stop_after_units = -1;
+};
+
 struct ReconOptions {
   std::string method = "qdrop";  // adaround | brecq | qdrop
   // Defaults sized for a small CPU (docs/RECONSTRUCTION.md, "Defaults"): the references run 20000 iterations
@@ -63,22 +95,12 @@ struct ReconOptions {
   bool measure_costs = true;
   int batch = 8;                 // calibration samples per iteration
   uint64_t seed = 0;
-  // AdaRound (ALGORITHMS §4)
-  double lr_rounding = 1e-2;
-  double round_lambda = 0.01, beta_start = 20, beta_end = 2, warmup = 0.2;
-  // learned activation steps (LSQ, cosine decay to 0); the rates are those of 4-bit steps, a b-bit step
-  // learns at lr·2^(4-b) with the absolute update
-  double lr_act = 1e-2;       // QDrop joint pass
-  double brecq_lr_act = 4e-3; // BRECQ pass 2
-  // absolute: Adam on the step s (the references; an update moves s by about lr whatever its size).
-  // log: Adam on log s, so lr is the relative change per iteration, the same for 8-bit and 4-bit steps.
-  StepUpdate step_update = StepUpdate::Absolute;
+  AdaRoundOptions rounding;
+  StepLearningOptions steps;
   int64_t brecq_act_iters = 125;  // a quarter of `iters`, as the references (5000 of 20000)
   double brecq_act_p = 2.4;   // Lp of BRECQ pass 2's loss
   double rec_p = 2.0;         // Lp of the rounding / joint pass loss
-  // QDrop
-  double drop_prob = 0.5;     // probability that an activation element is quantized in training
-  double input_mix = 0.5;     // probability that a unit input element comes from the quantized prefix
+  QDropOptions qdrop;
   // Fisher weighting (BRECQ's option, usable with every method): the squared error of every output element
   // is multiplied by (|g| + 1)², g = gradient of the label-free top-K heatmap loss w.r.t. that element,
   // computed once on the FP model. Needs the profile's heatmap definition.
@@ -106,17 +128,9 @@ struct ReconOptions {
   int64_t holdout = -1;
   // units
   int max_block_compute = 12;
-  // caches: FP inputs/outputs and quantized-prefix inputs of the live units
-  size_t max_cache_mb = 3072;
-  std::string spill_dir;      // where caches over budget go (default: system temp directory)
-  // checkpoints: written after every finished unit when set
-  std::string checkpoint_dir;
-  bool resume = false;
+  CacheOptions cache;
+  CheckpointOptions checkpoint;
   std::string device = "cpu";
-  // Identifies the run for --resume (model, plan, calibration files); mismatches refuse to resume.
-  std::string fingerprint;
-  // Stops (as if interrupted) after this many finished units, counted over all passes; -1 = never.
-  int64_t stop_after_units = -1;
   // Also time a plain FP forward + backward of every unit at the same batch (the cost benchmark's yardstick).
   bool measure_fp_reference = false;
   struct Progress {

@@ -414,10 +414,10 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     ro.heatmap_loss.heatmap = profile.heatmap;
     ro.seed = job.seed;
     ro.device = job.device;
-    ro.checkpoint_dir = paths.checkpoint;
-    ro.resume = job.resume;
+    ro.checkpoint.dir = paths.checkpoint;
+    ro.checkpoint.resume = job.resume;
     // A resumed run must see the same model, plan, bits and calibration images.
-    ro.fingerprint = nlohmann::json{{"model", fs::absolute(job.model).string()}, {"model_bytes", fs::file_size(job.model)},
+    ro.checkpoint.fingerprint = nlohmann::json{{"model", fs::absolute(job.model).string()}, {"model_bytes", fs::file_size(job.model)},
                                     {"plan", final_plan.to_json()}, {"files", folder.paths}, {"init", res.init_method},
                                     {"weight_method", job.weight_method}}.dump();
     ro.progress = ev.recon_progress;
@@ -444,7 +444,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     }
     res.units = rr.units.size();
     res.units_done = rr.reports.size();
-    if (!rr.completed) return res;  // stopped after recon.stop_after_units: the checkpoint is kept
+    if (!rr.completed) return res;  // stopped after recon.checkpoint.stop_after_units: the checkpoint is kept
     recon_maps = std::move(rr.saliency_maps);
     rr.saliency_maps.clear();
     nlohmann::json rj = rr.to_json();
@@ -454,7 +454,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     if (job.time_limit_min > 0) rj["time_limit_min"] = job.time_limit_min;
     rj["batch"] = ro.batch;
     rj["seed"] = ro.seed;
-    rj["max_cache_mb"] = ro.max_cache_mb;
+    rj["max_cache_mb"] = ro.cache.max_mb;
     rj["unit_list"] = recon::units_json(rr.units);
     res.iters = rr.iters;
     res.recon_seconds = rr.seconds;

@@ -106,11 +106,11 @@ CheckpointState read_checkpoint(const std::string& dir, const std::string& run,
 }
 
 std::string checkpoint_run_key(const ReconOptions& o, int shards, int64_t holdout, int64_t images) {
-  nlohmann::json j{{"fingerprint", o.fingerprint}, {"method", o.method}, {"iters", o.iters},
-                   {"batch", o.batch}, {"seed", o.seed}, {"lr_rounding", o.lr_rounding},
-                   {"lr_act", o.lr_act}, {"brecq_lr_act", o.brecq_lr_act}, {"step_update", step_update_names().name(o.step_update)}, {"brecq_act_iters", o.brecq_act_iters},
-                   {"drop_prob", o.drop_prob}, {"input_mix", o.input_mix}, {"lambda", o.round_lambda},
-                   {"beta", {o.beta_start, o.beta_end}}, {"warmup", o.warmup}, {"rec_p", o.rec_p},
+  nlohmann::json j{{"fingerprint", o.checkpoint.fingerprint}, {"method", o.method}, {"iters", o.iters},
+                   {"batch", o.batch}, {"seed", o.seed}, {"lr_rounding", o.rounding.lr},
+                   {"lr_act", o.steps.lr}, {"brecq_lr_act", o.steps.brecq_lr}, {"step_update", step_update_names().name(o.steps.update)}, {"brecq_act_iters", o.brecq_act_iters},
+                   {"drop_prob", o.qdrop.drop_prob}, {"input_mix", o.qdrop.input_mix}, {"lambda", o.rounding.lambda},
+                   {"beta", {o.rounding.beta_start, o.rounding.beta_end}}, {"warmup", o.rounding.warmup}, {"rec_p", o.rec_p},
                    {"brecq_act_p", o.brecq_act_p}, {"max_block_compute", o.max_block_compute}, {"shards", shards}, {"holdout", holdout},
                    {"time_limit_s", o.time_limit_s},
                    {"fisher", o.fisher}, {"topk", o.heatmap_loss.topk}, {"aux_loss", inlier::aux_loss_names().name(o.heatmap_loss.aux_loss)},

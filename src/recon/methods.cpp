@@ -25,12 +25,12 @@ const std::vector<MethodRow>& method_rows() {
        false,
        [](const ReconOptions& o) {
          return std::vector<PassSpec>{{1, true, false, false, 1, 0, o.rec_p, 0, o.iters},
-                                      {2, false, true, true, 1, 0, o.brecq_act_p, o.brecq_lr_act, o.brecq_act_iters}};
+                                      {2, false, true, true, 1, 0, o.brecq_act_p, o.steps.brecq_lr, o.brecq_act_iters}};
        }},
       {{"qdrop", "QDrop: weight rounding and activation steps learned together per block, activation quantization dropped at random", {}, false},
        false,
        [](const ReconOptions& o) {
-         return std::vector<PassSpec>{{1, true, true, true, o.drop_prob, o.input_mix, o.rec_p, o.lr_act, o.iters}};
+         return std::vector<PassSpec>{{1, true, true, true, o.qdrop.drop_prob, o.qdrop.input_mix, o.rec_p, o.steps.lr, o.iters}};
        }},
       {{"inlierq", "InlierQ: a base method (--base) on inlier-weighted losses and inlier-aware ranges", {"qdrop", "brecq"}, true},
        false,

@@ -38,10 +38,10 @@ void validate_options(const ReconOptions& o) {
   if (!(o.time_limit_s >= 0)) throw Error("--time-limit must be ≥ 0 minutes");
   if (o.brecq_act_iters < 0) throw Error("--brecq-act-iters must be ≥ 0");
   if (o.batch < 1) throw Error("--recon-batch must be ≥ 1");
-  if (!(o.drop_prob > 0 && o.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
-  if (!(o.input_mix >= 0 && o.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
-  if (!(o.lr_rounding >= 0) || !(o.lr_act >= 0) || !(o.brecq_lr_act >= 0)) throw Error("learning rates must be ≥ 0");
-  if (!(o.warmup >= 0 && o.warmup < 1)) throw Error("--warmup must be in [0, 1)");
+  if (!(o.qdrop.drop_prob > 0 && o.qdrop.drop_prob <= 1)) throw Error("--drop-prob must be in (0, 1]");
+  if (!(o.qdrop.input_mix >= 0 && o.qdrop.input_mix <= 1)) throw Error("--input-mix must be in [0, 1]");
+  if (!(o.rounding.lr >= 0) || !(o.steps.lr >= 0) || !(o.steps.brecq_lr >= 0)) throw Error("learning rates must be ≥ 0");
+  if (!(o.rounding.warmup >= 0 && o.rounding.warmup < 1)) throw Error("--warmup must be in [0, 1)");
   if (!(o.rec_p > 0) || !(o.brecq_act_p > 0)) throw Error("--rec-p and --brecq-act-p must be > 0");
   if (o.max_block_compute < 1) throw Error("--max-unit-convs must be ≥ 1");
   if (o.picture_units < 0 || o.picture_images < 0) throw Error("picture_units and picture_images must be ≥ 0");
@@ -109,7 +109,7 @@ constexpr double kPassCheckToleranceDb = 0.1;
 Reconstructor::Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
                              const ReconOptions& opts)
     : g_(g), plan_(plan), enc_(enc), opts_(opts), device_(opts.device),
-      store_(opts.max_cache_mb * 1048576ull, opts.spill_dir), fisher_store_(opts.max_cache_mb * 1048576ull, opts.spill_dir) {
+      store_(opts.cache.max_mb * 1048576ull, opts.cache.spill_dir), fisher_store_(opts.cache.max_mb * 1048576ull, opts.cache.spill_dir) {
   validate_options(opts);
   if (inputs.empty()) throw Error("reconstruction needs calibration images");
   if (g.inputs.size() != 1) throw Error("reconstruction needs a model with one input");
@@ -178,7 +178,7 @@ ReconResult Reconstructor::run() {
   size_t resume_units = 0;
   int64_t resumed_iters = -1;
   initial_steps_ = snapshot().steps;
-  if (opts_.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
+  if (opts_.checkpoint.resume) std::tie(resume_pass, resume_units, resumed_iters) = load_checkpoint(res);
   {
     // FP unit inputs of one mini-batch: the cost model's FP forward + backward and the time-limit probe.
     const auto batch_inputs = batch_unit_inputs(std::min<int64_t>(opts_.batch, num_train_));
@@ -186,7 +186,7 @@ ReconResult Reconstructor::run() {
     // Measured iterations cost 8 per unit and pass: done for a time limit, and otherwise when that is at
     // most 5 % of the iterations, so that the first estimate and ETA rest on measured costs. Not on resume:
     // the iteration count is the checkpoint's, and the probe would train units that are already finished.
-    measured_costs_ = !opts_.resume && (opts_.time_limit_s > 0 || (opts_.measure_costs && kProbeIters * 20 <= opts_.iters));
+    measured_costs_ = !opts_.checkpoint.resume && (opts_.time_limit_s > 0 || (opts_.measure_costs && kProbeIters * 20 <= opts_.iters));
     if (measured_costs_) measure_unit_iterations(passes, batch_inputs);
     // The iteration count is chosen once, before the first unit, and kept by checkpoints: the run is then
     // reproducible with --iters set to the printed count.
@@ -226,8 +226,8 @@ ReconResult Reconstructor::run() {
         work_done_ += unit_work(ui, pass);
         res.reports.back().predicted_seconds = unit_work(ui, pass) * 1e-3;
         ++finished_units;
-        if (!opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, ui + 1, res);
-        if (opts_.stop_after_units >= 0 && finished_units >= opts_.stop_after_units &&
+        if (!opts_.checkpoint.dir.empty()) save_checkpoint(pass.index, ui + 1, res);
+        if (opts_.checkpoint.stop_after_units >= 0 && finished_units >= opts_.checkpoint.stop_after_units &&
             !(pass.index == passes.back().index && ui + 1 == units_.size())) {
           res.seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
           res.peak_cache_bytes = store_.peak_bytes_in_memory();
@@ -254,7 +254,7 @@ ReconResult Reconstructor::run() {
         opts_.log(fmt::format("[recon] pass {}: network output SQNR on the {} held-out images {:.2f} -> {:.2f} dB{}", pass.index,
                               holdout_, sqnr_start, sqnr_end,
                               worse ? "; worse, so the pass is undone (the state it started from is kept)" : ""));
-      if (worse && !opts_.checkpoint_dir.empty()) save_checkpoint(pass.index, units_.size(), res);
+      if (worse && !opts_.checkpoint.dir.empty()) save_checkpoint(pass.index, units_.size(), res);
     }
   }
   store_.clear();
@@ -581,13 +581,13 @@ void Reconstructor::save_checkpoint(int pass, size_t units_done, const ReconResu
   for (const auto& [node, p] : weights_)
     if (p.hard.defined()) st.hard_weights.emplace_back(p.tensor, p.hard);
   for (const auto& [gid, grp] : groups_) st.act_scales[gid] = grp.scale.item<float>();
-  write_checkpoint(opts_.checkpoint_dir, st, checkpoints_written_);
+  write_checkpoint(opts_.checkpoint.dir, st, checkpoints_written_);
 }
 
 std::tuple<int, size_t, int64_t> Reconstructor::load_checkpoint(ReconResult& res) {
   std::map<std::string, WeightParam*> by_tensor;
   for (auto& [n, p] : weights_) by_tensor[p.tensor] = &p;
-  const CheckpointState st = read_checkpoint(opts_.checkpoint_dir, checkpoint_run_key(opts_, shard_count(), holdout_, num_), [&](const std::string& t) -> int64_t {
+  const CheckpointState st = read_checkpoint(opts_.checkpoint.dir, checkpoint_run_key(opts_, shard_count(), holdout_, num_), [&](const std::string& t) -> int64_t {
     auto it = by_tensor.find(t);
     return it == by_tensor.end() ? -1 : it->second->w.numel();
   });
@@ -599,7 +599,7 @@ std::tuple<int, size_t, int64_t> Reconstructor::load_checkpoint(ReconResult& res
     groups_.at(gid).scale = at::full({1}, static_cast<double>(s), at::TensorOptions().dtype(at::kFloat).device(device_));
   res.reports.insert(res.reports.end(), st.reports.begin(), st.reports.end());
   if (opts_.log)
-    opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint_dir, st.pass, st.units_done, units_.size()));
+    opts_.log(fmt::format("resuming from '{}': pass {}, {} of {} units done", opts_.checkpoint.dir, st.pass, st.units_done, units_.size()));
   return {st.pass, st.units_done, st.iters};
 }
 

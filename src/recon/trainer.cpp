@@ -120,7 +120,7 @@ void Reconstructor::train(size_t ui, const PassSpec& pass, int passes, const std
   if (!volume.empty() && volume.size() != u.outputs.size()) volume.clear();
 
   AdaRoundConfig cfg;
-  cfg.lambda = opts_.round_lambda, cfg.beta_start = opts_.beta_start, cfg.beta_end = opts_.beta_end, cfg.warmup = opts_.warmup;
+  cfg.lambda = opts_.rounding.lambda, cfg.beta_start = opts_.rounding.beta_start, cfg.beta_end = opts_.rounding.beta_end, cfg.warmup = opts_.rounding.warmup;
   struct Rounding { WeightParam* p; at::Tensor v; Adam adam; };
   std::vector<Rounding> roundings;
   rt::TensorMap overrides;
@@ -256,10 +256,10 @@ void Reconstructor::train(size_t ui, const PassSpec& pass, int passes, const std
     }
     lap(ph.soft_weights);
     for (auto& r : roundings)
-      if (r.v.grad().defined()) r.adam.step(r.v, r.v.grad(), opts_.lr_rounding);
+      if (r.v.grad().defined()) r.adam.step(r.v, r.v.grad(), opts_.rounding.lr);
     const double lr_act = step_learning_rate(pass, it);
     for (size_t j = 0; j < steps.size(); ++j)
-      update_step(*steps[j].first, steps[j].second, grad[roundings.size() + j], lr_act, opts_.step_update);
+      update_step(*steps[j].first, steps[j].second, grad[roundings.size() + j], lr_act, opts_.steps.update);
     if (quiet_) probe_iter_ms_.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t_iter).count());
     if (opts_.progress && !quiet_ && (std::chrono::duration<double>(clock_type::now() - t_last).count() > 1.0 || it + 1 == pass.iters)) {
       t_last = clock_type::now();
