@@ -197,6 +197,8 @@ def markdown(rows, args, best, fp32):
             if meas and (base is None or meas[0]["map"] > base):
                 base, b = meas[0]["map"], (meas[0]["map"], "mse " + args.extra_by_model.get(model, ""))
             fp = fp32.get(model)
+            if not any(r["model"] == model and r["config"] == config and r["method"] in args.methods for r in rows):
+                continue  # no run of this model and preset: no rows, not even its baseline
             lines.append(f"| {model} | {config.upper()} | best calibrator ({b[1] if b else '?'}) | "
                          f"{base if base is not None else float('nan'):.4f} | | | | | | | |")
             for method in args.methods:

@@ -672,4 +672,6 @@ TEST(OptionNames, EveryTableRoundTrips) {
   check_name_table(inlier::topk_selection_names(), "--topk-selection");
   check_name_table(inlier::saliency_names(), "--saliency");
   check_name_table(inlier::weighting_names(), "--inlier-weighting");
+  check_name_table(quant::layout_names(), "--layout");
+  check_name_table(pipeline::weight_type_names(), "--weight-type");
 }

@@ -18,7 +18,7 @@ std::pair<Graph, quant::QuantPlan> prepared_plan(const std::string& model, const
                                                  const std::vector<std::string>& exclude, const std::string& layout) {
   pipeline::QuantizeJob job;
   job.preset = preset;
-  job.layout = layout;
+  job.layout = quant::parse_layout(layout);
   job.quantize_head = quantize_head;
   job.exclude = exclude;
   if (!profile_name.empty()) load_profile(profile_name);

@@ -230,13 +230,14 @@ Command add_quantize(CLI::App& app, const int& threads) {
                 "unquantized, as QDrop's COCO code does");
   sub->add_flag("!--no-ort-latency", q.ort_latency,
                 "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");
-  sub->add_option("--weight-type", q.weight_type,
-                  "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, which do not "
-                  "saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with block, for TensorRT)");
-  sub->add_option("--layout", q.layout,
-                  "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
-                  "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual Add) or "
-                  "auto (default: ort with 8-bit activations, block below)");
+  a->named.push_back(add_named_option(sub, "--weight-type", q.weight_type, pipeline::weight_type_names(),
+                                      "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, "
+                                      "which do not saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with "
+                                      "block, for TensorRT)"));
+  a->named.push_back(add_named_option(sub, "--layout", q.layout, quant::layout_names(),
+                                      "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
+                                      "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual "
+                                      "Add) or auto (ort with 8-bit activations, block below)"));
   sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);
   sub->add_option("--fidelity-images", q.fidelity_images, "calibration-folder images held out of calibration for the label-free fidelity estimate (agreement mAP against the FP32 detections, output SQNR) that auto chooses by and the report shows: the next ones after --num-calib (0 = none)")->default_val(q.fidelity_images);
   sub->add_option("--reference-score", q.fidelity_reference_score, "fidelity estimate: FP32 detections at or above this score are the ground truth")->default_val(q.fidelity_reference_score);

@@ -54,6 +54,11 @@ class FidelityReference {
   std::unique_ptr<Impl> impl_;
 };
 
+// How exported weight codes are stored: int8, or uint8 with zero point 128 (ONNX Runtime's U8U8 kernels); auto:
+// uint8 in the ort layout, int8 in the block layout (TensorRT).
+enum class WeightType { Auto, Int8, Uint8 };
+const NameTable<WeightType>& weight_type_names();
+
 struct QuantizeJob {
   std::string model, profile, calib_dir;
   std::string out;  // OUT.onnx; OUT.encodings.json, OUT.trt.cache and OUT.report.html go next to it
@@ -76,7 +81,9 @@ struct QuantizeJob {
   uint64_t seed = 0;
   std::string device = "cpu";
   // Placement and export.
-  std::string layout = "auto", weight_type = "auto", config;
+  quant::QdqLayout layout = quant::QdqLayout::Auto;
+  WeightType weight_type = WeightType::Auto;
+  std::string config;
   std::vector<std::string> exclude;
   bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;
   // Per-channel weight grids with a zero point (as BRECQ and QDrop use); TensorRT accepts only symmetric ones.

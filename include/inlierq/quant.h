@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "inlierq/names.h"
 #include "inlierq/graph.h"
 
 namespace inlierq::quant {
@@ -27,8 +28,9 @@ enum class QdqLayout {
   // which stops ORT's fusion anyway, and every extra quantizer costs accuracy at 4 bit.
   Auto,
 };
+const NameTable<QdqLayout>& layout_names();  // ort | block | auto
 const char* layout_name(QdqLayout l);
-QdqLayout parse_layout(const std::string& name);  // "ort" | "block" | "auto"; Error listing them otherwise
+QdqLayout parse_layout(const std::string& name);  // Error naming --layout and listing the names otherwise
 
 struct PlacementOptions {
   QdqLayout layout = QdqLayout::Auto;

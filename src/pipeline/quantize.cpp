@@ -67,10 +67,10 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
   po.quantize_head = job.quantize_head;
   po.share_concat_scales = !job.separate_concat_scales;
   po.float_inputs_of_float_nodes = job.float_head_input;
-  if (job.float_head_input && (job.layout == "ort" || (job.layout == "auto" && abits >= 8)))
+  if (job.float_head_input && (job.layout == quant::QdqLayout::Ort || (job.layout == quant::QdqLayout::Auto && abits >= 8)))
     throw Error("--float-head-input applies to the block layout (below 8-bit activations, or --layout block); "
                 "the ort layout quantizes every compute output");
-  po.layout = quant::parse_layout(job.layout);
+  po.layout = job.layout;
   po.exclude = job.exclude;
   if (!job.config.empty()) {
     std::ifstream f(job.config);
@@ -82,6 +82,11 @@ quant::PlacementOptions placement_options(const QuantizeJob& job) {
     }
   }
   return po;
+}
+
+const NameTable<WeightType>& weight_type_names() {
+  static const NameTable<WeightType> t{{{WeightType::Auto, "auto"}, {WeightType::Int8, "int8"}, {WeightType::Uint8, "uint8"}}};
+  return t;
 }
 
 bool is_reconstruction_method(const std::string& method) { return recon::find_reconstruction_method(method) != nullptr; }
@@ -141,11 +146,8 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
     throw Error("--method auto chooses by the fidelity on held-out images; --fidelity-images 0 leaves none");
   if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
     throw Error("--reference-score must be in (0, 1)");
-  if (job.weight_type != "auto" && job.weight_type != "int8" && job.weight_type != "uint8")
-    throw Error("unknown --weight-type '" + job.weight_type + "' (expected auto, int8 or uint8)");
-  if (job.weight_asymmetric && job.weight_type == "int8")
+  if (job.weight_asymmetric && job.weight_type == WeightType::Int8)
     throw Error("--weight-asymmetric stores weight codes as uint8 with per-channel zero points; --weight-type int8 needs symmetric weights");
-  quant::parse_layout(job.layout);
   if (job.weight_method != "mse" && job.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + job.weight_method + "' (expected mse or minmax)");
   if (job.num_calib == 0) throw Error("--num-calib must be at least 1");
@@ -487,7 +489,8 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
   quant::ExportOptions xo;
-  xo.unsigned_weights = job.weight_type == "uint8" || (job.weight_type == "auto" && final_plan.layout == quant::QdqLayout::Ort);
+  xo.unsigned_weights =
+      job.weight_type == WeightType::Uint8 || (job.weight_type == WeightType::Auto && final_plan.layout == quant::QdqLayout::Ort);
   res.weight_storage = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
   enc.meta["weight_storage"] = res.weight_storage;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);

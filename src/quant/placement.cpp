@@ -453,14 +453,12 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
   return plan;
 }
 
-const char* layout_name(QdqLayout l) { return l == QdqLayout::Ort ? "ort" : l == QdqLayout::Block ? "block" : "auto"; }
-
-QdqLayout parse_layout(const std::string& name) {
-  if (name == "ort") return QdqLayout::Ort;
-  if (name == "block") return QdqLayout::Block;
-  if (name == "auto") return QdqLayout::Auto;
-  throw Error("unknown Q/DQ layout '" + name + "' (expected auto, ort or block)");
+const NameTable<QdqLayout>& layout_names() {
+  static const NameTable<QdqLayout> t{{{QdqLayout::Ort, "ort"}, {QdqLayout::Block, "block"}, {QdqLayout::Auto, "auto"}}};
+  return t;
 }
+const char* layout_name(QdqLayout l) { return layout_names().name(l).c_str(); }
+QdqLayout parse_layout(const std::string& name) { return layout_names().parse(name, "--layout"); }
 
 nlohmann::json QuantPlan::to_json() const {
   nlohmann::json j;
