@@ -28,7 +28,7 @@ enum class QdqLayout {
   // which stops ORT's fusion anyway, and every extra quantizer costs accuracy at 4 bit.
   Auto,
 };
-const NameTable<QdqLayout>& layout_names();  // ort | block | auto
+const NameTable<QdqLayout>& layout_names();  // auto | ort | block
 const char* layout_name(QdqLayout l);
 QdqLayout parse_layout(const std::string& name);  // Error naming --layout and listing the names otherwise
 

@@ -454,7 +454,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
 }
 
 const NameTable<QdqLayout>& layout_names() {
-  static const NameTable<QdqLayout> t{{{QdqLayout::Ort, "ort"}, {QdqLayout::Block, "block"}, {QdqLayout::Auto, "auto"}}};
+  static const NameTable<QdqLayout> t{{{QdqLayout::Auto, "auto"}, {QdqLayout::Ort, "ort"}, {QdqLayout::Block, "block"}}};
   return t;
 }
 const char* layout_name(QdqLayout l) { return layout_names().name(l).c_str(); }
