@@ -17,6 +17,7 @@
 #include "inlierq/transforms.h"
 #include "quant/fake_quant.h"
 #include "quant/qdrop_kernel.h"
+#include "recon/reconstructor.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
 #include "test_helpers.h"
@@ -350,8 +351,9 @@ TEST(Reconstruction, HeldOutCheckKeepsTheStartWhenTrainingHurts) {
   EXPECT_GT(unguarded, 1.05 * calibrated) << "the sabotage must hurt, or this test shows nothing";
 }
 
-// --time-limit picks the iteration count from measured speed: more time, more iterations; the run ends
-// near the limit (loose bounds: CI machines are shared), and the ETA never goes negative.
+// --time-limit picks the iteration count from measured speed: the choice in closed form, and a real run that
+// equals one with --iters set to the printed count. Wall times are printed, not asserted (a shared machine can
+// stall any probe); bench/ and docs/RECONSTRUCTION.md, "Time limit", measure how close runs end to the limit.
 TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
   const auto [g, plan, xs, enc0] = tiny_net(13, 16);
   auto run = [&](double seconds, std::vector<double>* etas) {
@@ -366,10 +368,13 @@ TEST(Reconstruction, TimeLimitChoosesIterationsThatFit) {
   const auto shorter = run(1.5, nullptr), longer = run(4.0, &etas);
   std::printf("  1.5 s: %lld iterations per unit in %.2f s; 4 s: %lld in %.2f s\n", static_cast<long long>(shorter.iters),
               shorter.seconds, static_cast<long long>(longer.iters), longer.seconds);
-  EXPECT_GE(shorter.iters, 10);
-  EXPECT_GT(longer.iters, shorter.iters);
-  EXPECT_LT(longer.seconds, 2 * 4.0 + 1);
-  EXPECT_GT(longer.seconds, 0.3 * 4.0);
+  EXPECT_EQ(recon::iterations_for_budget(10000, 1000, 90), 100);  // (10 s − 1 s of evaluation) / 90 ms
+  EXPECT_EQ(recon::iterations_for_budget(10000, 1000, 90.5), 99);
+  EXPECT_EQ(recon::iterations_for_budget(20000, 1000, 90), 211);  // more time, more iterations
+  EXPECT_EQ(recon::iterations_for_budget(1500, 1000, 90), recon::kMinTimeLimitIters);  // the limit allows 5
+  EXPECT_EQ(recon::iterations_for_budget(500, 1000, 90), recon::kMinTimeLimitIters);   // already over the limit
+  EXPECT_GE(shorter.iters, recon::kMinTimeLimitIters);
+  EXPECT_GE(longer.iters, recon::kMinTimeLimitIters);
   for (const auto& r : longer.reports) EXPECT_EQ(r.iters, longer.iters);
   ASSERT_FALSE(etas.empty());
   for (double e : etas) EXPECT_GE(e, 0);

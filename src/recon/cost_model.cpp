@@ -135,13 +135,18 @@ int64_t Reconstructor::iters_for_time_limit(const std::vector<PassSpec>& passes,
   }
   const double left_ms = opts_.time_limit_s * 1e3 - std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
   const int64_t n = static_cast<int64_t>(std::floor((left_ms - evals) / per_iter));
-  const int64_t chosen = std::max<int64_t>(10, n);
+  const int64_t chosen = iterations_for_budget(left_ms, evals, per_iter);
   if (opts_.log)
     opts_.log(fmt::format("[recon] time limit {:.1f} min: {} iterations per unit{} (measured {:.0f} ms per iteration over all units, "
                           "{:.0f} s of evaluation; reproduce with --iters {})",
-                          opts_.time_limit_s / 60, chosen, n < 10 ? fmt::format(" (the limit allows {}; using the minimum)", std::max<int64_t>(0, n)) : "",
+                          opts_.time_limit_s / 60, chosen, n < kMinTimeLimitIters ? fmt::format(" (the limit allows {}; using the minimum)", std::max<int64_t>(0, n)) : "",
                           per_iter, evals * 1e-3, chosen));
   return chosen;
+}
+
+int64_t iterations_for_budget(double left_ms, double eval_ms, double ms_per_iteration) {
+  const double n = std::floor((left_ms - eval_ms) / std::max(1e-9, ms_per_iteration));
+  return n < static_cast<double>(kMinTimeLimitIters) ? kMinTimeLimitIters : static_cast<int64_t>(n);
 }
 
 // Median wall time of a plain FP forward + backward of the unit through ATen autograd at the training

@@ -24,6 +24,11 @@
 
 namespace inlierq::recon {
 
+// --time-limit's choice: the iterations per unit that fit `left_ms` after `eval_ms` of evaluations, at
+// `ms_per_iteration` summed over all units and passes; never fewer than kMinTimeLimitIters.
+constexpr int64_t kMinTimeLimitIters = 10;
+int64_t iterations_for_budget(double left_ms, double eval_ms, double ms_per_iteration);
+
 class Reconstructor {
  public:
   Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Encodings& enc, const std::vector<TensorData>& inputs,
