@@ -9,6 +9,14 @@
 
 namespace inlierq {
 
+// "a, b, c or d" (last = "" gives "a, b, c, d"): how errors list names.
+inline std::string join_names(const std::vector<std::string>& names, const char* last = "or") {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i)
+    s += (i == 0 ? std::string() : i + 1 == names.size() && *last ? std::string(" ") + last + " " : std::string(", ")) + names[i];
+  return s;
+}
+
 template <class E>
 struct NameTable {
   std::vector<std::pair<E, std::string>> rows;
@@ -22,17 +30,17 @@ struct NameTable {
   E parse(const std::string& text, const std::string& what) const {
     for (const auto& [v, n] : rows)
       if (n == text) return v;
-    throw Error("unknown " + what + " '" + text + "' (expected " + list(", ", " or ") + ")");
+    throw Error("unknown " + what + " '" + text + "' (expected " + join_names(names()) + ")");
   }
   std::vector<std::string> names() const {
     std::vector<std::string> out;
     for (const auto& r : rows) out.push_back(r.second);
     return out;
   }
-  std::string list(const std::string& sep = " | ", const std::string& last = "") const {
+  // "a | b | c", for --help.
+  std::string list() const {
     std::string s;
-    for (size_t i = 0; i < rows.size(); ++i)
-      s += (i == 0 ? "" : i + 1 == rows.size() && !last.empty() ? last : sep) + rows[i].second;
+    for (const auto& r : rows) s += (s.empty() ? "" : " | ") + r.second;
     return s;
   }
 };

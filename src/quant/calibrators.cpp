@@ -16,13 +16,6 @@ std::vector<std::string> calibration_methods() {
   return names;
 }
 
-std::string join_names(const std::vector<std::string>& names, const char* last) {
-  std::string s;
-  for (size_t i = 0; i < names.size(); ++i)
-    s += (i == 0 ? std::string() : i + 1 == names.size() && *last ? std::string(" ") + last + " " : std::string(", ")) + names[i];
-  return s;
-}
-
 const Calibrator& find_calibrator(const std::string& name) {
   for (const auto* c : calibrators())
     if (name == c->name) return *c;

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "inlierq/names.h"
 #include "inlierq/quant.h"
 #include "quant/range_search.h"
 
@@ -42,7 +43,6 @@ extern const Calibrator kMinmaxCalibrator, kPercentileCalibrator, kEntropyCalibr
 const std::vector<const Calibrator*>& calibrators();
 // Error listing the known names when there is no calibrator `name`.
 const Calibrator& find_calibrator(const std::string& name);
-// "a, b, c or d" (last = "" gives "a, b, c, d")
-std::string join_names(const std::vector<std::string>& names, const char* last = "or");
+using inlierq::join_names;  // include/inlierq/names.h
 
 }  // namespace inlierq::quant

@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "inlierq/error.h"
-#include "quant/calibrators.h"
 
 namespace inlierq::recon {
 namespace {
@@ -42,7 +41,7 @@ const std::vector<MethodRow>& method_rows() {
 const MethodRow& row_of(const std::string& name) {
   for (const auto& r : method_rows())
     if (r.info.name == name && r.passes) return r;
-  throw Error("unknown reconstruction method '" + name + "' (expected " + quant::join_names(reconstruction_methods()) + ")");
+  throw Error("unknown reconstruction method '" + name + "' (expected " + join_names(reconstruction_methods()) + ")");
 }
 
 }  // namespace

@@ -21,7 +21,6 @@
 
 #include "inlierq/error.h"
 #include "inlier/gradient_stage.h"
-#include "quant/calibrators.h"
 #include "quant/range_search.h"
 #include "quant/sqnr.h"
 #include "recon/checkpoint.h"
@@ -33,7 +32,7 @@ namespace inlierq::recon {
 void validate_options(const ReconOptions& o) {
   const auto methods = reconstruction_methods();
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
-    throw Error("unknown reconstruction method '" + o.method + "' (expected " + quant::join_names(methods) + ")");
+    throw Error("unknown reconstruction method '" + o.method + "' (expected " + join_names(methods) + ")");
   if (o.iters < 0) throw Error("--iters must be ≥ 0");
   if (!(o.time_limit_s >= 0)) throw Error("--time-limit must be ≥ 0 minutes");
   if (o.brecq_act_iters < 0) throw Error("--brecq-act-iters must be ≥ 0");
