@@ -12,8 +12,11 @@ Configurations (each a file of the same model):
   inlierq        `inlierq quantize --preset w8a8` with every other option at its default;
   inlierq_block  the same with `--layout block` (the Q/DQ layout before the ORT layout existed);
   ort            bench/ort_peer.py: onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights,
-                 uint8 activations, MinMax) on the same 64 calibration images.
-Extra inlierq variants: NAME=ARGS, e.g. --configs "fp32,inlierq,mse=--method mse" (ARGS split on spaces).
+                 uint8 activations, MinMax) on the same 64 calibration images;
+  nncf           bench/nncf_peer.py: NNCF's nncf.quantize at its defaults on the same 64 images, run by the
+                 python of its own environment (--nncf-python; bash bench/setup_peers.sh makes it).
+Extra inlierq variants: NAME=ARGS, e.g. --configs "fp32,inlierq,mse=--method mse" (ARGS split on spaces; a
+--preset in ARGS replaces the default w8a8).
 
 Latency: ONNX Runtime CPU sessions at the default optimisation level, intra_op_num_threads = T,
 inter_op_num_threads = 1, one random input, 3 warm-up runs, then `runs` timed runs; the rounds alternate over
@@ -68,9 +71,14 @@ def make_file(args, model, config, extra):
     if config == "ort":
         cmd = [sys.executable, os.path.join(HERE, "ort_peer.py"), "--model", model, "--method", "minmax", "-o", out,
                "--assets", args.assets, "--threads", "2"]
+    elif config == "nncf":
+        if not os.path.exists(args.nncf_python):
+            raise RuntimeError(f"{args.nncf_python}: no NNCF environment (bash bench/setup_peers.sh makes it)")
+        cmd = [args.nncf_python, os.path.join(HERE, "nncf_peer.py"), "--model", model, "-o", out, "--assets", args.assets]
     else:
         cmd = [CLI, "--threads", "2", "quantize", model_file(args, model), "--profile", PROFILES[model],
-               "--calib", calib_dir(args), "--num-calib", "64", "--preset", "w8a8", "-o", out, "--force", *extra]
+               "--calib", calib_dir(args), "--num-calib", "64", *([] if "--preset" in extra else ["--preset", "w8a8"]), "-o", out, "--force",
+               *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -198,7 +206,9 @@ def markdown(rows, args, meta):
              "`--method auto`, docs/QUANTIZATION.md §4a), "
              + ("as the same with `--layout block` (block-output Q/DQ only: the export before the ORT layout), "
                 if "inlierq_block" in args.configs.split(",") else "") +
-             "and as ONNX Runtime's `quantize_static` (`bench/ort_peer.py --method minmax`), all calibrated on the first 64 "
+             "as ONNX Runtime's `quantize_static` (`bench/ort_peer.py --method minmax`)"
+             + (" and as NNCF's `nncf.quantize` at its defaults (`bench/nncf_peer.py`)" if "nncf" in args.configs.split(",") else "")
+             + ", all calibrated on the first 64 "
              "coco128 images. Latency: ONNX Runtime CPU, median of "
              f"{args.rounds} alternating rounds × {args.runs} runs per file and thread count; ratio against the FP32 "
              "file in the same run. int8 MACs: share of the FP32 model's conv MACs that ONNX Runtime's optimised "
@@ -286,6 +296,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="mAP on the first N val images (0 = all 500)")
     ap.add_argument("--no-map", action="store_true")
+    ap.add_argument("--nncf-python", default=os.path.join(HERE, ".venv-nncf", "bin", "python"),
+                    help="the python of the NNCF environment (config nncf)")
     ap.add_argument("--assets", default=ref.ASSETS)
     ap.add_argument("--workdir", default="/tmp/inlierq_export_latency")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
@@ -299,7 +311,7 @@ def main():
     configs = []
     for c in args.configs.split(","):
         name, _, extra = c.partition("=")
-        if name not in ("fp32", "ort") and name not in BUILTIN and not extra:
+        if name not in ("fp32", "ort", "nncf") and name not in BUILTIN and not extra:
             ap.error(f"unknown configuration '{c}'")
         configs.append((name, shlex.split(extra) if extra else BUILTIN.get(name, [])))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.system()}",

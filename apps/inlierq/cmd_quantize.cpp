@@ -42,6 +42,9 @@ void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const
                  "floating point: {})\n",
                  quant::layout_name(p.layout), r.bytes / 1e6, r.fp32_bytes / 1e6, 100 * r.integer_mac_fraction,
                  p.float_nodes.size(), p.float_nodes.empty() ? std::string("none") : p.float_reasons.front() + ", ...");
+      if (r.budget_met)
+        fmt::print("budget {}: {}\n", job.budget.to_string(),
+                   *r.budget_met ? "met" : "NOT met by any configuration tried; wrote the closest (encodings: meta.auto.trials)");
       if (r.fidelity) {
         const auto& f = *r.fidelity;
         fmt::print("label-free fidelity on {} held-out calibration images ({} FP32 boxes with score >= {:g}): agreement mAP {}, "
@@ -94,6 +97,7 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
                    {"activation_quantizers", r.plan.activations.size()}, {"fallback", job.fallback},
                    {"layout", quant::layout_name(r.plan.layout)}, {"bytes", r.bytes},
                    {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
+                   {"budget_met", r.budget_met ? nlohmann::json(*r.budget_met) : nlohmann::json()},
                    {"seconds", r.seconds.total}, {"report", r.out_report}, {"fallback_groups", r.fallback_groups},
                    {"calibrator", r.init_method}};
   if (r.fidelity) j["fidelity"] = r.fidelity->to_json();
@@ -241,6 +245,14 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);
   sub->add_option("--fidelity-images", q.fidelity_images, "calibration-folder images held out of calibration for the label-free fidelity estimate (agreement mAP against the FP32 detections, output SQNR) that auto chooses by and the report shows: the next ones after --num-calib (0 = none)")->default_val(q.fidelity_images);
   sub->add_option("--reference-score", q.fidelity_reference_score, "fidelity estimate: FP32 detections at or above this score are the ground truth")->default_val(q.fidelity_reference_score);
+  auto budget = std::make_shared<std::string>();
+  sub->add_option("--budget", *budget,
+                  "what --method auto must stay within: int8-macs=F (at least this share of the conv MACs in ONNX Runtime's "
+                  "integer 8-bit kernels, 0..1), latency=X (ONNX Runtime latency at most X times FP32's, 1 thread, measured "
+                  "for every trial; needs python3 with onnxruntime), or both, comma-separated");
+  a->named.push_back([budget, &q] {
+    if (!budget->empty()) q.budget = pipeline::parse_budget(*budget);
+  });
   sub->add_option("--fallback", q.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
   sub->add_flag("--sensitivity", q.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
   sub->add_option("--sensitivity-images", q.sensitivity_images, "calibration images used for the sensitivity analysis")->default_val(8);

@@ -59,6 +59,18 @@ class FidelityReference {
 enum class WeightType { Auto, Int8, Uint8 };
 const NameTable<WeightType>& weight_type_names();
 
+// `--budget` (docs/QUANTIZATION.md §4b): the speed the user accepts, which `--method auto` must stay within while it
+// looks for the most accurate configuration. A zero field sets no limit.
+struct Budget {
+  double min_int8_macs = 0;  // share of the compute MACs that ONNX Runtime runs in integer 8-bit kernels, 0..1
+  double max_latency = 0;    // ONNX Runtime latency at 1 thread over the FP32 model's, measured per trial
+  bool empty() const { return min_int8_macs <= 0 && max_latency <= 0; }
+  std::string to_string() const;  // as parse_budget reads it ("" when empty)
+  nlohmann::json to_json() const;
+};
+// "int8-macs=0.9", "latency=0.8" or both, comma-separated; Error naming the bad item otherwise.
+Budget parse_budget(const std::string& spec);
+
 struct QuantizeJob {
   std::string model, profile, calib_dir;
   std::string out;  // OUT.onnx; OUT.encodings.json, OUT.trt.cache and OUT.report.html go next to it
@@ -77,6 +89,7 @@ struct QuantizeJob {
   size_t fidelity_images = 16;
   float fidelity_reference_score = 0.3f;
   int auto_max_fallback = 3;  // `auto`: activation groups it may leave in floating point
+  Budget budget;              // `auto` only
   int batch = 8;
   uint64_t seed = 0;
   std::string device = "cpu";
@@ -132,6 +145,7 @@ struct QuantizeResult {
   std::vector<std::string> fidelity_files;  // the held-out images of the fidelity estimate
   std::optional<Fidelity> fidelity;          // of the written file on those images
   nlohmann::json auto_trials;                // `auto`: every configuration measured, with its fidelity
+  std::optional<bool> budget_met;            // `auto` with a --budget: whether the choice is within it
   quant::QuantPlan plan;  // the final plan (after fallback and requantizers)
   std::vector<SensitivityEntry> sensitivity;  // most harmful first; empty unless asked
   size_t sensitivity_images = 0;              // calibration images it was measured on

@@ -28,6 +28,11 @@ Image side_by_side(const std::vector<Image>& images);
 // means, variances, priors, histogram{lo, hi, counts}, fallback).
 std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width = 420, int height = 220);
 
+// SVG of `--method auto`'s trials (meta.auto.trials): agreement mAP against the share of MACs in integer kernels,
+// the frontier (the best agreement at each share or above) as a line, the chosen trial (index `chosen`, -1: none)
+// ringed, and the budget's minimum share, when given (> 0), as a dashed line. Trials without agreement are left out.
+std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_int8_macs, int width = 480, int height = 260);
+
 // Nearest-neighbour downscale so that the longer side is at most max_side.
 Image thumbnail(const Image& img, int max_side);
 // Per image and map: (caption, saliency | inlier posterior side by side over the image, at most max_side

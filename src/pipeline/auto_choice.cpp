@@ -6,9 +6,11 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <set>
 
 #include "inlierq/error.h"
+#include "pipeline/budget.h"
 #include "pipeline/progress.h"
 #include "quant/calibrators.h"
 
@@ -68,51 +70,110 @@ void apply_fallback(const Config& c, quant::QuantPlan& plan, quant::Encodings& e
   quant::drop_activation_groups(plan, enc, {groups.begin(), groups.end()}, "sensitivity fallback (auto)");
 }
 
+// What a configuration costs against the budget.
+struct Cost {
+  double int8_macs = 0;
+  double latency = -1;  // measured only under a latency budget
+};
+
+bool within(const Budget& b, const Cost& c) {
+  return (b.min_int8_macs <= 0 || c.int8_macs >= b.min_int8_macs - 1e-12) && (b.max_latency <= 0 || c.latency <= b.max_latency);
+}
+
+// Latencies this close are one latency: the same graph measured twice differs by about this much here.
+constexpr double kLatencyTolerance = 0.03;
+
+// Between two costs outside the budget: a is closer to it than b (more MACs in integer kernels first, then a
+// latency lower by more than the tolerance). Neither closer: the fidelity decides.
+bool closer(const Budget& bu, const Cost& a, const Cost& b) {
+  if (bu.min_int8_macs > 0) {
+    const double sa = std::max(0.0, bu.min_int8_macs - a.int8_macs), sb = std::max(0.0, bu.min_int8_macs - b.int8_macs);
+    if (sa < sb - 1e-12) return true;
+    if (sb < sa - 1e-12) return false;
+  }
+  return bu.max_latency > 0 && a.latency < b.latency * (1 - kLatencyTolerance) && b.latency > bu.max_latency;
+}
+
 }  // namespace
 
 AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   if (!in.graph || !in.reference || !in.calibrate) throw Error("choose_calibration: graph, reference and calibrate are required");
+  if (in.budget.max_latency > 0 && !in.latency_ratio) throw Error("choose_calibration: a latency budget needs latency_ratio");
   const Graph& g = *in.graph;
+  const Budget& budget = in.budget;
   const auto started = std::chrono::steady_clock::now();
   AutoChoice best;
   bool have_best = false;
   Config best_config;
+  Cost best_cost;
   const auto log = [&](const std::string& line) {
     if (ev.log) ev.log(line);
   };
-  const auto measure = [&](const Config& c, const quant::QuantPlan& plan, const quant::Encodings& enc) {
-    const Graph qdq = quant::make_qdq_graph(g, plan, enc);
+  const auto measure = [&](const Config& c, const Graph& qdq, const Cost& cost) {
     const Fidelity f = in.reference->measure(qdq);
-    best.trials.push_back({{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
-                           {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
-                           {"fallback", c.fallback}, {"fidelity", f.to_json()}});
-    log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB  ({:.0f} s)", c.name(), f.agreement_map,
-                    f.output_sqnr_db, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()));
+    nlohmann::json trial = {{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
+                            {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
+                            {"fallback", c.fallback}, {"fidelity", f.to_json()}, {"integer_mac_fraction", cost.int8_macs}};
+    if (cost.latency >= 0) trial["latency_ratio"] = cost.latency;
+    if (!budget.empty()) trial["within_budget"] = within(budget, cost);
+    best.trials.push_back(std::move(trial));
+    log(fmt::format("[auto] {:<22} agreement mAP {:.4f}, output SQNR {:.2f} dB, int8 MACs {:.0f} %{}  ({:.0f} s)", c.name(),
+                    f.agreement_map, f.output_sqnr_db, 100 * cost.int8_macs,
+                    cost.latency >= 0 ? fmt::format(", latency {:.2f}× FP32", cost.latency) : std::string(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()));
     return f;
   };
-  const quant::QuantPlan plan_default = quant::derive_plan(g, in.placement);
+  // With an integer-MAC budget that the float head alone would break, every trial quantizes the head: the
+  // budget leaves no other way, and the fallback step then spends what is left of it.
+  quant::PlacementOptions base_placement = in.placement;
+  if (budget.min_int8_macs > 0 && in.choose_head && !base_placement.quantize_head &&
+      integer_mac_fraction(g, quant::derive_plan(g, base_placement)) < budget.min_int8_macs) {
+    base_placement.quantize_head = true;
+    log(fmt::format("[auto] budget {}: the floating-point head leaves too few MACs in integer kernels; the head is quantized "
+                    "in every trial", budget.to_string()));
+  }
+  const quant::QuantPlan plan_default = quant::derive_plan(g, base_placement);
   const auto plan_of = [&](const Config& c) {
-    quant::PlacementOptions po = in.placement;
+    quant::PlacementOptions po = base_placement;
     po.share_concat_scales = !c.separate_concat;
     po.quantize_head = c.quantize_head;
-    return po.share_concat_scales == in.placement.share_concat_scales && po.quantize_head == in.placement.quantize_head
+    return po.share_concat_scales == base_placement.share_concat_scales && po.quantize_head == base_placement.quantize_head
                ? plan_default
                : quant::derive_plan(g, po);
   };
-  // Measures a configuration (calibrated here unless given) and makes it the best when `accept(its fidelity, the
-  // best's)` (default: better).
+  // Measures a configuration (calibrated here unless given) and makes it the best when it is within the budget and
+  // the best is not; when both are within it and `accept(its fidelity, the best's)` (default: better); or when both
+  // are outside and it is closer, or as close and better. A configuration that breaks an integer-MAC budget the
+  // best meets is not measured (its cost is known before).
   const auto try_config = [&](const Config& c, const quant::Encodings* calibrated = nullptr,
                               const std::function<bool(const Fidelity&, const Fidelity&)>& accept = better_fidelity) {
     quant::QuantPlan plan = plan_of(c);
     quant::Encodings enc = calibrated ? *calibrated : in.calibrate(plan, {c.calibrator}, c.weight_method).at(c.calibrator);
     apply_fallback(c, plan, enc);
-    const Fidelity f = measure(c, plan, enc);
-    const bool taken = !have_best || accept(f, best.fidelity);
+    Cost cost;
+    cost.int8_macs = integer_mac_fraction(g, plan, enc);
+    if (have_best && within(budget, best_cost) && budget.min_int8_macs > 0 && cost.int8_macs < budget.min_int8_macs - 1e-12) {
+      log(fmt::format("[auto] {:<22} not measured: int8 MACs {:.0f} % < budget {:.0f} %", c.name(), 100 * cost.int8_macs,
+                      100 * budget.min_int8_macs));
+      return false;
+    }
+    const Graph qdq = quant::make_qdq_graph(g, plan, enc);
+    if (budget.max_latency > 0) cost.latency = in.latency_ratio(qdq);
+    const Fidelity f = measure(c, qdq, cost);
+    bool taken = !have_best;
+    if (!taken) {
+      const bool in_new = within(budget, cost), in_best = within(budget, best_cost);
+      if (in_new != in_best) taken = in_new;
+      else if (in_new) taken = accept(f, best.fidelity);
+      else taken = closer(budget, cost, best_cost) || (!closer(budget, best_cost, cost) && better_fidelity(f, best.fidelity));
+    }
     if (taken) {
       best.plan = std::move(plan);
       best.enc = std::move(enc);
       best.fidelity = f;
       best_config = c;
+      best_cost = cost;
+      best.chosen_trial = static_cast<int>(best.trials.size()) - 1;
       have_best = true;
     }
     return taken;
@@ -123,7 +184,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     if (c->in_auto) methods.push_back(c->name);
   const auto calibrated = in.calibrate(plan_default, methods, in.weight_method);
   for (const auto& m : methods)
-    try_config({m, in.weight_method, !in.placement.share_concat_scales, in.placement.quantize_head, {}}, &calibrated.at(m));
+    try_config({m, in.weight_method, !base_placement.share_concat_scales, base_placement.quantize_head, {}}, &calibrated.at(m));
   // 2. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself;
   // then the calibrators again with those groups in floating point (what suits the rest may differ).
   if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() && !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
@@ -131,12 +192,16 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
                                                     [&](size_t d, size_t) { sp.update(d); });
     for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
-    for (int k = 0; k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
-                    static_cast<int>(best_config.fallback.size()) < in.max_fallback && !(best.fidelity.agreement_map >= kAgreementGoodEnough);
+    // (Candidates a budget rules out before measuring do not count.)
+    for (int k = 0, tried = 0; tried < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
+                               static_cast<int>(best_config.fallback.size()) < in.max_fallback &&
+                               !(best.fidelity.agreement_map >= kAgreementGoodEnough);
          ++k) {
       Config c = best_config;
       c.fallback.push_back(sens[k].values.front());
+      const size_t before = best.trials.size();
       try_config(c, &calibrated.at(c.calibrator), worth_a_fallback);
+      tried += best.trials.size() > before;
     }
     // Groups can matter only together (one harmful quantizer masks the gain of removing the next): the prefixes of
     // the ranking, when the single steps kept none.
@@ -167,12 +232,12 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     try_config(c, &enc);
   }
   // 4. Concat scales, 5. the detection head, each on the best so far.
-  if (in.choose_concat_scales && in.placement.share_concat_scales) {
+  if (in.choose_concat_scales && base_placement.share_concat_scales) {
     Config c = best_config;
     c.separate_concat = true;
     try_config(c);
   }
-  if (in.choose_head && !in.placement.quantize_head) {
+  if (in.choose_head && !base_placement.quantize_head) {
     Config c = best_config;
     c.quantize_head = true;
     try_config(c, nullptr, head_is_affordable);
@@ -182,6 +247,13 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   best.separate_concat_scales = best_config.separate_concat;
   best.quantize_head = best_config.quantize_head;
   best.fallback_groups = best_config.fallback.size();
+  best.integer_mac_fraction = best_cost.int8_macs;
+  best.latency_ratio = best_cost.latency;
+  best.within_budget = within(budget, best_cost);
+  if (!best.within_budget)
+    log(fmt::format("[auto] no configuration tried meets the budget {}; chose the closest (int8 MACs {:.0f} %{})",
+                    budget.to_string(), 100 * best_cost.int8_macs,
+                    best_cost.latency >= 0 ? fmt::format(", latency {:.2f}× FP32", best_cost.latency) : std::string()));
   log(fmt::format("[auto] chose {}: agreement mAP {:.4f}, output SQNR {:.2f} dB on {} held-out images", best_config.name(),
                   best.fidelity.agreement_map, best.fidelity.output_sqnr_db, best.fidelity.images));
   return best;

@@ -20,7 +20,10 @@ struct AutoChoice {
   std::vector<SensitivityEntry> sensitivity;  // of the chosen calibration, when the fallback step ran
   size_t fallback_groups = 0;
   Fidelity fidelity;
+  double integer_mac_fraction = 0, latency_ratio = -1;  // of the choice; latency only with a latency budget
+  bool within_budget = true;                            // false: no trial met the budget (the closest is chosen)
   nlohmann::json trials = nlohmann::json::array();  // every configuration measured, in order
+  int chosen_trial = -1;                            // the index of the choice in trials
 };
 
 struct AutoChoiceInputs {
@@ -37,6 +40,9 @@ struct AutoChoiceInputs {
   std::string device = "cpu";
   int max_fallback = 3;            // groups the fallback step may leave in floating point (0: no fallback step)
   bool choose_weight_method = true, choose_concat_scales = true, choose_head = true;
+  // Trials outside the budget are never chosen over one within it. A latency budget needs latency_ratio.
+  Budget budget;
+  std::function<double(const Graph& qdq)> latency_ratio;  // ONNX Runtime latency over FP32's; throws when it cannot
 };
 
 AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev);

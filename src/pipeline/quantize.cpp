@@ -2,6 +2,8 @@
 // calibrate → sensitivity → reconstruct → export → write → evaluate → report.
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +22,7 @@
 #include "inlierq/runtime.h"
 #include "inlierq/transforms.h"
 #include "pipeline/auto_choice.h"
+#include "pipeline/budget.h"
 #include "pipeline/progress.h"
 #include "quant/calibrators.h"
 #include "util/atomic_file.h"
@@ -144,6 +147,13 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
                                    quant::join_names(recon_methods, "") + ")");
   if (auto_method && job.fidelity_images == 0)
     throw Error("--method auto chooses by the fidelity on held-out images; --fidelity-images 0 leaves none");
+  if (!job.budget.empty()) {
+    if (!auto_method)
+      throw Error("--budget is what --method auto searches within; --method " + job.method + " makes no choices to fit it");
+    if (job.budget.min_int8_macs > 0 && resolve_bits(job.preset, job.weight_bits, job.act_bits).second < 8)
+      throw Error("--budget " + job.budget.to_string() +
+                  ": ONNX Runtime's integer kernels need 8-bit activations (a sub-8-bit quantizer's Clip stops the fusion)");
+  }
   if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
     throw Error("--reference-score must be in (0, 1)");
   if (job.weight_asymmetric && job.weight_type == WeightType::Int8)
@@ -187,18 +197,6 @@ void check_checkpoint_options(const QuantizeJob& job, const Paths& p, bool recon
       throw Error(state.string() + ": corrupt checkpoint: " + e.what());
     }
   }
-}
-
-// Share of the compute MACs in the pattern ORT fuses into integer kernels (tests/py/test_qdq_vs_ort.py
-// checks the rule against ORT's optimised graph).
-double integer_mac_fraction(const Graph& g, const std::set<std::string>& quantized_nodes) {
-  int64_t all_macs = 0, quantized_macs = 0;
-  for (const auto& n : g.nodes) {
-    const int64_t m = node_macs(g, n);
-    all_macs += m;
-    if (quantized_nodes.count(n.name)) quantized_macs += m;
-  }
-  return all_macs ? static_cast<double>(quantized_macs) / all_macs : 0.0;
 }
 
 // In the ORT layout every compute node with quantized weights that ONNX Runtime will still run in floating point
@@ -349,6 +347,20 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     ai.reference = reference.get();
     ai.device = job.device;
     ai.max_fallback = job.fallback > 0 ? 0 : job.auto_max_fallback;
+    ai.budget = job.budget;
+    if (job.budget.max_latency > 0) {
+      const fs::path probe = fs::temp_directory_path() / ("inlierq_latency_probe_" + std::to_string(::getpid()) + ".onnx");
+      ai.latency_ratio = [&job, probe](const Graph& qdq) {
+        save_onnx(qdq, probe.string());
+        const nlohmann::json lat = ort_latency(job.model, probe.string());
+        std::error_code ec;
+        fs::remove(probe, ec);
+        if (!lat.contains("ratio"))
+          throw Error("--budget " + job.budget.to_string() + ": cannot measure the latency (" + lat.value("skipped", std::string("no ratio")) +
+                      "); it needs python3 with onnxruntime ($INLIERQ_PYTHON)");
+        return lat["ratio"].get<double>();
+      };
+    }
     // Four images, half the cost of the explicit --fallback's eight: on YOLOX-Nano they give the same three most
     // harmful groups (1177, 687, 861), and a wrong rank only costs a rejected trial.
     ai.sensitivity_inputs.assign(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), 4));
@@ -374,7 +386,12 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     enc.meta["auto"] = {{"calibrator", choice.calibrator}, {"weight_method", choice.weight_method},
                         {"separate_concat_scales", choice.separate_concat_scales}, {"quantize_head", choice.quantize_head},
                         {"fallback_groups", choice.fallback_groups},
-                        {"trials", choice.trials}, {"held_out_images", res.fidelity_files}};
+                        {"trials", choice.trials}, {"chosen_trial", choice.chosen_trial}, {"held_out_images", res.fidelity_files}};
+    if (!job.budget.empty()) {
+      enc.meta["auto"]["budget"] = job.budget.to_json();
+      enc.meta["auto"]["within_budget"] = choice.within_budget;
+      res.budget_met = choice.within_budget;
+    }
     res.plan = final_plan;
     if (!res.sensitivity.empty()) stage_done(Stage::Sensitivity);
   } else {

@@ -86,6 +86,71 @@ Image side_by_side(const std::vector<Image>& images) {
   return out;
 }
 
+std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_int8_macs, int width, int height) {
+  struct Point {
+    double share, agreement;
+    int index;
+    bool within;
+  };
+  std::vector<Point> pts;
+  for (size_t i = 0; i < trials.size(); ++i) {
+    const auto& t = trials[i];
+    const double a = t.contains("fidelity") ? t["fidelity"].value("agreement_map", -1.0) : -1.0;
+    if (a < 0 || !t.contains("integer_mac_fraction")) continue;
+    pts.push_back({t["integer_mac_fraction"].get<double>(), a, static_cast<int>(i), t.value("within_budget", true)});
+  }
+  const double ml = 44, mr = 12, mt = 24, mb = 30;
+  const double pw = width - ml - mr, ph = height - mt - mb;
+  double x_lo = 1, y_lo = 1, y_hi = 0;
+  for (const auto& p : pts) {
+    x_lo = std::min(x_lo, p.share);
+    y_lo = std::min(y_lo, p.agreement);
+    y_hi = std::max(y_hi, p.agreement);
+  }
+  if (min_int8_macs > 0) x_lo = std::min(x_lo, min_int8_macs);
+  x_lo = std::max(0.0, std::floor(x_lo * 10 - 0.5) / 10);
+  const double x_hi = 1.0;
+  if (pts.empty()) y_lo = 0, y_hi = 1;
+  const double pad = std::max(0.01, (y_hi - y_lo) * 0.08);
+  y_lo = std::max(0.0, y_lo - pad), y_hi = std::min(1.0, y_hi + pad);
+  if (y_hi <= y_lo) y_hi = y_lo + 0.01;
+  auto X = [&](double v) { return ml + (v - x_lo) / (x_hi - x_lo) * pw; };
+  auto Y = [&](double v) { return mt + ph - (v - y_lo) / (y_hi - y_lo) * ph; };
+  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
+  svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">agreement mAP against MACs in integer kernels</text>)",
+                     width, height, ml);
+  svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/><line x1="{0}" y1="{3}" x2="{0}" y2="{1}" stroke="black"/>)",
+                     ml, mt + ph, ml + pw, mt);
+  for (int k = 0; k <= 4; ++k) {
+    const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:.0f} %</text>)", X(xv), mt + ph + 14, 100 * xv);
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.3f}</text>)", ml - 3, Y(yv) + 4, yv);
+  }
+  svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">share of conv MACs in integer 8-bit kernels</text>)", ml + pw, height - 2);
+  if (min_int8_macs > 0)
+    svg += fmt::format(R"(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{3:.1f}" y="{4}" fill="#d62728">budget</text>)",
+                       X(min_int8_macs), mt, mt + ph, X(min_int8_macs) + 3, mt + 10);
+  // The frontier: from the largest share down, the best agreement at that share or above.
+  std::vector<Point> sorted = pts;
+  std::sort(sorted.begin(), sorted.end(), [](const Point& a, const Point& b) { return a.share > b.share; });
+  std::string path;
+  double best = -1;
+  for (const auto& p : sorted) {
+    if (p.agreement <= best) continue;
+    if (!path.empty()) path += fmt::format(" L{:.1f},{:.1f}", X(p.share), Y(best));
+    path += fmt::format("{}{:.1f},{:.1f}", path.empty() ? "M" : " L", X(p.share), Y(p.agreement));
+    best = p.agreement;
+  }
+  if (!path.empty()) svg += fmt::format(R"(<path d="{}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>)", path);
+  for (const auto& p : pts) {
+    svg += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="{}"><title>trial {}: {:.0f} %, {:.4f}</title></circle>)",
+                       X(p.share), Y(p.agreement), p.within ? "#1f77b4" : "#aaaaaa", p.index + 1, 100 * p.share, p.agreement);
+    if (p.index == chosen)
+      svg += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="7" fill="none" stroke="#d62728" stroke-width="2"/>)", X(p.share), Y(p.agreement));
+  }
+  return svg + "</svg>";
+}
+
 std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width, int height) {
   const auto& hist = fit.at("histogram");
   const double lo = hist.value("lo", -5.0), hi = hist.value("hi", 5.0);
@@ -183,10 +248,21 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
                      "activation group(s) left in floating point. Every configuration measured, in order:</p>",
                      html_escape(res.init_method), html_escape(a.value("weight_method", std::string())),
                      a.value("separate_concat_scales", false) ? "separate" : "shared", res.fallback_groups);
-    h += "<table><tr><th class=l>configuration</th><th>agreement mAP</th><th>output SQNR (dB)</th></tr>";
-    for (const auto& t : res.auto_trials.is_array() ? res.auto_trials : nlohmann::json::array())
-      h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.2f}</td></tr>", html_escape(t.value("config", std::string())),
-                       t["fidelity"].value("agreement_map", -1.0), t["fidelity"].value("output_sqnr_db", 0.0));
+    const nlohmann::json trials = res.auto_trials.is_array() ? res.auto_trials : nlohmann::json::array();
+    const nlohmann::json budget = a.value("budget", nlohmann::json::object());
+    if (!budget.empty())
+      h += fmt::format("<p>Budget: {}; {}.</p>", html_escape(budget.dump()),
+                       a.value("within_budget", false) ? "the choice is within it" : "<b>no configuration tried meets it</b>; the closest was chosen");
+    const int chosen = a.value("chosen_trial", -1);
+    h += "<figure>" + frontier_svg(trials, chosen, budget.value("min_int8_macs", 0.0)) +
+         "<figcaption>Each trial's agreement mAP on the held-out images against its share of MACs in integer kernels; grey: "
+         "outside the budget; ringed: the written file.</figcaption></figure>";
+    h += "<table><tr><th class=l>configuration</th><th>agreement mAP</th><th>output SQNR (dB)</th><th>int8 MACs</th><th>latency × FP32</th></tr>";
+    for (const auto& t : trials)
+      h += fmt::format("<tr><td class=l>{}</td><td>{:.4f}</td><td>{:.2f}</td><td>{}</td><td>{}</td></tr>", html_escape(t.value("config", std::string())),
+                       t["fidelity"].value("agreement_map", -1.0), t["fidelity"].value("output_sqnr_db", 0.0),
+                       t.contains("integer_mac_fraction") ? fmt::format("{:.1f} %", 100 * t["integer_mac_fraction"].get<double>()) : "",
+                       t.contains("latency_ratio") ? fmt::format("{:.2f}", t["latency_ratio"].get<double>()) : "");
     h += "</table>";
   }
   {

@@ -159,6 +159,13 @@ def main():
         expect_error("quantize unknown method", qbase + ["--preset", "w8a8", "--method", "kl"], ["'kl'", "calibration method"], rc=1)
         expect_error("quantize auto without held-out images", qbase + ["--preset", "w8a8", "--method", "auto", "--fidelity-images", "0"],
                      ["--method auto", "--fidelity-images 0"], rc=1)
+        expect_error("quantize unknown budget key", qbase + ["--preset", "w8a8", "--budget", "size=3"], ["--budget", "'size'", "int8-macs"], rc=1)
+        expect_error("quantize budget not a number", qbase + ["--preset", "w8a8", "--budget", "int8-macs=most"], ["int8-macs=most", "not a number"], rc=1)
+        expect_error("quantize budget out of range", qbase + ["--preset", "w8a8", "--budget", "int8-macs=1.5"], ["int8-macs=1.5", "(0, 1]"], rc=1)
+        expect_error("quantize budget without auto", qbase + ["--preset", "w8a8", "--method", "minmax", "--budget", "latency=0.8"],
+                     ["--budget", "--method minmax"], rc=1)
+        expect_error("quantize int8 budget at 4-bit activations", qbase + ["--preset", "w4a4", "--budget", "int8-macs=0.9"],
+                     ["int8-macs=0.9", "8-bit activations"], rc=1)
         expect_error("quantize bad reference score", qbase + ["--preset", "w8a8", "--reference-score", "1.5"], ["--reference-score"], rc=1)
         expect_error("compare bad reference score", ["compare", fd, fd, "--profile", "fastestdet", "--images", calib_dir,
                                                      "--reference-score", "0"], ["--reference-score"], rc=1)
