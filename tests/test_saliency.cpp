@@ -4,7 +4,10 @@
 #include <cmath>
 #include <random>
 
+#include <fmt/format.h>
+#include <regex>
 #include "graph_builders.h"
+#include "inlierq/report.h"
 #include "inlier/inlier_weights.h"
 #include "inlier/saliency.h"
 #include "runtime/executor.h"
@@ -252,4 +255,45 @@ TEST(Saliency, HeatmapReadsDecodedBoxLayouts) {
                            1e-4, 1e-4));
   EXPECT_THROW(inlier::heatmap_logits({{"sources", {{{"output", "o"}, {"channels", {4, 7}}, {"layuot", "x"}}}}}, {{"o", v8}}),
                Error);
+}
+
+// The report's frontier: the path visits exactly the trials no other trial beats at the same or a larger
+// share of integer MACs, from the largest share down; the chosen trial is ringed; the budget is drawn.
+TEST(ReportFrontier, PathVisitsTheParetoTrialsOnly) {
+  const nlohmann::json trials = nlohmann::json::parse(R"([
+    {"fidelity": {"agreement_map": 0.70}, "integer_mac_fraction": 1.0},
+    {"fidelity": {"agreement_map": 0.80}, "integer_mac_fraction": 1.0},
+    {"fidelity": {"agreement_map": 0.85}, "integer_mac_fraction": 0.9},
+    {"fidelity": {"agreement_map": 0.82}, "integer_mac_fraction": 0.8},
+    {"fidelity": {"agreement_map": -1}, "integer_mac_fraction": 0.75},
+    {"fidelity": {"agreement_map": 0.90}, "integer_mac_fraction": 0.7, "within_budget": false}])");
+  const std::string svg = inlierq::report::frontier_svg(trials, 2, 0.85);
+  // Points by their title, so that the path's coordinates can be matched to trials.
+  std::map<int, std::pair<double, double>> at;
+  const std::regex circle(R"re(<circle cx="([0-9.]+)" cy="([0-9.]+)" r="3.5" fill="(#[0-9a-f]+)"><title>trial (\d+):)re");
+  std::map<int, std::string> fill;
+  for (std::sregex_iterator it(svg.begin(), svg.end(), circle), end; it != end; ++it) {
+    const int t = std::stoi((*it)[4]);
+    at[t] = {std::stod((*it)[1]), std::stod((*it)[2])};
+    fill[t] = (*it)[3];
+  }
+  ASSERT_EQ(at.size(), 5u) << "the trial without agreement is left out";
+  EXPECT_EQ(fill[6], "#aaaaaa") << "outside the budget: grey";
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex(R"re(<path d="([^"]+)")re")));
+  std::vector<std::pair<double, double>> vertices;
+  const std::string d = m[1];
+  const std::regex xy(R"(([0-9.]+),([0-9.]+))");
+  for (std::sregex_iterator it(d.begin(), d.end(), xy), end; it != end; ++it) vertices.emplace_back(std::stod((*it)[1]), std::stod((*it)[2]));
+  // Staircase: each Pareto trial, with a corner between consecutive ones.
+  const std::vector<int> pareto = {2, 3, 6};
+  ASSERT_EQ(vertices.size(), 2 * pareto.size() - 1);
+  for (size_t i = 0; i < pareto.size(); ++i) {
+    EXPECT_NEAR(vertices[2 * i].first, at[pareto[i]].first, 0.05) << "vertex " << i;
+    EXPECT_NEAR(vertices[2 * i].second, at[pareto[i]].second, 0.05) << "vertex " << i;
+  }
+  EXPECT_TRUE(std::regex_search(svg, std::regex("cx=\"" + fmt::format("{:.1f}", at[3].first) + "\" cy=\"" +
+                                                  fmt::format("{:.1f}", at[3].second) + "\" r=\"7\"")))
+      << "the chosen trial (index 2 = trial 3) is ringed";
+  EXPECT_NE(svg.find("stroke-dasharray"), std::string::npos) << "the budget line";
 }

@@ -123,7 +123,7 @@ std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_in
                      ml, mt + ph, ml + pw, mt);
   for (int k = 0; k <= 4; ++k) {
     const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
-    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:.0f} %</text>)", X(xv), mt + ph + 14, 100 * xv);
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:g} %</text>)", X(xv), mt + ph + 14, std::round(1000 * xv) / 10);
     svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.3f}</text>)", ml - 3, Y(yv) + 4, yv);
   }
   svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">share of conv MACs in integer 8-bit kernels</text>)", ml + pw, height - 2);
@@ -132,7 +132,9 @@ std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_in
                        X(min_int8_macs), mt, mt + ph, X(min_int8_macs) + 3, mt + 10);
   // The frontier: from the largest share down, the best agreement at that share or above.
   std::vector<Point> sorted = pts;
-  std::sort(sorted.begin(), sorted.end(), [](const Point& a, const Point& b) { return a.share > b.share; });
+  std::sort(sorted.begin(), sorted.end(), [](const Point& a, const Point& b) {
+    return a.share != b.share ? a.share > b.share : a.agreement > b.agreement;
+  });
   std::string path;
   double best = -1;
   for (const auto& p : sorted) {
