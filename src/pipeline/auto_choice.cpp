@@ -80,8 +80,10 @@ bool within(const Budget& b, const Cost& c) {
   return (b.min_int8_macs <= 0 || c.int8_macs >= b.min_int8_macs - 1e-12) && (b.max_latency <= 0 || c.latency <= b.max_latency);
 }
 
-// Latencies this close are one latency: the same graph measured twice differs by about this much here.
-constexpr double kLatencyTolerance = 0.03;
+// Latencies this close are one latency. A 3 % tolerance let the noise of the quick per-trial measurement decide:
+// with an unreachable latency=0.8 on YOLOX-Nano it chose a trial 0.063 mAP worse that was not faster when timed
+// again (docs/RESULTS.md, "Exported W8A8 models in ONNX Runtime").
+constexpr double kLatencyTolerance = 0.10;
 
 // Between two costs outside the budget: a is closer to it than b (more MACs in integer kernels first, then a
 // latency lower by more than the tolerance). Neither closer: the fidelity decides.

@@ -352,7 +352,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
       const fs::path probe = fs::temp_directory_path() / ("inlierq_latency_probe_" + std::to_string(::getpid()) + ".onnx");
       ai.latency_ratio = [&job, probe](const Graph& qdq) {
         save_onnx(qdq, probe.string());
-        const nlohmann::json lat = ort_latency(job.model, probe.string());
+        const nlohmann::json lat = ort_latency(job.model, probe.string(), 40);
         std::error_code ec;
         fs::remove(probe, ec);
         if (!lat.contains("ratio"))
