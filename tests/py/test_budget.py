@@ -6,8 +6,8 @@
   the budget exactly when its count reaches 0.95; the chosen trial is within the budget and within 0.01 agreement
   of the best trial that is (a fallback must gain 0.01, a quantized head may cost 0.005);
 - latency=0.01 (no W8A8 file is 100× faster than FP32): the run still writes a file, says the budget is not met,
-  every trial has a measured latency ratio, and the one chosen is the closest to the budget: within 10 % of the
-  lowest ratio (latencies closer than that are one latency, and the fidelity decides between them).
+  every trial has a measured latency ratio, and, as latency does not rank trials outside the budget (too noisy),
+  the one chosen is the most faithful trial.
 No wall time is asserted: latencies are compared only with each other, from the same run.
 """
 import json
@@ -57,11 +57,11 @@ def main():
         res, auto = quantize(calib, out, "--budget", "latency=0.01")
         trials, chosen = auto["trials"], auto["trials"][auto["chosen_trial"]]
         ratios = [t.get("latency_ratio", -1) for t in trials]
+        best = max(t["fidelity"]["agreement_map"] for t in trials)
         checks.check(os.path.exists(out) and res["budget_met"] is False and not auto["within_budget"] and
-                     all(r > 0 for r in ratios) and chosen["latency_ratio"] <= min(ratios) / 0.90,
-                     f"latency=0.01 unreachable: written, reported as not met; chose the lowest of {len(ratios)} measured "
-                     f"ratios ({chosen['latency_ratio']:.2f} vs lowest {min(ratios):.2f}, {chosen['config']}, agreement "
-                     f"{chosen['fidelity']['agreement_map']:.4f})")
+                     all(r > 0 for r in ratios) and chosen["fidelity"]["agreement_map"] == best,
+                     f"latency=0.01 unreachable: written, reported as not met, {len(ratios)} trials timed; chose the most "
+                     f"faithful ({chosen['config']}, agreement {best:.4f}, {chosen['latency_ratio']:.2f}× FP32)")
     checks.finish()
 
 
