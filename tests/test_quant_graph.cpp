@@ -637,3 +637,71 @@ TEST(Calibrators, SharedPassesEqualOneCalibratorAtATime) {
     }
   }
 }
+
+// After correction every quantized conv's output, after the activation that follows it (ReLU, x·sigmoid(x), none
+// before the residual Add), has the FP32 model's per-channel mean on the images it was measured on, its
+// predecessors' corrections included (the QDQ graph of the corrected model, run separately), up to half a step of
+// the int32 grid its bias is stored on; a conv without a bias gets one.
+TEST(BiasCorrection, QuantizedConvOutputsKeepTheFp32ChannelMeans) {
+  for (int bits : {8, 6}) {
+    std::mt19937 rng(11);
+    Graph g = toy_detector(rng);
+    for (auto& n : g.nodes)
+      if (n.name == "c3") n.inputs.resize(2);
+    g.initializers.erase("c3.b");
+    quant::PlacementOptions po;
+    po.weight_bits = bits;
+    po.act_bits = bits;
+    const auto plan = quant::derive_plan(g, po);
+    const auto inputs = random_inputs(6, rng);
+    quant::CalibrationOptions co;
+    co.method = "percentile";  // clipping biases the means
+    const auto enc = quant::calibrate(g, plan, inputs, co);
+    const auto bc = quant::compute_bias_correction(g, plan, enc, inputs);
+    std::set<std::string> corrected;
+    for (const auto& [n, s] : bc.shifts) corrected.insert(n);
+    EXPECT_EQ(corrected, (std::set<std::string>{"stem", "c2", "c3", "c5"})) << bits;  // pred is head: float weights
+    Graph fixed = g;
+    quant::apply_bias_correction(fixed, bc);
+    ASSERT_EQ(fixed.nodes[4].name, "c3");
+    ASSERT_EQ(fixed.nodes[4].inputs.size(), 3u);
+    ASSERT_TRUE(fixed.initializers.count(fixed.nodes[4].inputs[2]));
+
+    // Activation output and the quantized input its int32 bias grid comes from (below 8 bits the block layout leaves the
+    // stem's input and bias in floating point).
+    const std::vector<std::tuple<std::string, std::string, std::string>> convs = {
+        {"stem", "a", bits == 8 ? "x" : ""}, {"c2", "b", "a"}, {"c3", "c", "b"}, {"c5", "f", "a"}};
+    auto run = [&](const Graph& m) {
+      rt::ExecutorOptions eo;
+      eo.fuse_silu = false;
+      rt::Executor ex(m, eo);
+      std::vector<at::Tensor> xs;
+      for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
+      rt::RunOptions ro;
+      for (const auto& c : convs) {
+        ro.keep.push_back(std::get<1>(c));
+        if (m.find_value(std::get<1>(c) + "_dequantized")) ro.keep.push_back(std::get<1>(c) + "_dequantized");
+      }
+      return ex.run({{"x", at::cat(xs, 0)}}, ro);
+    };
+    // What the next layer reads: the dequantized value where the activation output is quantized.
+    const auto read = [&](const rt::TensorMap& r, const std::string& v) {
+      return (r.count(v + "_dequantized") ? r.at(v + "_dequantized") : r.at(v)).mean({0, 2, 3});
+    };
+    const auto fp = run(g);
+    const auto before = run(quant::make_qdq_graph(g, plan, enc));
+    const auto after = run(quant::make_qdq_graph(fixed, plan, enc));
+    double err_before = 0, err_after = 0;
+    for (const auto& [conv, out, in] : convs) {
+      const at::Tensor mf = fp.at(out).mean({0, 2, 3}), mb = read(before, out), ma = read(after, out);
+      const auto& sw = enc.weights.at(conv + ".w").scale;
+      const double step = in.empty() ? 0 : enc.activations.at(in).scale * *std::max_element(sw.begin(), sw.end());
+      // The quantizers after the conv make the mean a staircase in the bias, so a tenth of the error may remain (at
+      // 4 bits on 1,536 values per channel, more can).
+      EXPECT_LT((mf - ma).abs().max().item<double>(), 0.5 * step + 0.1 * (mf - mb).abs().max().item<double>()) << bits << " " << conv;
+      err_before += (mb - mf).abs().sum().item<double>();
+      err_after += (ma - mf).abs().sum().item<double>();
+    }
+    EXPECT_GT(err_before, 3 * err_after) << bits;  // there was a bias to correct
+  }
+}

@@ -99,7 +99,7 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
                    {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
                    {"budget_met", r.budget_met ? nlohmann::json(*r.budget_met) : nlohmann::json()},
                    {"seconds", r.seconds.total}, {"report", r.out_report}, {"fallback_groups", r.fallback_groups},
-                   {"calibrator", r.init_method}};
+                   {"bias_corrected_convs", r.bias_corrected_convs}, {"calibrator", r.init_method}};
   if (r.fidelity) j["fidelity"] = r.fidelity->to_json();
   if (!r.auto_trials.is_null()) j["auto_trials"] = r.auto_trials;
   if (r.reconstruction) {
@@ -242,6 +242,12 @@ Command add_quantize(CLI::App& app, const int& threads) {
                                       "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
                                       "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual "
                                       "Add) or auto (ort with 8-bit activations, block below)"));
+  a->named.push_back(add_named_option(sub, "--bias-correction", q.bias_correction, pipeline::bias_correction_names(),
+                                      "empirical bias correction: each quantized conv's bias absorbs its output's mean error "
+                                      "against FP32 on calibration images; auto lets --method auto keep it when the held-out "
+                                      "fidelity improves (off with other methods)"));
+  sub->add_option("--bias-correction-images", q.bias_correction_images, "calibration images bias correction measures on, in one batch")
+      ->default_val(q.bias_correction_images);
   sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);
   sub->add_option("--fidelity-images", q.fidelity_images, "calibration-folder images held out of calibration for the label-free fidelity estimate (agreement mAP against the FP32 detections, output SQNR) that auto chooses by and the report shows: the next ones after --num-calib (0 = none)")->default_val(q.fidelity_images);
   sub->add_option("--reference-score", q.fidelity_reference_score, "fidelity estimate: FP32 detections at or above this score are the ground truth")->default_val(q.fidelity_reference_score);

@@ -58,6 +58,10 @@ class FidelityReference {
 // uint8 in the ort layout, int8 in the block layout (TensorRT).
 enum class WeightType { Auto, Int8, Uint8 };
 const NameTable<WeightType>& weight_type_names();
+// Empirical bias correction (docs/QUANTIZATION.md §3a): auto (a step of `--method auto`, kept when the held-out
+// fidelity says so; off with a fixed method), on, off.
+enum class BiasCorrectionMode { Auto, On, Off };
+const NameTable<BiasCorrectionMode>& bias_correction_names();
 
 // `--budget` (docs/QUANTIZATION.md §4b): the speed the user accepts, which `--method auto` must stay within while it
 // looks for the most accurate configuration. A zero field sets no limit.
@@ -93,6 +97,8 @@ struct QuantizeJob {
   int batch = 8;
   uint64_t seed = 0;
   std::string device = "cpu";
+  BiasCorrectionMode bias_correction = BiasCorrectionMode::Auto;
+  size_t bias_correction_images = 32;  // the first calibration images, in one batch
   // Placement and export.
   quant::QdqLayout layout = quant::QdqLayout::Auto;
   WeightType weight_type = WeightType::Auto;
@@ -150,6 +156,7 @@ struct QuantizeResult {
   std::vector<SensitivityEntry> sensitivity;  // most harmful first; empty unless asked
   size_t sensitivity_images = 0;              // calibration images it was measured on
   size_t fallback_groups = 0;
+  size_t bias_corrected_convs = 0;  // convs whose bias absorbed their output's mean error (0: no bias correction)
   // Reconstruction.
   size_t units = 0, units_done = 0;
   int64_t iters = 0;

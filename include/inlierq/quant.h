@@ -212,4 +212,22 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
 // The plan and encodings with the given activation groups left in floating point.
 void drop_activation_groups(QuantPlan& plan, Encodings& enc, const std::vector<int>& groups, const std::string& reason);
 
+// ---- bias correction (docs/QUANTIZATION.md §3a) --------------------------------------------------------
+
+struct BiasShift {
+  std::vector<double> shift;  // added to the bias, per output channel
+  double relative = 0;        // RMS of the shift over RMS of the channels' standard deviations
+};
+struct BiasCorrection {
+  std::map<std::string, BiasShift> shifts;  // by Conv node
+};
+
+// Empirical bias correction: for every Conv with quantized weights, in topological order, the per-channel mean of
+// its output in the QDQ graph (with the corrections before it applied) is moved to the FP32 model's mean over
+// `inputs` (one batch); rounded to the grid of the bias the export writes. One FP32 and one QDQ forward pass.
+BiasCorrection compute_bias_correction(const Graph& g, const QuantPlan& plan, const Encodings& enc,
+                                       const std::vector<TensorData>& inputs, const std::string& device = "cpu");
+// Adds the shifts to the convs' float biases (a conv without one gets one; a shared bias is copied first).
+void apply_bias_correction(Graph& g, const BiasCorrection& bc);
+
 }  // namespace inlierq::quant

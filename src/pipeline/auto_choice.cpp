@@ -48,13 +48,13 @@ constexpr int kFallbackCandidates = 6;
 
 struct Config {
   std::string calibrator, weight_method;
-  bool separate_concat = false, quantize_head = false;
+  bool separate_concat = false, quantize_head = false, bias_correction = false;
   // Activation values whose groups stay in floating point: one per group, by name, so that the choice carries
   // over to plans with other groups (separate concat scales, a quantized head).
   std::vector<std::string> fallback;
   std::string name() const {
     std::string s = calibrator + (weight_method == "minmax" ? "+wmm" : "") + (separate_concat ? "+sep" : "") +
-                    (quantize_head ? "+head" : "");
+                    (quantize_head ? "+head" : "") + (bias_correction ? "+bc" : "");
     if (!fallback.empty()) s += "+fb[" + quant::join_names(fallback, "") + "]";
     return s;
   }
@@ -109,7 +109,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     const Fidelity f = in.reference->measure(qdq);
     nlohmann::json trial = {{"config", c.name()}, {"calibrator", c.calibrator}, {"weight_method", c.weight_method},
                             {"separate_concat_scales", c.separate_concat}, {"quantize_head", c.quantize_head},
-                            {"fallback", c.fallback}, {"fidelity", f.to_json()}, {"integer_mac_fraction", cost.int8_macs}};
+                            {"fallback", c.fallback}, {"bias_correction", c.bias_correction}, {"fidelity", f.to_json()}, {"integer_mac_fraction", cost.int8_macs}};
     if (cost.latency >= 0) trial["latency_ratio"] = cost.latency;
     if (!budget.empty()) trial["within_budget"] = within(budget, cost);
     best.trials.push_back(std::move(trial));
@@ -153,7 +153,14 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
                       100 * budget.min_int8_macs));
       return false;
     }
-    const Graph qdq = quant::make_qdq_graph(g, plan, enc);
+    quant::BiasCorrection bc;
+    Graph corrected;
+    if (c.bias_correction) {
+      bc = quant::compute_bias_correction(g, plan, enc, in.bias_inputs, in.device);
+      corrected = g;
+      quant::apply_bias_correction(corrected, bc);
+    }
+    const Graph qdq = quant::make_qdq_graph(c.bias_correction ? corrected : g, plan, enc);
     if (budget.max_latency > 0) {  // timed as the export writes it: with its requantizers
       quant::QuantPlan p = plan;
       quant::Encodings e = enc;
@@ -174,6 +181,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
       best.fidelity = f;
       best_config = c;
       best_cost = cost;
+      best.bias_correction = std::move(bc);
       best.chosen_trial = static_cast<int>(best.trials.size()) - 1;
       have_best = true;
     }
@@ -242,6 +250,13 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     Config c = best_config;
     c.quantize_head = true;
     try_config(c, nullptr, head_is_affordable);
+  }
+  // 6. Bias correction of the best: each quantized conv's output mean moved back to FP32's.
+  if (!in.bias_inputs.empty()) {
+    Config c = best_config;
+    c.bias_correction = true;
+    const quant::Encodings enc = best.enc;
+    try_config(c, &enc);
   }
   best.calibrator = best_config.calibrator;
   best.weight_method = best_config.weight_method;

@@ -18,6 +18,7 @@ struct AutoChoice {
   std::string calibrator, weight_method;
   bool separate_concat_scales = false, quantize_head = false;
   std::vector<SensitivityEntry> sensitivity;  // of the chosen calibration, when the fallback step ran
+  quant::BiasCorrection bias_correction;      // to apply to the graph before export (no shifts: none chosen)
   size_t fallback_groups = 0;
   Fidelity fidelity;
   double integer_mac_fraction = 0, latency_ratio = -1;  // of the choice; latency only with a latency budget
@@ -40,6 +41,8 @@ struct AutoChoiceInputs {
   std::string device = "cpu";
   int max_fallback = 3;            // groups the fallback step may leave in floating point (0: no fallback step)
   bool choose_weight_method = true, choose_concat_scales = true, choose_head = true;
+  // Calibration images bias correction measures on (empty: no bias-correction step).
+  std::vector<TensorData> bias_inputs;
   // Trials outside the budget are never chosen over one within it. A latency budget needs latency_ratio.
   Budget budget;
   std::function<double(const Graph& qdq)> latency_ratio;  // ONNX Runtime latency over FP32's; throws when it cannot

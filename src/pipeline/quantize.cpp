@@ -92,6 +92,12 @@ const NameTable<WeightType>& weight_type_names() {
   return t;
 }
 
+const NameTable<BiasCorrectionMode>& bias_correction_names() {
+  static const NameTable<BiasCorrectionMode> t{
+      {{BiasCorrectionMode::Auto, "auto"}, {BiasCorrectionMode::On, "on"}, {BiasCorrectionMode::Off, "off"}}};
+  return t;
+}
+
 bool is_reconstruction_method(const std::string& method) { return recon::find_reconstruction_method(method) != nullptr; }
 
 recon::ReconOptions reconstruction_options(const QuantizeJob& job) {
@@ -156,6 +162,11 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
   }
   if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
     throw Error("--reference-score must be in (0, 1)");
+  if (job.bias_correction == BiasCorrectionMode::On && recon_method)
+    throw Error("--bias-correction on applies to calibration (--method auto or a calibrator); --method " + job.method +
+                " reconstructs the weights against the FP32 outputs itself");
+  if (job.bias_correction != BiasCorrectionMode::Off && job.bias_correction_images == 0)
+    throw Error("--bias-correction-images must be at least 1");
   if (job.weight_asymmetric && job.weight_type == WeightType::Int8)
     throw Error("--weight-asymmetric stores weight codes as uint8 with per-channel zero points; --weight-type int8 needs symmetric weights");
   if (job.weight_method != "mse" && job.weight_method != "minmax")
@@ -339,6 +350,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   };
   quant::Encodings enc;
   quant::QuantPlan final_plan = plan;
+  quant::BiasCorrection bias_correction;  // chosen by auto, or asked for with --bias-correction on
   if (auto_method && reference) {
     AutoChoiceInputs ai;
     ai.graph = &g;
@@ -374,7 +386,10 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
       pass_progress.reset();
       return e;
     };
+    if (job.bias_correction == BiasCorrectionMode::Auto)
+      ai.bias_inputs.assign(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.bias_correction_images));
     AutoChoice choice = choose_calibration(ai, ev);
+    bias_correction = std::move(choice.bias_correction);
     enc = std::move(choice.enc);
     final_plan = std::move(choice.plan);
     res.init_method = choice.calibrator;
@@ -419,12 +434,29 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     res.encodings_meta = enc.meta;
     stage_done(Stage::Sensitivity);
   }
+  const size_t bias_images = std::min(inputs.size(), job.bias_correction_images);
+  if (job.bias_correction == BiasCorrectionMode::On) {
+    ProgressReporter bp(ev, "bias correction", 1);
+    bias_correction = quant::compute_bias_correction(g, final_plan, enc, {inputs.begin(), inputs.begin() + bias_images}, job.device);
+    bp.update(1);
+  }
+  if (!bias_correction.shifts.empty()) {
+    double sum = 0;
+    for (const auto& [n, s] : bias_correction.shifts) sum += s.relative;
+    const double mean_rel = sum / bias_correction.shifts.size();
+    enc.meta["bias_correction"] = {{"convs", bias_correction.shifts.size()}, {"images", bias_images},
+                                   {"mean_relative_shift", mean_rel}};
+    say(ev.log, fmt::format("[bias] corrected {} convs on {} calibration images (shift RMS {:.3f} of the output's spread, mean)",
+                            bias_correction.shifts.size(), bias_images, mean_rel));
+  }
+  res.bias_corrected_convs = bias_correction.shifts.size();
   res.seconds.calibration = seconds_since(t0) - res.seconds.prepare - res.seconds.images;
   res.encodings_meta = enc.meta;
   stage_done(Stage::Calibrate);
 
   // ---- reconstruct
   Graph quantized_weights = g;  // reconstruction writes hardened weights here
+  quant::apply_bias_correction(quantized_weights, bias_correction);
   const double t_calibrated = seconds_since(t0);
   double t_reconstructed = t_calibrated;
   std::vector<inlier::SaliencyMaps> recon_maps;  // the report's pictures, when reconstruction's gradients give them

@@ -247,9 +247,10 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
   if (res.method == "auto" && meta.contains("auto")) {
     const auto& a = meta["auto"];
     h += fmt::format("<h2>Automatic calibration choice</h2><p>Chosen: calibrator <b>{}</b>, weights {}, {} concat scales, {} "
-                     "activation group(s) left in floating point. Every configuration measured, in order:</p>",
+                     "activation group(s) left in floating point, bias correction {}. Every configuration measured, in order:</p>",
                      html_escape(res.init_method), html_escape(a.value("weight_method", std::string())),
-                     a.value("separate_concat_scales", false) ? "separate" : "shared", res.fallback_groups);
+                     a.value("separate_concat_scales", false) ? "separate" : "shared", res.fallback_groups,
+                     res.bias_corrected_convs ? fmt::format("of {} convs", res.bias_corrected_convs) : std::string("off"));
     const nlohmann::json trials = res.auto_trials.is_array() ? res.auto_trials : nlohmann::json::array();
     const nlohmann::json budget = a.value("budget", nlohmann::json::object());
     if (!budget.empty())
