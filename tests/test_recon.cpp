@@ -679,4 +679,5 @@ TEST(OptionNames, EveryTableRoundTrips) {
   check_name_table(inlier::weighting_names(), "--inlier-weighting");
   check_name_table(quant::layout_names(), "--layout");
   check_name_table(pipeline::weight_type_names(), "--weight-type");
+  check_name_table(pipeline::bias_correction_names(), "--bias-correction");
 }

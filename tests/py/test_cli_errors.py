@@ -161,6 +161,12 @@ def main():
                      ["--method auto", "--fidelity-images 0"], rc=1)
         expect_error("quantize unknown budget key", qbase + ["--preset", "w8a8", "--budget", "size=3"], ["--budget", "'size'", "int8-macs"], rc=1)
         expect_error("quantize budget not a number", qbase + ["--preset", "w8a8", "--budget", "int8-macs=most"], ["int8-macs=most", "not a number"], rc=1)
+        expect_error("quantize bias correction with reconstruction", qbase + ["--preset", "w4a8", "--method", "qdrop", "--bias-correction", "on"],
+                     ["--bias-correction on", "--method qdrop"], rc=1)
+        expect_error("quantize unknown bias correction", qbase + ["--preset", "w8a8", "--bias-correction", "always"],
+                     ["--bias-correction", "always", "auto, on or off"], rc=1)
+        expect_error("quantize no bias correction images", qbase + ["--preset", "w8a8", "--bias-correction-images", "0"],
+                     ["--bias-correction-images", "at least 1"], rc=1)
         expect_error("quantize budget out of range", qbase + ["--preset", "w8a8", "--budget", "int8-macs=1.5"], ["int8-macs=1.5", "(0, 1]"], rc=1)
         expect_error("quantize budget without auto", qbase + ["--preset", "w8a8", "--method", "minmax", "--budget", "latency=0.8"],
                      ["--budget", "--method minmax"], rc=1)
