@@ -264,9 +264,20 @@ BiasCorrection compute_bias_correction(const Graph& original, const QuantPlan& p
       const TensorData& sc = qdq.initializers.at(n.inputs[1]);
       if (sc.dtype == DType::Float) bias_grid[n.outputs[0]].assign(sc.as<float>(), sc.as<float>() + sc.numel());
     }
+  // A prefix no name of the QDQ graph starts with, so the FP32 copy's names cannot collide with it.
   std::string prefix = "fp/";
-  while (qdq.initializers.count(prefix + g.inputs.at(0).name) || qdq.find_value(prefix + g.nodes.front().outputs.front()))
-    prefix = "_" + prefix;
+  const auto taken = [&](const std::string& p) {
+    const auto starts = [&](const std::string& n) { return n.compare(0, p.size(), p) == 0; };
+    for (const auto& [k, v] : qdq.initializers)
+      if (starts(k)) return true;
+    for (const auto& n : qdq.nodes) {
+      if (starts(n.name)) return true;
+      for (const auto& o : n.outputs)
+        if (starts(o)) return true;
+    }
+    return false;
+  };
+  while (taken(prefix)) prefix = "_" + prefix;
   const Graph both = paired_graph(g, qdq, prefix);
 
   std::vector<at::Tensor> xs;
