@@ -243,9 +243,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
                                       "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual "
                                       "Add) or auto (ort with 8-bit activations, block below)"));
   a->named.push_back(add_named_option(sub, "--bias-correction", q.bias_correction, pipeline::bias_correction_names(),
-                                      "empirical bias correction: each quantized conv's bias absorbs its output's mean error "
-                                      "against FP32 on calibration images; auto lets --method auto keep it when the held-out "
-                                      "fidelity improves (off with other methods)"));
+                                      "empirical bias correction: each quantized conv's bias absorbs the mean error (against FP32, "
+                                      "on calibration images) of what the next layer reads; auto lets --method auto keep it "
+                                      "when the held-out fidelity improves (off with other methods)"));
   sub->add_option("--bias-correction-images", q.bias_correction_images, "calibration images bias correction measures on, in one batch")
       ->default_val(q.bias_correction_images);
   sub->add_option("--batch", q.batch, "calibration batch size")->default_val(8);

@@ -222,9 +222,10 @@ struct BiasCorrection {
   std::map<std::string, BiasShift> shifts;  // by Conv node
 };
 
-// Empirical bias correction: for every Conv with quantized weights, in topological order, the per-channel mean of
-// its output in the QDQ graph (with the corrections before it applied) is moved to the FP32 model's mean over
-// `inputs` (one batch); rounded to the grid of the bias the export writes. One FP32 and one QDQ forward pass.
+// Empirical bias correction: for every Conv with quantized weights, in topological order, the bias shift that gives
+// what the next layer reads in the QDQ graph (the output after the activation that alone reads the conv, and after
+// the quantizers on the way; the corrections before it applied) the FP32 model's per-channel mean over `inputs` (one
+// batch), rounded to the grid of the bias the export writes. One forward pass of the FP32 and QDQ graphs together.
 BiasCorrection compute_bias_correction(const Graph& g, const QuantPlan& plan, const Encodings& enc,
                                        const std::vector<TensorData>& inputs, const std::string& device = "cpu");
 // Adds the shifts to the convs' float biases (a conv without one gets one; a shared bias is copied first).
