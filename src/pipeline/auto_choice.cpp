@@ -193,7 +193,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     if (c->in_auto) methods.push_back(c->name);
   const auto calibrated = in.calibrate(plan_default, methods, in.weight_method);
   for (const auto& m : methods)
-    try_config({m, in.weight_method, !base_placement.share_concat_scales, base_placement.quantize_head, {}}, &calibrated.at(m));
+    try_config({m, in.weight_method, !base_placement.share_concat_scales, base_placement.quantize_head, false, {}}, &calibrated.at(m));
   // 2. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself;
   // then the calibrators again with those groups in floating point (what suits the rest may differ).
   if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() && !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
@@ -255,8 +255,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   if (!in.bias_inputs.empty()) {
     Config c = best_config;
     c.bias_correction = true;
-    const quant::Encodings enc = best.enc;
-    try_config(c, &enc);
+    try_config(c, &best.enc);  // copied before the best can change
   }
   best.calibrator = best_config.calibrator;
   best.weight_method = best_config.weight_method;

@@ -9,6 +9,7 @@
 
 #include "inlierq/error.h"
 #include "inlierq/quant.h"
+#include "inlierq/transforms.h"
 #include "quant/fake_quant.h"
 #include "runtime/executor.h"
 #include "runtime/tensor_convert.h"
@@ -74,7 +75,7 @@ std::set<std::string> target_convs(const Graph& g, const QuantPlan& plan) {
 
 // The activation a conv's output goes through, when that is all that reads it: the correction matches the mean of
 // the activation's output (what the next layer reads), not of the pre-activation. Matching the pre-activation
-// mean moves a ReLU's active region by the error of its dead region: on FastestDet (ReLU) that cost 0.002-0.006 mAP.
+// mean moves a ReLU's active region by the error of its dead region (FastestDet: docs/QUANTIZATION.md §3a).
 struct Activation {
   enum class Kind { Identity, Relu, LeakyRelu, Clip, Sigmoid, Silu } kind = Kind::Identity;
   double alpha = 0, lo = 0, hi = 0;
@@ -115,16 +116,9 @@ double scalar_initializer(const Graph& g, const std::string& name, double dflt) 
   return t.dtype == DType::Float && t.numel() == 1 ? t.as<float>()[0] : dflt;
 }
 
-Activation activation_after(const Graph& g, const std::string& value) {
-  std::vector<const Node*> readers;
-  for (const auto& n : g.nodes)
-    for (const auto& i : n.inputs)
-      if (i == value) {
-        readers.push_back(&n);
-        break;
-      }
-  for (const auto& o : g.outputs)
-    if (o.name == value) return {};
+Activation activation_after(const Graph& g, const GraphIndex& index, const std::string& value) {
+  if (index.is_graph_output(value)) return {};
+  const std::vector<const Node*>& readers = index.consumers(value);
   Activation a;
   if (readers.size() == 1) {
     const Node& n = *readers[0];
@@ -174,10 +168,9 @@ at::Tensor matching_shift(const Activation& f, const ActEncoding* q1, const ActE
     q = q.index_select(1, idx);
   }
   const std::vector<int64_t> dims = {1};
-  const auto broadcast_channels = [](const at::Tensor& d, const at::Tensor&) { return d.unsqueeze(1); };
   const at::Tensor target = f.apply(fp).mean(dims);
   const auto output = [&](const at::Tensor& x) { return quantize(f.apply(quantize(x, q1)), q2); };
-  const auto residual = [&](const at::Tensor& d) { return target - output(q + broadcast_channels(d, q)).mean(dims); };
+  const auto residual = [&](const at::Tensor& d) { return target - output(q + d.unsqueeze(1)).mean(dims); };
   at::Tensor r = residual(delta);
   // The plain difference is the first guess only where it already helps; elsewhere start from no shift.
   const at::Tensor r0 = residual(at::zeros_like(delta));
@@ -185,7 +178,7 @@ at::Tensor matching_shift(const Activation& f, const ActEncoding* q1, const ActE
   delta = at::where(start_better, delta, at::zeros_like(delta));
   r = at::where(start_better, r, r0);
   for (int it = 0; it < 8; ++it) {
-    const at::Tensor slope = f.derivative(q + broadcast_channels(delta, q)).mean(dims);
+    const at::Tensor slope = f.derivative(q + delta.unsqueeze(1)).mean(dims);
     const at::Tensor step = at::where(slope > 1e-6, r / slope.clamp_min(1e-6), at::zeros_like(r));
     // A quantizer makes the mean a fine staircase: a full step can overshoot, so halve it where it does.
     for (double damping : {1.0, 0.5, 0.25}) {
@@ -249,10 +242,11 @@ BiasCorrection compute_bias_correction(const Graph& original, const QuantPlan& p
   give_own_biases(g, convs);
   std::map<std::string, const Node*> conv_of_output;
   std::map<std::string, Activation> activation;
+  const GraphIndex index(g);
   for (const auto& n : g.nodes)
     if (convs.count(n.name)) {
       conv_of_output[n.outputs[0]] = &n;
-      activation[n.outputs[0]] = activation_after(g, n.outputs[0]);
+      activation[n.outputs[0]] = activation_after(g, index, n.outputs[0]);
     }
   // Each hooked conv output is shifted before any consumer reads it, which is what the corrected bias will do. Where
   // the export stores a bias as int32 codes (scale s_in·s_w), the shift is rounded to that grid, so that later convs
