@@ -705,3 +705,91 @@ TEST(BiasCorrection, QuantizedConvOutputsKeepTheFp32ChannelMeans) {
     EXPECT_GT(err_before, 3 * err_after) << bits;  // there was a bias to correct
   }
 }
+
+namespace {
+
+// Multiplies output channels [c0, c1) of a conv's weight (and bias) by f.
+void scale_output_channels(Graph& g, const std::string& conv, int c0, int c1, float f) {
+  TensorData& w = g.initializers.at(conv + ".w");
+  const int64_t per = w.numel() / w.shape[0];
+  for (int64_t i = c0 * per; i < c1 * per; ++i) w.as<float>()[i] *= f;
+  if (g.initializers.count(conv + ".b"))
+    for (int c = c0; c < c1; ++c) g.initializers.at(conv + ".b").as<float>()[c] *= f;
+}
+
+// Multiplies input channels [c0, c1) of a conv's weight by f.
+void scale_input_channels(Graph& g, const std::string& conv, int c0, int c1, float f) {
+  TensorData& w = g.initializers.at(conv + ".w");
+  const int64_t cin = w.shape[1], k = w.numel() / (w.shape[0] * cin);
+  for (int64_t o = 0; o < w.shape[0]; ++o)
+    for (int64_t i = c0; i < c1; ++i)
+      for (int64_t j = 0; j < k; ++j) w.as<float>()[(o * cin + i) * k + j] *= f;
+}
+
+}  // namespace
+
+// YOLOX-Nano's stem output in miniature: six channels of the stem 300 times larger than the other two, which
+// alone carry what the later layers read. An 8-bit grid for that tensor erases the small channels; every other
+// group of the toy model is harmless at 8 bits.
+TEST(Sensitivity, EightBitProbeFindsChannelsNoGridHolds) {
+  std::mt19937 rng(5);
+  Graph g = toy_detector(rng);
+  const auto inputs = random_inputs(4, rng);
+  quant::PlacementOptions po;
+  po.weight_bits = 4;
+  po.act_bits = 4;
+  quant::CalibrationOptions co;
+  co.method = "mse";
+  const auto plain = quant::eight_bit_sensitivity(g, quant::derive_plan(g, po), inputs, co);
+  for (const auto& s : plain) EXPECT_GT(s.sqnr_db, 15.0) << s.values.front();
+
+  const float big = 300;
+  scale_output_channels(g, "stem", 0, 6, big);
+  for (const char* reader : {"c2", "c5"}) scale_input_channels(g, reader, 0, 6, 1 / big);
+  scale_input_channels(g, "pred", 0, 6, 1 / big);   // d = a + c
+  scale_input_channels(g, "pred", 8, 14, 1 / big);  // e = maxpool(d)
+  const auto plan = quant::derive_plan(g, po);
+  const auto s8 = quant::eight_bit_sensitivity(g, plan, inputs, co);
+  ASSERT_EQ(s8.size(), static_cast<size_t>(plan.num_groups));
+  // The big channels reach the concat group too (d = a + c): those two groups, and only they, fall below 10 dB.
+  const quant::ActSite* a = find_site(plan, "a");
+  const quant::ActSite* d = find_site(plan, "d");
+  ASSERT_TRUE(a && d);
+  EXPECT_EQ(a->bits, 4);
+  std::set<int> worst;
+  for (size_t i = 0; i < s8.size(); ++i) {
+    if (i < 2) {
+      EXPECT_LT(s8[i].sqnr_db, 10.0) << s8[i].values.front();
+      worst.insert(s8[i].group);
+    } else {
+      EXPECT_GT(s8[i].sqnr_db, 15.0) << s8[i].values.front();
+    }
+  }
+  EXPECT_EQ(worst, (std::set<int>{a->group, d->group}));
+  const auto a_entry = std::find_if(s8.begin(), s8.end(), [&](const quant::GroupSensitivity& s) { return s.group == a->group; });
+  ASSERT_EQ(a_entry->values, std::vector<std::string>{"a"});
+
+  // Independently: 'a' on its 8-bit mse grid, everything else in floating point, SQNR of the output by hand.
+  quant::QuantPlan at8 = plan;
+  for (auto& s : at8.activations) s.bits = 8;
+  quant::CalibrationOptions cw = co;
+  cw.weight_method = "minmax";
+  const auto e = quant::calibrate(g, at8, inputs, cw).activations.at("a");
+  ASSERT_EQ(e.qp() - e.qn(), 255);
+  rt::ExecutorOptions eo;
+  eo.hooked.insert("a");
+  rt::Executor ex(g, eo);
+  std::vector<at::Tensor> xs;
+  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
+  const at::Tensor x = at::cat(xs, 0);
+  const at::Tensor ref = ex.run({{"x", x}}).at("pred");
+  rt::RunOptions ro;
+  ro.hook_inputs = true;
+  ro.value_hook = [&](const std::string& name, const at::Tensor& t) {
+    if (name != "a") return t;
+    return (at::clamp(at::round(t / e.scale) + e.zero_point, e.qn(), e.qp()) - e.zero_point) * e.scale;
+  };
+  const at::Tensor got = ex.run({{"x", x}}, ro).at("pred");
+  const double db = 10 * std::log10(ref.pow(2).sum().item<double>() / (ref - got).pow(2).sum().item<double>());
+  EXPECT_NEAR(a_entry->sqnr_db, db, 0.01);
+}

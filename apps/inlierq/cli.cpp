@@ -39,7 +39,7 @@ Detector open_detector(const std::string& model, const std::string& profile, con
   return Detector(load_onnx(model), load_profile(profile), opts);
 }
 
-void ProgressPrinter::operator()(const std::string& what, size_t done, size_t total, double elapsed) {
+void ProgressPrinter::operator()(const std::string& what, size_t done, size_t total, double elapsed, const std::string& unit) {
   if (!started_ || what != what_) {
     what_ = what, next_log_ = 0, last_ = {}, started_ = true;
     tty_ = isatty(2) != 0;
@@ -52,7 +52,8 @@ void ProgressPrinter::operator()(const std::string& what, size_t done, size_t to
   last_ = now;
   next_log_ = done + std::max<size_t>(1, total / 10);
   const double rate = done / std::max(elapsed, 1e-9);
-  fmt::print(stderr, "{}[{}] {}/{} images, {:.1f} img/s, ETA {:.0f} s{}", tty_ ? "\r" : "", what, done, total, rate,
+  fmt::print(stderr, "{}[{}] {}/{} {}, {:.1f} {}/s, ETA {:.0f} s{}", tty_ ? "\r" : "", what, done, total, unit, rate,
+             unit == "images" ? "img" : unit,
              done ? (total - done) / rate : 0.0, tty_ ? "   " : "\n");
   if (tty_ && done == total) fmt::print(stderr, "\n");
 }
@@ -60,8 +61,8 @@ void ProgressPrinter::operator()(const std::string& what, size_t done, size_t to
 pipeline::Events console_events() {
   pipeline::Events ev;
   auto printer = std::make_shared<ProgressPrinter>();
-  ev.progress = [printer](const std::string& what, size_t done, size_t total, double elapsed) {
-    (*printer)(what, done, total, elapsed);
+  ev.progress = [printer](const std::string& what, size_t done, size_t total, double elapsed, const std::string& unit) {
+    (*printer)(what, done, total, elapsed, unit);
   };
   const bool tty = isatty(2) != 0;
   ev.log = [tty](const std::string& line) { fmt::print(stderr, "{}{}\n", tty ? "\r\033[K" : "", line); };

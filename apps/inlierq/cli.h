@@ -54,7 +54,7 @@ Detector open_detector(const std::string& model, const std::string& profile, con
 // ~10 % of each loop; what, how far, rate, ETA.
 class ProgressPrinter {
  public:
-  void operator()(const std::string& what, size_t done, size_t total, double elapsed);
+  void operator()(const std::string& what, size_t done, size_t total, double elapsed, const std::string& unit = "images");
 
  private:
   std::string what_;

@@ -94,7 +94,7 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
                    {"trt_cache", r.out_trt.empty() ? nlohmann::json() : nlohmann::json(r.out_trt)},
                    {"method", r.method}, {"wbits", r.weight_bits}, {"abits", r.act_bits},
                    {"calibration_images", r.calibration_images}, {"weight_quantizers", r.plan.weights.size()},
-                   {"activation_quantizers", r.plan.activations.size()}, {"fallback", job.fallback},
+                   {"activation_quantizers", r.plan.activations.size()}, {"fallback", job.fallback == pipeline::QuantizeJob::kFallbackAuto ? nlohmann::json("auto") : nlohmann::json(job.fallback)},
                    {"layout", quant::layout_name(r.plan.layout)}, {"bytes", r.bytes},
                    {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
                    {"budget_met", r.budget_met ? nlohmann::json(*r.budget_met) : nlohmann::json()},
@@ -126,15 +126,19 @@ int run(QuantizeArgs& a, int threads) {
   pipeline::Events ev = console_events();
   auto last = std::chrono::steady_clock::now() - std::chrono::seconds(10);
   const bool tty = isatty(2) != 0;
+  std::string method = job.method;  // what runs: `auto` resolves to a reconstruction method below 8 bits
   ev.recon_progress = [&](const recon::ReconOptions::Progress& p) {
     if (std::chrono::steady_clock::now() - last < std::chrono::milliseconds(tty ? 250 : 10000) && p.iter != p.iters) return;
     last = std::chrono::steady_clock::now();
     const int eta = static_cast<int>(p.eta_seconds);
-    fmt::print(stderr, "{}{}{} unit {}/{} '{}' iter {}/{} loss {:.4g}  ETA {}:{:02d}:{:02d}{}", tty ? "\r\033[K" : "", job.method,
+    fmt::print(stderr, "{}{}{} unit {}/{} '{}' iter {}/{} loss {:.4g}  ETA {}:{:02d}:{:02d}{}", tty ? "\r\033[K" : "", method,
                p.passes > 1 ? fmt::format(" pass {}/{}", p.pass, p.passes) : "", p.unit, p.units, p.unit_name, p.iter, p.iters,
                p.loss, eta / 3600, eta / 60 % 60, eta % 60, tty ? "" : "\n");
   };
-  ev.stage_done = [&](pipeline::Stage s, const pipeline::QuantizeResult& r) { print_stage(s, r, job); };
+  ev.stage_done = [&](pipeline::Stage s, const pipeline::QuantizeResult& r) {
+    method = r.method;
+    print_stage(s, r, job);
+  };
   const pipeline::QuantizeResult r = pipeline::quantize(job, ev);
   if (!r.completed) {
     fmt::print(stderr, "[recon] stopped after {} units as asked; checkpoint in {} (continue with --resume)\n", r.units_done,
@@ -165,7 +169,7 @@ Command add_quantize(CLI::App& app, const int& threads) {
     return s;
   };
   const auto recon_methods = recon::all_reconstruction_methods();
-  sub->add_option("--method", q.method, "auto (default: every calibrator, weight method and concat policy, and a fallback of the most harmful quantizers, chosen by the fidelity on held-out images) | " + bar(quant::calibration_methods()) + " (calibrators) | " + bar(recon_methods) + " (reconstruction)")
+  sub->add_option("--method", q.method, "auto (default; at 8 bits: every calibrator, weight method and concat policy, and a fallback of the most harmful quantizers, chosen by the fidelity on held-out images; below 8-bit weights or activations: inlierq) | " + bar(quant::calibration_methods()) + " (calibrators) | " + bar(recon_methods) + " (reconstruction)")
       ->default_val("auto");
   sub->add_option("--init-method", q.init_method, "with " + bar(recon_methods) + ": activation range initialisation (" +
                                                       bar(quant::calibration_methods()) + ")")->default_val("mse");
@@ -259,7 +263,28 @@ Command add_quantize(CLI::App& app, const int& threads) {
   a->named.push_back([budget, &q] {
     if (!budget->empty()) q.budget = pipeline::parse_budget(*budget);
   });
-  sub->add_option("--fallback", q.fallback, "leave the N activation quantizer groups that alone hurt the outputs most in floating point");
+  auto fallback = std::make_shared<std::string>("auto");
+  sub->add_option("--fallback", *fallback,
+                  "leave the N activation quantizer groups that alone hurt the outputs most in floating point, or auto: "
+                  "--method auto's own search; with reconstruction, the groups an 8-bit grid alone takes below 10 dB "
+                  "output SQNR; with a calibrator, none")
+      ->default_str("auto");
+  a->named.push_back([fallback, &q] {
+    if (*fallback == "auto") {
+      q.fallback = pipeline::QuantizeJob::kFallbackAuto;
+      return;
+    }
+    size_t used = 0;
+    int n = -1;
+    try {
+      n = std::stoi(*fallback, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != fallback->size() || n < 0)
+      throw Error("--fallback: expected auto or a number of groups ≥ 0, got '" + *fallback + "'");
+    q.fallback = n;
+  });
   sub->add_flag("--sensitivity", q.sensitivity, "print the per-quantizer sensitivity (also done by --fallback)");
   sub->add_option("--sensitivity-images", q.sensitivity_images, "calibration images used for the sensitivity analysis")->default_val(8);
   sub->add_option("--eval-images", q.eval_images, "evaluate FP32 and quantized mAP on these images");

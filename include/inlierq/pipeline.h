@@ -81,8 +81,9 @@ struct QuantizeJob {
   // Precision: a "wNaM" preset, or both bit widths.
   std::string preset;
   int weight_bits = 0, act_bits = 0;
-  // `auto` (the calibration configuration that follows the FP32 model best on the held-out images; see
-  // fidelity_images), a calibrator (minmax | percentile | entropy | mse) or a reconstruction method (adaround |
+  // `auto` (at 8 bits: the calibration configuration that follows the FP32 model best on the held-out images, see
+  // fidelity_images; below 8-bit weights or activations, where calibration alone loses most of the accuracy:
+  // `inlierq`), a calibrator (minmax | percentile | entropy | mse) or a reconstruction method (adaround |
   // brecq | qdrop | inlierq, which is InlierQ on `base`); reconstruction starts from `init_method`'s ranges.
   std::string method = "auto", init_method = "mse", weight_method = "mse", base = "qdrop";
   double percentile = 99.99;
@@ -109,8 +110,14 @@ struct QuantizeJob {
   bool weight_asymmetric = false;
   // Block layout: activations that only floating-point nodes read (the float head's input) stay unquantized.
   bool float_head_input = false;
-  // Sensitivity analysis and fallback (with `auto`, a fallback given here replaces the automatic one).
-  int fallback = 0;
+  // Sensitivity analysis and fallback: K > 0 leaves the K most harmful activation groups in floating point (with
+  // `auto`, replacing its own search), 0 none. kFallbackAuto: `auto`'s search; with reconstruction, the groups no
+  // 8-bit grid holds (quant::eight_bit_sensitivity below kUnrepresentableDb) and, below 8-bit activations, 8 bits
+  // for the groups that alone take the outputs below kLowBitHarmfulDb at the plan's bits; with a calibrator, none.
+  static constexpr int kFallbackAuto = -1;
+  static constexpr double kUnrepresentableDb = 10.0;
+  static constexpr double kLowBitHarmfulDb = 8.0;
+  int fallback = kFallbackAuto;
   size_t sensitivity_images = 8;
   bool sensitivity = false;
   // Reconstruction.
@@ -145,6 +152,10 @@ struct QuantizeResult {
   int weight_bits = 0, act_bits = 0;
   std::string profile;              // the model profile's name
   std::string method, init_method;  // init_method: the calibrator that set the ranges
+  std::string requested_method;     // what the job asked for (`auto` resolves to `inlierq` below 8 bits)
+  // Reconstruction's automatic fallback: the groups left in floating point (their SQNR alone at 8 bits) and those
+  // raised to 8 bits (their SQNR alone at the plan's bits).
+  std::vector<SensitivityEntry> fallback_auto, raised_to_8_bits;
   bool reconstruction = false;
   size_t calibration_images = 0;
   std::vector<std::string> calibration_files, skipped_images;
@@ -177,8 +188,9 @@ struct QuantizeResult {
 
 struct Events {
   // Progress of a counted loop (images, calibration passes, sensitivity groups, evaluation). `elapsed`: seconds
-  // since the loop began. Every call is also a point where an interrupt (SIGINT/SIGTERM) stops the job.
-  std::function<void(const std::string& what, size_t done, size_t total, double elapsed)> progress;
+  // since the loop began; `unit`: what done and total count ("images", "groups"). Every call is also a point where
+  // an interrupt (SIGINT/SIGTERM) stops the job.
+  std::function<void(const std::string& what, size_t done, size_t total, double elapsed, const std::string& unit)> progress;
   std::function<void(const recon::ReconOptions::Progress&)> recon_progress;
   std::function<void(const std::string& line)> log;      // status lines ("[plan] ...")
   std::function<void(const std::string& line)> warning;  // skipped images, fallbacks to defaults

@@ -197,7 +197,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   // 2. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself;
   // then the calibrators again with those groups in floating point (what suits the rest may differ).
   if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() && !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
-    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", best.plan.num_groups);
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", best.plan.num_groups, ProgressReporter::clock::now(), "groups");
     const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
                                                     [&](size_t d, size_t) { sp.update(d); });
     for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});

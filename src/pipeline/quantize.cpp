@@ -156,9 +156,6 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
   if (!job.budget.empty()) {
     if (!auto_method)
       throw Error("--budget is what --method auto searches within; --method " + job.method + " makes no choices to fit it");
-    if (job.budget.min_int8_macs > 0 && resolve_bits(job.preset, job.weight_bits, job.act_bits).second < 8)
-      throw Error("--budget " + job.budget.to_string() +
-                  ": ONNX Runtime's integer kernels need 8-bit activations (a sub-8-bit quantizer's Clip stops the fusion)");
   }
   if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
     throw Error("--reference-score must be in (0, 1)");
@@ -172,7 +169,7 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
   if (job.weight_method != "mse" && job.weight_method != "minmax")
     throw Error("unknown weight calibration method '" + job.weight_method + "' (expected mse or minmax)");
   if (job.num_calib == 0) throw Error("--num-calib must be at least 1");
-  if (job.fallback < 0) throw Error("--fallback must be ≥ 0");
+  if (job.fallback < 0 && job.fallback != QuantizeJob::kFallbackAuto) throw Error("--fallback must be ≥ 0 (or auto)");
   if (!job.eval_images.empty() != !job.eval_annotations.empty())
     throw Error("--eval-images and --eval-annotations go together");
   const std::string base = strip_onnx_suffix(job.out);
@@ -229,15 +226,108 @@ void list_float_compute(const std::set<std::string>& integer_set, quant::QuantPl
   }
 }
 
+// A scale group in one line: a Concat's shared group can hold a dozen values.
+std::string group_label(const std::vector<std::string>& values) {
+  if (values.size() <= 3) return quant::join_names(values);
+  return fmt::format("{} and the {} other values sharing its scale", values.front(), values.size() - 1);
+}
+
+// Reconstruction's automatic fallback (docs/RECONSTRUCTION.md, "Automatic fallback"), from each activation group
+// quantized alone (weights and every other activation in floating point) on the first sensitivity_images images:
+// - below 8-bit activations, a group that alone takes the outputs below kLowBitHarmfulDb at the plan's bits is
+//   raised to 8 bits: on YOLOX-Nano W4A4 three such groups (5-7 dB; the next is 10 dB) make reconstruction collapse;
+// - a group that alone takes the outputs below kUnrepresentableDb even at 8 bits stays in floating point: its
+//   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
+//   models measures at least 13 dB).
+// Raised groups are calibrated again at 8 bits on all calibration images.
+void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorData>& inputs, const quant::CalibrationOptions& co,
+                                      const QuantizeJob& job, const Events& ev, quant::QuantPlan& plan, quant::Encodings& enc,
+                                      QuantizeResult& res) {
+  const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.sensitivity_images));
+  const auto now = ProgressReporter::clock::now;
+  int least_bits = 8;
+  for (const auto& a : plan.activations) least_bits = std::min(least_bits, a.bits);
+
+  std::vector<int> drop;
+  nlohmann::json dropped = nlohmann::json::array(), raised = nlohmann::json::array();
+  ProgressReporter p8(ev, "fallback: each quantizer group alone at 8 bits", plan.num_groups, now(), "groups");
+  const auto sens8 = quant::eight_bit_sensitivity(g, plan, probe, co, [&](size_t d, size_t) { p8.update(d); });
+  for (const auto& s : sens8) {
+    if (!(s.sqnr_db < QuantizeJob::kUnrepresentableDb)) break;
+    drop.push_back(s.group);
+    res.fallback_auto.push_back({s.values, s.sqnr_db});
+    dropped.push_back({{"values", s.values}, {"sqnr_db_at_8_bits", s.sqnr_db}});
+    say(ev.log, fmt::format("[fallback] auto: {} left in floating point (alone at 8 bits the outputs' SQNR is {:.1f} dB, "
+                            "below {:.0f}; --fallback 0 keeps it)",
+                            group_label(s.values), s.sqnr_db, QuantizeJob::kUnrepresentableDb));
+  }
+  std::set<int> raise;
+  if (least_bits < 8) {
+    ProgressReporter pb(ev, fmt::format("fallback: each quantizer group alone at {} bits", least_bits), plan.num_groups, now(), "groups");
+    const auto sens = quant::activation_sensitivity(g, plan, enc, probe, co.device, [&](size_t d, size_t) { pb.update(d); });
+    for (const auto& s : sens) {
+      if (!(s.sqnr_db < QuantizeJob::kLowBitHarmfulDb)) break;
+      if (std::find(drop.begin(), drop.end(), s.group) != drop.end()) continue;
+      raise.insert(s.group);
+      res.raised_to_8_bits.push_back({s.values, s.sqnr_db});
+      raised.push_back({{"values", s.values}, {"sqnr_db", s.sqnr_db}});
+      say(ev.log, fmt::format("[fallback] auto: {} raised to 8 bits (alone at {} bits the outputs' SQNR is {:.1f} dB, below "
+                              "{:.0f}; --fallback 0 keeps it at {} bits)",
+                              group_label(s.values), least_bits, s.sqnr_db, QuantizeJob::kLowBitHarmfulDb, least_bits));
+    }
+  }
+  if (!raise.empty()) {
+    for (auto& a : plan.activations)
+      if (raise.count(a.group)) {
+        a.bits = 8;
+        a.reason += ", raised to 8 bits by the automatic fallback";
+      }
+    enc = quant::calibrate(g, plan, inputs, co);
+  }
+  enc.meta["fallback_auto"] = {
+      {"rule", fmt::format("floating point where a group alone takes the outputs below {:.0f} dB SQNR at 8 bits; 8 bits where "
+                           "it does so below {:.0f} dB at the plan's bits",
+                           QuantizeJob::kUnrepresentableDb, QuantizeJob::kLowBitHarmfulDb)},
+      {"images", probe.size()},
+      {"least_at_8_bits_db", sens8.empty() ? nlohmann::json() : nlohmann::json(sens8.front().sqnr_db)},
+      {"floating_point", dropped},
+      {"raised_to_8_bits", raised}};
+  if (!drop.empty()) quant::drop_activation_groups(plan, enc, drop, "automatic fallback: no 8-bit grid holds it");
+  res.fallback_groups = drop.size();
+  enc.meta["fallback_groups"] = drop.size();
+  res.plan = plan;
+}
+
+// `auto` below 8 bits is InlierQ: every calibrator alone loses most of the accuracy there (docs/RESULTS.md: the best
+// of them keeps 0.0001-0.018 mAP at W4A4 and W4A8), so there is nothing worth choosing among.
+QuantizeJob resolve_auto_method(const QuantizeJob& job, const Events& ev) {
+  const auto [wbits, abits] = resolve_bits(job.preset, job.weight_bits, job.act_bits);
+  if (job.method != "auto" || (wbits >= 8 && abits >= 8)) return job;
+  if (!job.budget.empty())
+    throw Error("--budget " + job.budget.to_string() + ": below 8 bits --method auto reconstructs with inlierq, which has no "
+                "trials to choose within a budget (the budget search is for 8-bit calibration)");
+  QuantizeJob r = job;
+  // InlierQ scores positions by the profile's heatmap; a profile without one gets InlierQ's base alone.
+  const nlohmann::json h = load_profile(job.profile).heatmap;
+  const bool heatmap = h.contains("sources") && h["sources"].is_array() && !h["sources"].empty();
+  r.method = heatmap ? "inlierq" : job.base;
+  say(ev.log, fmt::format("[auto] W{}A{}: calibration alone loses most of the accuracy below 8 bits, so --method auto "
+                          "reconstructs with {}; --method mse (or another calibrator) calibrates only",
+                          wbits, abits, heatmap ? "inlierq (on " + r.base + ")" : r.base + " (the profile declares no heatmap for inlierq)"));
+  return r;
+}
+
 }  // namespace
 
-QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
+QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   const auto t0 = clock_type::now();
   QuantizeResult res;
   const auto stage_done = [&](Stage s) {
     if (ev.stage_done) ev.stage_done(s, res);
   };
-  std::tie(res.weight_bits, res.act_bits) = resolve_bits(job.preset, job.weight_bits, job.act_bits);
+  std::tie(res.weight_bits, res.act_bits) = resolve_bits(requested.preset, requested.weight_bits, requested.act_bits);
+  const QuantizeJob job = resolve_auto_method(requested, ev);
+  res.requested_method = requested.method;
   res.reconstruction = is_reconstruction_method(job.method);
   res.method = job.method;
   res.init_method = res.reconstruction ? job.init_method : job.method;
@@ -358,7 +448,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
     ai.weight_method = job.weight_method;
     ai.reference = reference.get();
     ai.device = job.device;
-    ai.max_fallback = job.fallback > 0 ? 0 : job.auto_max_fallback;
+    ai.max_fallback = job.fallback == QuantizeJob::kFallbackAuto ? job.auto_max_fallback : 0;
     ai.budget = job.budget;
     if (job.budget.max_latency > 0) {
       const fs::path probe = fs::temp_directory_path() / ("inlierq_latency_probe_" + std::to_string(::getpid()) + ".onnx");
@@ -412,10 +502,12 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   } else {
     enc = quant::calibrate(g, plan, inputs, co);
     pass_progress.reset();
+    if (res.reconstruction && job.fallback == QuantizeJob::kFallbackAuto)
+      auto_fallback_for_reconstruction(g, inputs, co, job, ev, final_plan, enc, res);
   }
   if (job.fallback > 0 || job.sensitivity) {
     const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.sensitivity_images));
-    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", final_plan.num_groups);
+    ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", final_plan.num_groups, ProgressReporter::clock::now(), "groups");
     auto sens = quant::activation_sensitivity(g, final_plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); });
     res.sensitivity.clear();
     nlohmann::json js = nlohmann::json::array();
@@ -436,7 +528,7 @@ QuantizeResult quantize(const QuantizeJob& job, const Events& ev) {
   }
   const size_t bias_images = std::min(inputs.size(), job.bias_correction_images);
   if (job.bias_correction == BiasCorrectionMode::On) {
-    ProgressReporter bp(ev, "bias correction", 1);
+    ProgressReporter bp(ev, "bias correction", 1, ProgressReporter::clock::now(), "passes");
     bias_correction = quant::compute_bias_correction(g, final_plan, enc, {inputs.begin(), inputs.begin() + bias_images}, job.device);
     bp.update(1);
   }

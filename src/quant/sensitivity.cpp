@@ -50,6 +50,17 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
   return out;
 }
 
+std::vector<GroupSensitivity> eight_bit_sensitivity(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                                                    CalibrationOptions co, const std::function<void(size_t, size_t)>& progress) {
+  QuantPlan at8 = plan;
+  for (auto& a : at8.activations) a.bits = std::max(a.bits, 8);
+  // Weights stay in floating point here; only the activation grids are measured.
+  co.weight_method = "minmax";
+  co.progress = {};
+  const Encodings enc = calibrate(g, at8, inputs, co);
+  return activation_sensitivity(g, at8, enc, inputs, co.device, progress);
+}
+
 void drop_activation_groups(QuantPlan& plan, Encodings& enc, const std::vector<int>& groups, const std::string& reason) {
   std::set<int> drop(groups.begin(), groups.end());
   std::vector<ActSite> kept;

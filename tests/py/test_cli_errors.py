@@ -170,8 +170,10 @@ def main():
         expect_error("quantize budget out of range", qbase + ["--preset", "w8a8", "--budget", "int8-macs=1.5"], ["int8-macs=1.5", "(0, 1]"], rc=1)
         expect_error("quantize budget without auto", qbase + ["--preset", "w8a8", "--method", "minmax", "--budget", "latency=0.8"],
                      ["--budget", "--method minmax"], rc=1)
-        expect_error("quantize int8 budget at 4-bit activations", qbase + ["--preset", "w4a4", "--budget", "int8-macs=0.9"],
-                     ["int8-macs=0.9", "8-bit activations"], rc=1)
+        expect_error("quantize budget below 8 bits", qbase + ["--preset", "w4a4", "--budget", "int8-macs=0.9"],
+                     ["int8-macs=0.9", "below 8 bits", "inlierq"], rc=1)
+        expect_error("quantize fallback neither auto nor a count", qbase + ["--preset", "w8a8", "--fallback", "some"],
+                     ["--fallback", "auto", "'some'"], rc=1)
         expect_error("quantize bad reference score", qbase + ["--preset", "w8a8", "--reference-score", "1.5"], ["--reference-score"], rc=1)
         expect_error("compare bad reference score", ["compare", fd, fd, "--profile", "fastestdet", "--images", calib_dir,
                                                      "--reference-score", "0"], ["--reference-score"], rc=1)

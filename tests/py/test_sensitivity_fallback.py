@@ -12,6 +12,14 @@
 - `--fallback 2` leaves exactly the two most harmful groups in floating point: their values have no
   QuantizeLinear in OUT.onnx and no encoding, every other group keeps its quantizers, and the plan gives
   the reason.
+
+Reconstruction's automatic fallback (FastestDet W4A4 `--method qdrop --iters 1`, the default `--fallback auto`):
+- the groups it raises to 8 bits are exactly those that the `--fallback 0 --sensitivity` run of the same job
+  lists below 8 dB at 4 bits, with the same SQNR; their encodings are 8-bit, every other activation's 4-bit
+  (the network input's 8-bit), and the plan names the reason;
+- no FastestDet group falls below 10 dB at 8 bits, so nothing is left in floating point;
+- `--fallback 0` leaves every activation at 4 bits. (The floating-point branch is checked on a synthetic graph
+  by the gtest Sensitivity.EightBitProbeFindsChannelsNoGridHolds, and on YOLOX-Nano in docs/RECONSTRUCTION.md.)
 """
 import json
 import os
@@ -32,10 +40,10 @@ MODEL = MODELS["fastestdet_352"][0]
 PREPROCESS_TOOL = os.environ.get("INLIERQ_PREPROCESS_TOOL", os.path.join(SOURCE_DIR, "build", "tests", "preprocess_tool"))
 
 
-def quantize(tmp, calib, name, *extra):
+def quantize(tmp, calib, name, *extra, preset="w8a8"):
     out = os.path.join(tmp, name + ".onnx")
     r = subprocess.run([CLI, "quantize", MODEL, "--profile", "fastestdet", "--calib", calib, "--num-calib", "8", "--preset",
-                        "w8a8", "--sensitivity-images", "4", "--no-ort-latency", "-o", out, *extra],
+                        preset, "--sensitivity-images", "4", "--no-ort-latency", "-o", out, *extra],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"quantize {extra} failed: {r.stderr[-800:]}")
@@ -133,6 +141,33 @@ def main():
         reasons = {a["value"]: a["reason"] for a in plan.get("float_activations", [])}
         checks.check(all(reasons.get(v) == "sensitivity fallback" for v in dropped),
                      f"the plan names the reason for each ({sorted(set(reasons.get(v) for v in dropped), key=str)})")
+
+        recon = ["--method", "qdrop", "--iters", "1"]
+        _, auto = quantize(tmp, calib, "w4a4_auto", *recon, preset="w4a4")
+        _, none = quantize(tmp, calib, "w4a4_none", *recon, "--fallback", "0", "--sensitivity", preset="w4a4")
+        fa = auto["meta"].get("fallback_auto", {})
+        raised = {tuple(r["values"]): r["sqnr_db"] for r in fa.get("raised_to_8_bits", [])}
+        below = {tuple(r["values"]): r["sqnr_db"] for r in none["meta"]["sensitivity"] if r["sqnr_db"] < 8}
+        checks.check(raised and raised.keys() == below.keys() and all(abs(raised[k] - below[k]) < 1e-6 for k in raised),
+                     f"W4A4: raised to 8 bits {[(k[0], round(v, 2)) for k, v in raised.items()]}; the 4-bit sensitivity's "
+                     f"groups below 8 dB {[(k[0], round(v, 2)) for k, v in below.items()]}")
+        checks.check(fa.get("floating_point") == [] and fa.get("least_at_8_bits_db", 0) >= 10,
+                     f"W4A4: no group below 10 dB at 8 bits (least {fa.get('least_at_8_bits_db')}), none left in float")
+        raised_values = {v for k in raised for v in k}
+        acts = auto["activation_encodings"]
+        image = {a["value"] for a in auto["meta"]["plan"]["activations"] if a["image"]}
+        # Requantizers written after grid-preserving ops (Gather, MaxPool) share their input's group and grid.
+        raised_groups = {acts[v]["group"] for v in raised_values if v in acts}
+        eight = {v for v, e in acts.items() if e["group"] in raised_groups}
+        wrong = [v for v, e in acts.items() if e["bitwidth"] != (8 if v in eight or v in image else 4)]
+        checks.check(raised_values <= set(acts) and not wrong,
+                     f"W4A4: the {len(raised_groups)} raised groups' {len(eight)} values encoded at 8 bits, the other "
+                     f"{len(acts) - len(eight)} at 4 (the input at 8); wrong: {wrong[:4]}")
+        reasons = {a["value"]: a["reason"] for a in auto["meta"]["plan"]["activations"]}
+        checks.check(all("raised to 8 bits by the automatic fallback" in reasons.get(v, "") for v in raised_values),
+                     "W4A4: the plan names the reason for each raised value")
+        wrong0 = [v for v, e in none["activation_encodings"].items() if e["bitwidth"] != (8 if v in image else 4)]
+        checks.check(not wrong0 and "fallback_auto" not in none["meta"], f"W4A4 --fallback 0: every activation at 4 bits ({wrong0[:4]})")
     return checks.finish()
 
 
