@@ -119,7 +119,11 @@ def quantize_cmd(args, model, config, label, seed, out):
         if args.lr_scale > 0:
             for flag, lr in REFERENCE_LR.items():
                 cmd += [flag, f"{lr * args.lr_scale:g}"]
-    cmd += shlex.split(args.extra_by_model.get(model, "")) + variant_flags
+    extra = shlex.split(args.extra_by_model.get(model, "")) + variant_flags
+    # The tables compare methods on one plan; the CLI's automatic fallback would change it per model.
+    if "--fallback" not in extra:
+        extra = ["--fallback", "0"] + extra
+    cmd += extra
     return cmd
 
 
