@@ -152,7 +152,6 @@ struct QuantizeResult {
   int weight_bits = 0, act_bits = 0;
   std::string profile;              // the model profile's name
   std::string method, init_method;  // init_method: the calibrator that set the ranges
-  std::string requested_method;     // what the job asked for (`auto` resolves to `inlierq` below 8 bits)
   // Reconstruction's automatic fallback: the groups left in floating point (their SQNR alone at 8 bits) and those
   // raised to 8 bits (their SQNR alone at the plan's bits).
   std::vector<SensitivityEntry> fallback_auto, raised_to_8_bits;

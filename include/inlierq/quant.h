@@ -212,7 +212,7 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
 // activation_sensitivity() with every group at 8 bits (or more, where the plan says so), calibrated by `co` on
 // `inputs`: what each group costs on the grid of a W8A8 model, whatever bits the plan gives it. A group an 8-bit
 // grid alone takes to a few dB holds channels of incompatible ranges, which no lower bit width or rounding can
-// keep (docs/RECONSTRUCTION.md, "Groups no 8-bit grid holds"). Group numbers are the plan's.
+// keep (docs/RECONSTRUCTION.md, "Automatic fallback"). Group numbers are the plan's.
 std::vector<GroupSensitivity> eight_bit_sensitivity(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                                                     CalibrationOptions co, const std::function<void(size_t, size_t)>& progress = {});
 

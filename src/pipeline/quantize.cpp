@@ -249,14 +249,12 @@ void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorDa
   for (const auto& a : plan.activations) least_bits = std::min(least_bits, a.bits);
 
   std::vector<int> drop;
-  nlohmann::json dropped = nlohmann::json::array(), raised = nlohmann::json::array();
   ProgressReporter p8(ev, "fallback: each quantizer group alone at 8 bits", plan.num_groups, now(), "groups");
   const auto sens8 = quant::eight_bit_sensitivity(g, plan, probe, co, [&](size_t d, size_t) { p8.update(d); });
   for (const auto& s : sens8) {
     if (!(s.sqnr_db < QuantizeJob::kUnrepresentableDb)) break;
     drop.push_back(s.group);
     res.fallback_auto.push_back({s.values, s.sqnr_db});
-    dropped.push_back({{"values", s.values}, {"sqnr_db_at_8_bits", s.sqnr_db}});
     say(ev.log, fmt::format("[fallback] auto: {} left in floating point (alone at 8 bits the outputs' SQNR is {:.1f} dB, "
                             "below {:.0f}; --fallback 0 keeps it)",
                             group_label(s.values), s.sqnr_db, QuantizeJob::kUnrepresentableDb));
@@ -270,7 +268,6 @@ void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorDa
       if (std::find(drop.begin(), drop.end(), s.group) != drop.end()) continue;
       raise.insert(s.group);
       res.raised_to_8_bits.push_back({s.values, s.sqnr_db});
-      raised.push_back({{"values", s.values}, {"sqnr_db", s.sqnr_db}});
       say(ev.log, fmt::format("[fallback] auto: {} raised to 8 bits (alone at {} bits the outputs' SQNR is {:.1f} dB, below "
                               "{:.0f}; --fallback 0 keeps it at {} bits)",
                               group_label(s.values), least_bits, s.sqnr_db, QuantizeJob::kLowBitHarmfulDb, least_bits));
@@ -284,14 +281,19 @@ void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorDa
       }
     enc = quant::calibrate(g, plan, inputs, co);
   }
+  const auto entries = [](const std::vector<SensitivityEntry>& v, const char* db_key) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& e : v) j.push_back({{"values", e.values}, {db_key, e.sqnr_db}});
+    return j;
+  };
   enc.meta["fallback_auto"] = {
       {"rule", fmt::format("floating point where a group alone takes the outputs below {:.0f} dB SQNR at 8 bits; 8 bits where "
                            "it does so below {:.0f} dB at the plan's bits",
                            QuantizeJob::kUnrepresentableDb, QuantizeJob::kLowBitHarmfulDb)},
       {"images", probe.size()},
       {"least_at_8_bits_db", sens8.empty() ? nlohmann::json() : nlohmann::json(sens8.front().sqnr_db)},
-      {"floating_point", dropped},
-      {"raised_to_8_bits", raised}};
+      {"floating_point", entries(res.fallback_auto, "sqnr_db_at_8_bits")},
+      {"raised_to_8_bits", entries(res.raised_to_8_bits, "sqnr_db")}};
   if (!drop.empty()) quant::drop_activation_groups(plan, enc, drop, "automatic fallback: no 8-bit grid holds it");
   res.fallback_groups = drop.size();
   enc.meta["fallback_groups"] = drop.size();
@@ -327,7 +329,6 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   };
   std::tie(res.weight_bits, res.act_bits) = resolve_bits(requested.preset, requested.weight_bits, requested.act_bits);
   const QuantizeJob job = resolve_auto_method(requested, ev);
-  res.requested_method = requested.method;
   res.reconstruction = is_reconstruction_method(job.method);
   res.method = job.method;
   res.init_method = res.reconstruction ? job.init_method : job.method;
