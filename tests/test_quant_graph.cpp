@@ -793,3 +793,96 @@ TEST(Sensitivity, EightBitProbeFindsChannelsNoGridHolds) {
   const double db = 10 * std::log10(ref.pow(2).sum().item<double>() / (ref - got).pow(2).sum().item<double>());
   EXPECT_NEAR(a_entry->sqnr_db, db, 0.01);
 }
+
+namespace {
+
+TensorData u8_tensor(std::vector<int64_t> shape, std::vector<uint8_t> v) {
+  TensorData t;
+  t.dtype = DType::UInt8;
+  t.shape = std::move(shape);
+  t.bytes = std::move(v);
+  return t;
+}
+
+TensorData f32_tensor(std::vector<int64_t> shape, std::vector<float> v) {
+  TensorData t;
+  t.dtype = DType::Float;
+  t.shape = std::move(shape);
+  t.bytes.resize(v.size() * sizeof(float));
+  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+  return t;
+}
+
+// x (codes on a unit grid) → Q/DQ → three convs whose weights are uint8 codes at zero point 128: pair sums that
+// leave int16 (127·255 + 127·v), a pair of opposite signs that cannot, and a depthwise conv.
+Graph u8s8_graph() {
+  Graph g;
+  g.name = "u8s8";
+  g.inputs = {float_input("x", {1, 2, 3, 3})};
+  g.initializers["xs"] = f32_tensor({}, {1.0f});
+  g.initializers["xz"] = u8_tensor({}, {0});
+  g.nodes.push_back(node("q", "QuantizeLinear", {"x", "xs", "xz"}, {"xq"}));
+  g.nodes.push_back(node("dq", "DequantizeLinear", {"xq", "xs", "xz"}, {"xd"}));
+  auto conv = [&](const std::string& name, std::vector<int64_t> wshape, std::vector<uint8_t> codes, int64_t group) {
+    const int64_t o = wshape[0];
+    g.initializers[name + "_wq"] = u8_tensor(wshape, std::move(codes));
+    g.initializers[name + "_ws"] = f32_tensor({o}, std::vector<float>(o, 0.01f));
+    g.initializers[name + "_wz"] = u8_tensor({o}, std::vector<uint8_t>(o, 128));
+    Node dq = node(name + "_wdq", "DequantizeLinear", {name + "_wq", name + "_ws", name + "_wz"}, {name + "_w"});
+    dq.attrs["axis"].kind = Attribute::Kind::Int;
+    dq.attrs["axis"].i = 0;
+    g.nodes.push_back(dq);
+    Node c = node(name, "Conv", {"xd", name + "_w"}, {name + "_y"});
+    c.attrs["group"].kind = Attribute::Kind::Int;
+    c.attrs["group"].i = group;
+    g.nodes.push_back(c);
+    g.outputs.push_back(float_output(name + "_y", {1, o, 3, 3}));
+  };
+  conv("same_sign", {1, 2, 1, 1}, {255, 255}, 1);
+  conv("opposite", {1, 2, 1, 1}, {255, 1}, 1);
+  conv("depthwise", {2, 1, 1, 1}, {255, 255}, 2);
+  return finish(g);
+}
+
+}  // namespace
+
+// The accumulator SQNR under int16 pair saturation against a hand computation, and int8 storage keeps the values.
+TEST(U8S8Saturation, PairSumsThatLeaveInt16AgainstAHandComputation) {
+  const Graph g = u8s8_graph();
+  // Channel 0 at code 255 everywhere, channel 1 at 0..8: the pair 127·255 + 127·v leaves int16 from v = 4 on.
+  std::vector<float> x(18);
+  for (int p = 0; p < 9; ++p) x[p] = 255.0f, x[9 + p] = static_cast<float>(p);
+  const TensorData image = f32_tensor({1, 2, 3, 3}, x);
+  double a2 = 0, e2 = 0;
+  int64_t saturated = 0;
+  for (int p = 0; p < 9; ++p) {
+    const double sum = 127.0 * 255.0 + 127.0 * p;
+    const double clipped = std::min(sum, 32767.0);
+    a2 += sum * sum, e2 += (clipped - sum) * (clipped - sum), saturated += clipped != sum;
+  }
+  ASSERT_GT(saturated, 0);
+  const auto checks = quant::check_u8s8_saturation(g, {image});
+  ASSERT_EQ(checks.size(), 3u);
+  std::map<std::string, quant::U8S8Check> by_conv;
+  for (const auto& c : checks) by_conv[c.conv] = c;
+  EXPECT_FALSE(by_conv.at("same_sign").depthwise);
+  EXPECT_NEAR(by_conv.at("same_sign").accumulator_sqnr_db, 10.0 * std::log10(a2 / e2), 1e-6);
+  EXPECT_EQ(by_conv.at("same_sign").saturated_pairs, saturated);
+  EXPECT_EQ(by_conv.at("same_sign").pairs, 9);
+  EXPECT_TRUE(std::isinf(by_conv.at("opposite").accumulator_sqnr_db));
+  EXPECT_EQ(by_conv.at("opposite").saturated_pairs, 0);
+  EXPECT_TRUE(by_conv.at("depthwise").depthwise);
+
+  Graph stored = g;
+  EXPECT_EQ(quant::store_conv_weights_signed(stored, {"same_sign", "depthwise"}), 2u);
+  EXPECT_EQ(stored.initializers.at("same_sign_wq").dtype, DType::Int8);
+  EXPECT_EQ(stored.initializers.at("same_sign_wq").as<int8_t>()[0], 127);
+  EXPECT_EQ(stored.initializers.at("same_sign_wz").dtype, DType::Int8);
+  EXPECT_EQ(stored.initializers.at("same_sign_wz").as<int8_t>()[0], 0);
+  EXPECT_EQ(stored.initializers.at("opposite_wq").dtype, DType::UInt8);
+  // Only uint8 weights at zero point 128 are candidates: the stored ones are no longer measured.
+  EXPECT_EQ(quant::check_u8s8_saturation(stored, {image}).size(), 1u);
+  rt::Executor before(g), after(load_onnx_bytes(serialize_onnx(stored), "stored"));
+  const auto ya = before.run({{"x", rt::to_aten(image)}}), yb = after.run({{"x", rt::to_aten(image)}});
+  for (const auto& o : g.outputs) EXPECT_TRUE(at::equal(ya.at(o.name), yb.at(o.name))) << o.name;
+}

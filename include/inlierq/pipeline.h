@@ -102,7 +102,11 @@ struct QuantizeJob {
   size_t bias_correction_images = 32;  // the first calibration images, in one batch
   // Placement and export.
   quant::QdqLayout layout = quant::QdqLayout::Auto;
+  // auto: the ORT layout stores int8 weights where ONNX Runtime's U8S8 kernels are exact on every x86 CPU and
+  // uint8 (zero point 128) elsewhere, measured on the first kU8S8Images calibration images; block: int8.
   WeightType weight_type = WeightType::Auto;
+  static constexpr size_t kU8S8Images = 8;
+  static constexpr double kU8S8MinSqnrDb = 40.0;
   std::string config;
   std::vector<std::string> exclude;
   bool act_symmetric = false, quantize_head = false, separate_concat_scales = false;

@@ -1,7 +1,9 @@
 #pragma once
 // Quantization: placement of quantizers, calibration, QDQ/encodings/TensorRT export. Torch-free.
 #include <functional>
+#include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -186,6 +188,23 @@ struct ExportOptions {
   bool unsigned_weights = false;
 };
 Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc, const ExportOptions& opts = {});
+
+// Where int8 weight storage is exact in ONNX Runtime on every x86 CPU. Without VNNI its U8S8 conv kernels add
+// each pair of neighbouring u8·s8 products in int16 and saturate; depthwise convs never do. For each Conv of an
+// exported file whose weights are stored as uint8 at zero point 128 (the ORT layout), the accumulator error that
+// int8 storage would get from that saturation, measured on `images` (at most `max_positions` output positions
+// per image and group, evenly strided), as an SQNR against the exact accumulator. docs/QUANTIZATION.md §2a.
+struct U8S8Check {
+  std::string conv;
+  bool depthwise = false;  // ORT's depthwise kernels widen to 32 bits: never saturates, not measured
+  double accumulator_sqnr_db = std::numeric_limits<double>::infinity();  // +inf: no pair saturated
+  int64_t saturated_pairs = 0, pairs = 0;
+};
+std::vector<U8S8Check> check_u8s8_saturation(const Graph& qdq, const std::vector<TensorData>& images,
+                                             int64_t max_positions = 4096);
+// Stores the weights of the listed Convs (uint8 codes at zero point 128) as int8 at zero point 0: the same
+// values. A weight also read by an unlisted node keeps its storage. Returns the number of weights changed.
+size_t store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs);
 nlohmann::json encodings_json(const Encodings& enc);
 // TensorRT's text calibration cache (scale = amax/127 per 8-bit activation tensor, hex float32).
 std::string tensorrt_cache(const Encodings& enc);

@@ -240,6 +240,37 @@ std::string group_label(const std::vector<std::string>& values) {
 //   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
 //   models measures at least 13 dB).
 // Raised groups are calibrated again at 8 bits on all calibration images.
+// `--weight-type auto` with the ORT layout: int8 weights (ORT's faster U8S8 kernels, and VNNI's) for the convs where
+// they are exact on every x86 CPU — depthwise convs, and convs whose int16 pair saturation without VNNI stays
+// negligible on calibration images — uint8 at zero point 128 (U8U8 kernels, never saturating) for the rest.
+// docs/QUANTIZATION.md §2a.
+void store_int8_where_exact(Graph& qdq, const std::vector<TensorData>& inputs, quant::Encodings& enc, QuantizeResult& res) {
+  const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), QuantizeJob::kU8S8Images));
+  const std::vector<quant::U8S8Check> checks = quant::check_u8s8_saturation(qdq, probe);
+  std::set<std::string> exact;
+  nlohmann::json kept = nlohmann::json::array();
+  size_t depthwise = 0;
+  for (const auto& c : checks) {
+    if (c.depthwise || c.accumulator_sqnr_db >= QuantizeJob::kU8S8MinSqnrDb) {
+      exact.insert(c.conv);
+      depthwise += c.depthwise;
+    } else {
+      kept.push_back({{"conv", c.conv}, {"accumulator_sqnr_db", c.accumulator_sqnr_db},
+                      {"saturated_pairs", c.saturated_pairs}, {"pairs", c.pairs}});
+    }
+  }
+  quant::store_conv_weights_signed(qdq, exact);
+  res.weight_storage = fmt::format("int8 for {} of {} convs ({} depthwise), uint8 at zero point 128 for {} whose int16 pair "
+                                   "saturation without VNNI would cost accuracy",
+                                   exact.size(), checks.size(), depthwise, kept.size());
+  nlohmann::json int8 = nlohmann::json::array();
+  for (const auto& c : checks)
+    if (exact.count(c.conv)) int8.push_back(c.conv);
+  enc.meta["u8s8_check"] = {{"rule", fmt::format("int8 where the accumulator SQNR under int16 pair saturation is >= {} dB "
+                                                 "(depthwise: always)", QuantizeJob::kU8S8MinSqnrDb)},
+                            {"images", probe.size()}, {"int8", int8}, {"uint8", kept}};
+}
+
 void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorData>& inputs, const quant::CalibrationOptions& co,
                                       const QuantizeJob& job, const Events& ev, quant::QuantPlan& plan, quant::Encodings& enc,
                                       QuantizeResult& res) {
@@ -634,9 +665,11 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   xo.unsigned_weights =
       job.weight_type == WeightType::Uint8 || (job.weight_type == WeightType::Auto && final_plan.layout == quant::QdqLayout::Ort);
   res.weight_storage = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
-  enc.meta["weight_storage"] = res.weight_storage;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
+  if (job.weight_type == WeightType::Auto && xo.unsigned_weights && !job.weight_asymmetric)
+    store_int8_where_exact(qdq, inputs, enc, res);
+  enc.meta["weight_storage"] = res.weight_storage;
   if (reference) {
     res.fidelity = reference->measure(qdq);
     enc.meta["fidelity"] = res.fidelity->to_json();
