@@ -215,7 +215,8 @@ def markdown(rows, args, meta):
              "graph runs as QLinearConv. mAP: the independent ORT + pycocotools pipeline "
              f"(`bench/reference_pipeline.py --onnx`) on {meta['images']} coco_val500 images, ORT executing the file "
              "with its integer kernels. ORT's export stores int8 weights; on a CPU without VNNI its U8S8 kernels "
-             "saturate and lose accuracy, which inlierq's uint8 weight storage avoids (docs/QUANTIZATION.md §2a); "
+             "saturate and lose accuracy, which inlierq avoids by storing int8 weights only where it measured them "
+             "exact and uint8 (U8U8 kernels) elsewhere (docs/QUANTIZATION.md §2a); "
              f"this CPU: {cpu_flags()}.", ""]
     note = os.path.join(HERE, "export_latency_note.md")
     if os.path.exists(note):

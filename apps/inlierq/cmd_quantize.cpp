@@ -42,6 +42,7 @@ void print_stage(pipeline::Stage stage, const pipeline::QuantizeResult& r, const
                  "floating point: {})\n",
                  quant::layout_name(p.layout), r.bytes / 1e6, r.fp32_bytes / 1e6, 100 * r.integer_mac_fraction,
                  p.float_nodes.size(), p.float_nodes.empty() ? std::string("none") : p.float_reasons.front() + ", ...");
+      fmt::print("weights stored as {}\n", r.weight_storage);
       if (r.budget_met)
         fmt::print("budget {}: {}\n", job.budget.to_string(),
                    *r.budget_met ? "met" : "NOT met by any configuration tried; wrote the closest (encodings: meta.auto.trials)");
@@ -240,8 +241,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
                 "skip the quick ONNX Runtime latency of FP32 vs the exported file (run when python3 can import onnxruntime)");
   a->named.push_back(add_named_option(sub, "--weight-type", q.weight_type, pipeline::weight_type_names(),
                                       "how weight codes are stored: int8, uint8 (zero point 128; ONNX Runtime's U8U8 kernels, "
-                                      "which do not saturate on CPUs without VNNI) or auto (uint8 with --layout ort, int8 with "
-                                      "block, for TensorRT)"));
+                                      "which do not saturate on CPUs without VNNI) or auto (--layout ort: int8 for the convs where "
+                                      "ONNX Runtime's u8s8 kernels stay exact on CPUs without VNNI, measured on 8 calibration "
+                                      "images, uint8 for the rest; block: int8, for TensorRT)"));
   a->named.push_back(add_named_option(sub, "--layout", q.layout, quant::layout_names(),
                                       "where activation Q/DQ go: ort (every op with an integer kernel reads and writes int8, the "
                                       "layout ONNX Runtime fuses), block (block outputs only, after the activation and residual "

@@ -165,7 +165,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
       quant::QuantPlan p = plan;
       quant::Encodings e = enc;
       quant::add_requantizers(g, p, e);
-      cost.latency = in.latency_ratio(quant::make_qdq_graph(g, p, e));
+      cost.latency = in.latency_ratio(in.export_qdq ? in.export_qdq(g, p, e) : quant::make_qdq_graph(g, p, e));
     }
     const Fidelity f = measure(c, qdq, cost);
     bool taken = !have_best;

@@ -46,6 +46,8 @@ struct AutoChoiceInputs {
   // Trials outside the budget are never chosen over one within it. A latency budget needs latency_ratio.
   Budget budget;
   std::function<double(const Graph& qdq)> latency_ratio;  // ONNX Runtime latency over FP32's; throws when it cannot
+  // The file a trial is timed as: the export's weight storage (quant::make_qdq_graph's defaults when unset).
+  std::function<Graph(const Graph&, const quant::QuantPlan&, const quant::Encodings&)> export_qdq;
 };
 
 AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev);

@@ -232,6 +232,54 @@ std::string group_label(const std::vector<std::string>& values) {
   return fmt::format("{} and the {} other values sharing its scale", values.front(), values.size() - 1);
 }
 
+// Symmetric weight codes stored as uint8 at zero point 128 before export_qdq picks the convs where int8 is exact.
+bool stores_unsigned_weights(const QuantizeJob& job, const quant::QuantPlan& plan) {
+  return job.weight_type == WeightType::Uint8 || (job.weight_type == WeightType::Auto && plan.layout == quant::QdqLayout::Ort);
+}
+
+bool int8_is_exact(const quant::U8S8Check& c) { return c.depthwise || c.accumulator_sqnr_db >= QuantizeJob::kU8S8MinSqnrDb; }
+
+// The QDQ file of a plan as the job stores its weights. `--weight-type auto` with the ORT layout: int8 weights (ORT's
+// faster U8S8 kernels, and VNNI's) for the convs where they are exact on every x86 CPU — depthwise convs, and convs
+// whose int16 pair saturation without VNNI stays negligible on `probe` — and uint8 at zero point 128 (U8U8
+// kernels, never saturating) for the rest; `checks` gets the measurements. docs/QUANTIZATION.md §2a.
+Graph export_qdq(const Graph& g, const quant::QuantPlan& plan, const quant::Encodings& enc, const QuantizeJob& job,
+                 const std::vector<TensorData>& probe, std::vector<quant::U8S8Check>* checks = nullptr) {
+  quant::ExportOptions xo;
+  xo.unsigned_weights = stores_unsigned_weights(job, plan);
+  Graph qdq = quant::make_qdq_graph(g, plan, enc, xo);
+  if (job.weight_type == WeightType::Auto && xo.unsigned_weights && !job.weight_asymmetric) {
+    std::vector<quant::U8S8Check> measured = quant::check_u8s8_saturation(qdq, probe);
+    std::set<std::string> exact;
+    for (const auto& c : measured)
+      if (int8_is_exact(c)) exact.insert(c.conv);
+    quant::store_conv_weights_signed(qdq, exact);
+    if (checks) *checks = std::move(measured);
+  }
+  return qdq;
+}
+
+// The storage export_qdq chose, for the log and the encodings.
+void record_weight_storage(const std::vector<quant::U8S8Check>& checks, size_t images, quant::Encodings& enc, QuantizeResult& res) {
+  nlohmann::json int8 = nlohmann::json::array(), kept = nlohmann::json::array();
+  size_t depthwise = 0;
+  for (const auto& c : checks) {
+    if (int8_is_exact(c)) {
+      int8.push_back(c.conv);
+      depthwise += c.depthwise;
+    } else {
+      kept.push_back({{"conv", c.conv}, {"accumulator_sqnr_db", c.accumulator_sqnr_db},
+                      {"saturated_pairs", c.saturated_pairs}, {"pairs", c.pairs}});
+    }
+  }
+  res.weight_storage = fmt::format("int8 for {} of {} convs ({} depthwise), uint8 at zero point 128 for {} whose int16 pair "
+                                   "saturation without VNNI would cost accuracy",
+                                   int8.size(), checks.size(), depthwise, kept.size());
+  enc.meta["u8s8_check"] = {{"rule", fmt::format("int8 where the accumulator SQNR under int16 pair saturation is >= {} dB "
+                                                 "(depthwise: always)", QuantizeJob::kU8S8MinSqnrDb)},
+                            {"images", images}, {"int8", int8}, {"uint8", kept}};
+}
+
 // Reconstruction's automatic fallback (docs/RECONSTRUCTION.md, "Automatic fallback"), from each activation group
 // quantized alone (weights and every other activation in floating point) on the first sensitivity_images images:
 // - below 8-bit activations, a group that alone takes the outputs below kLowBitHarmfulDb at the plan's bits is
@@ -240,37 +288,6 @@ std::string group_label(const std::vector<std::string>& values) {
 //   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
 //   models measures at least 13 dB).
 // Raised groups are calibrated again at 8 bits on all calibration images.
-// `--weight-type auto` with the ORT layout: int8 weights (ORT's faster U8S8 kernels, and VNNI's) for the convs where
-// they are exact on every x86 CPU — depthwise convs, and convs whose int16 pair saturation without VNNI stays
-// negligible on calibration images — uint8 at zero point 128 (U8U8 kernels, never saturating) for the rest.
-// docs/QUANTIZATION.md §2a.
-void store_int8_where_exact(Graph& qdq, const std::vector<TensorData>& inputs, quant::Encodings& enc, QuantizeResult& res) {
-  const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), QuantizeJob::kU8S8Images));
-  const std::vector<quant::U8S8Check> checks = quant::check_u8s8_saturation(qdq, probe);
-  std::set<std::string> exact;
-  nlohmann::json kept = nlohmann::json::array();
-  size_t depthwise = 0;
-  for (const auto& c : checks) {
-    if (c.depthwise || c.accumulator_sqnr_db >= QuantizeJob::kU8S8MinSqnrDb) {
-      exact.insert(c.conv);
-      depthwise += c.depthwise;
-    } else {
-      kept.push_back({{"conv", c.conv}, {"accumulator_sqnr_db", c.accumulator_sqnr_db},
-                      {"saturated_pairs", c.saturated_pairs}, {"pairs", c.pairs}});
-    }
-  }
-  quant::store_conv_weights_signed(qdq, exact);
-  res.weight_storage = fmt::format("int8 for {} of {} convs ({} depthwise), uint8 at zero point 128 for {} whose int16 pair "
-                                   "saturation without VNNI would cost accuracy",
-                                   exact.size(), checks.size(), depthwise, kept.size());
-  nlohmann::json int8 = nlohmann::json::array();
-  for (const auto& c : checks)
-    if (exact.count(c.conv)) int8.push_back(c.conv);
-  enc.meta["u8s8_check"] = {{"rule", fmt::format("int8 where the accumulator SQNR under int16 pair saturation is >= {} dB "
-                                                 "(depthwise: always)", QuantizeJob::kU8S8MinSqnrDb)},
-                            {"images", probe.size()}, {"int8", int8}, {"uint8", kept}};
-}
-
 void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorData>& inputs, const quant::CalibrationOptions& co,
                                       const QuantizeJob& job, const Events& ev, quant::QuantPlan& plan, quant::Encodings& enc,
                                       QuantizeResult& res) {
@@ -494,6 +511,10 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
                       "); it needs python3 with onnxruntime ($INLIERQ_PYTHON)");
         return lat["ratio"].get<double>();
       };
+      ai.export_qdq = [&job, trial_probe = std::vector<TensorData>(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), 4))](
+                          const Graph& graph, const quant::QuantPlan& plan, const quant::Encodings& encodings) {
+        return export_qdq(graph, plan, encodings, job, trial_probe);
+      };
     }
     // Four images, half the cost of the explicit --fallback's eight: on YOLOX-Nano they give the same three most
     // harmful groups (1177, 687, 861), and a wrong rank only costs a rejected trial.
@@ -661,14 +682,14 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   list_float_compute(integer_nodes, final_plan);
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
-  quant::ExportOptions xo;
-  xo.unsigned_weights =
-      job.weight_type == WeightType::Uint8 || (job.weight_type == WeightType::Auto && final_plan.layout == quant::QdqLayout::Ort);
-  res.weight_storage = job.weight_asymmetric ? "uint8, per-channel zero points" : xo.unsigned_weights ? "uint8, zero point + 128" : "int8";
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
-  Graph qdq = quant::make_qdq_graph(quantized_weights, final_plan, enc, xo);
-  if (job.weight_type == WeightType::Auto && xo.unsigned_weights && !job.weight_asymmetric)
-    store_int8_where_exact(qdq, inputs, enc, res);
+  const std::vector<TensorData> storage_probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), QuantizeJob::kU8S8Images));
+  std::vector<quant::U8S8Check> u8s8;
+  Graph qdq = export_qdq(quantized_weights, final_plan, enc, job, storage_probe, &u8s8);
+  res.weight_storage = job.weight_asymmetric                          ? "uint8, per-channel zero points"
+                       : stores_unsigned_weights(job, final_plan) ? "uint8, zero point + 128"
+                                                                  : "int8";
+  if (!u8s8.empty()) record_weight_storage(u8s8, storage_probe.size(), enc, res);
   enc.meta["weight_storage"] = res.weight_storage;
   if (reference) {
     res.fidelity = reference->measure(qdq);
