@@ -70,25 +70,33 @@ std::vector<CandidateConv> candidate_convs(const Graph& qdq, const GraphIndex& i
 // u8·s8 pair sums of `positions` [L, T, C] (codes as float: every sum is an exact integer below 2^24) against
 // `weights` [O, T, C], pairs (2i, 2i+1) along C within each T. Returns Σ over (position, output) of the squared
 // accumulator error that int16 saturation causes (summed over T and pairs first, as the kernel accumulates).
+// Only pairs that can leave int16 for some output channel (x0·max|w0| + x1·max|w1| > 32767) are multiplied out:
+// a few per cent of them, where computing all would cost O·T·C per position.
 double saturation_error(const at::Tensor& positions, const at::Tensor& weights, int64_t& saturated, int64_t& pairs) {
   at::Tensor x = positions, w = weights;
   if (x.size(2) % 2) {
     x = at::constant_pad_nd(x, {0, 1}, 0.0);
     w = at::constant_pad_nd(w, {0, 1}, 0.0);
   }
-  const int64_t L = x.size(0), T = x.size(1), C = x.size(2), O = w.size(0);
-  double e2 = 0;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 23) / std::max<int64_t>(1, O * T * C));
-  for (int64_t l = 0; l < L; l += chunk) {
-    const at::Tensor xs = x.narrow(0, l, std::min(chunk, L - l));
-    const at::Tensor products = xs.unsqueeze(1) * w.unsqueeze(0);                  // [l, O, T, C]
-    const at::Tensor sums = products.view({xs.size(0), O, T, C / 2, 2}).sum(-1);  // [l, O, T, C/2]
-    const at::Tensor clipped = sums.clamp(kInt16Min, kInt16Max);
-    saturated += (clipped != sums).sum().item<int64_t>();
-    pairs += sums.numel();
-    e2 += (clipped - sums).sum({2, 3}).to(at::kDouble).pow(2).sum().item<double>();
+  const int64_t L = x.size(0), T = x.size(1), P = x.size(2) / 2, O = w.size(0);
+  pairs += L * O * T * P;
+  const at::Tensor xp = x.reshape({L, T, P, 2}), wp = w.reshape({O, T, P, 2});
+  const at::Tensor bound = (xp * wp.abs().amax(0).unsqueeze(0)).sum(-1);  // [L, T, P]
+  const at::Tensor candidates = at::nonzero(bound > kInt16Max);           // [n, 3]: l, t, p
+  if (candidates.size(0) == 0) return 0.0;
+  at::Tensor error = at::zeros({L, O}, x.options());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, O));
+  for (int64_t k = 0; k < candidates.size(0); k += chunk) {
+    const at::Tensor c = candidates.narrow(0, k, std::min(chunk, candidates.size(0) - k));
+    const at::Tensor l = c.select(1, 0), t = c.select(1, 1), p = c.select(1, 2);
+    const at::Tensor xs = xp.index({l, t, p});                                     // [n, 2]
+    const at::Tensor ws = wp.permute({1, 2, 0, 3}).index({t, p});          // [n, O, 2]
+    const at::Tensor sums = (xs.unsqueeze(1) * ws).sum(-1);                       // [n, O]
+    const at::Tensor lost = sums.clamp(kInt16Min, kInt16Max) - sums;
+    saturated += (lost != 0).sum().item<int64_t>();
+    error.index_add_(0, l, lost);
   }
-  return e2;
+  return error.to(at::kDouble).pow(2).sum().item<double>();
 }
 
 }  // namespace
