@@ -874,7 +874,7 @@ TEST(U8S8Saturation, PairSumsThatLeaveInt16AgainstAHandComputation) {
   EXPECT_TRUE(by_conv.at("depthwise").depthwise);
 
   Graph stored = g;
-  EXPECT_EQ(quant::store_conv_weights_signed(stored, {"same_sign", "depthwise"}), 2u);
+  EXPECT_EQ(quant::store_conv_weights_signed(stored, {"same_sign", "depthwise"}), (std::set<std::string>{"same_sign", "depthwise"}));
   EXPECT_EQ(stored.initializers.at("same_sign_wq").dtype, DType::Int8);
   EXPECT_EQ(stored.initializers.at("same_sign_wq").as<int8_t>()[0], 127);
   EXPECT_EQ(stored.initializers.at("same_sign_wz").dtype, DType::Int8);
@@ -882,6 +882,7 @@ TEST(U8S8Saturation, PairSumsThatLeaveInt16AgainstAHandComputation) {
   EXPECT_EQ(stored.initializers.at("opposite_wq").dtype, DType::UInt8);
   // Only uint8 weights at zero point 128 are candidates: the stored ones are no longer measured.
   EXPECT_EQ(quant::check_u8s8_saturation(stored, {image}).size(), 1u);
+  EXPECT_THROW(quant::check_u8s8_saturation(g, {}), Error);
   rt::Executor before(g), after(load_onnx_bytes(serialize_onnx(stored), "stored"));
   const auto ya = before.run({{"x", rt::to_aten(image)}}), yb = after.run({{"x", rt::to_aten(image)}});
   for (const auto& o : g.outputs) EXPECT_TRUE(at::equal(ya.at(o.name), yb.at(o.name))) << o.name;

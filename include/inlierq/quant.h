@@ -193,7 +193,8 @@ Graph make_qdq_graph(const Graph& g, const QuantPlan& plan, const Encodings& enc
 // each pair of neighbouring u8·s8 products in int16 and saturate; depthwise convs never do. For each Conv of an
 // exported file whose weights are stored as uint8 at zero point 128 (the ORT layout), the accumulator error that
 // int8 storage would get from that saturation, measured on `images` (at most `max_positions` output positions
-// per image and group, evenly strided), as an SQNR against the exact accumulator. docs/QUANTIZATION.md §2a.
+// per image and group, evenly strided), as an SQNR against the exact accumulator; throws without images.
+// docs/QUANTIZATION.md §2a.
 struct U8S8Check {
   std::string conv;
   bool depthwise = false;  // ORT's depthwise kernels widen to 32 bits: never saturates, not measured
@@ -203,8 +204,8 @@ struct U8S8Check {
 std::vector<U8S8Check> check_u8s8_saturation(const Graph& qdq, const std::vector<TensorData>& images,
                                              int64_t max_positions = 4096);
 // Stores the weights of the listed Convs (uint8 codes at zero point 128) as int8 at zero point 0: the same
-// values. A weight also read by an unlisted node keeps its storage. Returns the number of weights changed.
-size_t store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs);
+// values. A weight also read by an unlisted node keeps its storage. Returns the Convs whose weights are now int8.
+std::set<std::string> store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs);
 nlohmann::json encodings_json(const Encodings& enc);
 // TensorRT's text calibration cache (scale = amax/127 per 8-bit activation tensor, hex float32).
 std::string tensorrt_cache(const Encodings& enc);

@@ -244,7 +244,8 @@ bool int8_is_exact(const quant::U8S8Check& c) { return c.depthwise || c.accumula
 // whose int16 pair saturation without VNNI stays negligible on `probe` — and uint8 at zero point 128 (U8U8
 // kernels, never saturating) for the rest; `checks` gets the measurements. docs/QUANTIZATION.md §2a.
 Graph export_qdq(const Graph& g, const quant::QuantPlan& plan, const quant::Encodings& enc, const QuantizeJob& job,
-                 const std::vector<TensorData>& probe, std::vector<quant::U8S8Check>* checks = nullptr) {
+                 const std::vector<TensorData>& probe, std::vector<quant::U8S8Check>* checks = nullptr,
+                 std::set<std::string>* stored_int8 = nullptr) {
   quant::ExportOptions xo;
   xo.unsigned_weights = stores_unsigned_weights(job, plan);
   Graph qdq = quant::make_qdq_graph(g, plan, enc, xo);
@@ -253,18 +254,21 @@ Graph export_qdq(const Graph& g, const quant::QuantPlan& plan, const quant::Enco
     std::set<std::string> exact;
     for (const auto& c : measured)
       if (int8_is_exact(c)) exact.insert(c.conv);
-    quant::store_conv_weights_signed(qdq, exact);
+    const std::set<std::string> stored = quant::store_conv_weights_signed(qdq, exact);
     if (checks) *checks = std::move(measured);
+    if (stored_int8) *stored_int8 = stored;
   }
   return qdq;
 }
 
-// The storage export_qdq chose, for the log and the encodings.
-void record_weight_storage(const std::vector<quant::U8S8Check>& checks, size_t images, quant::Encodings& enc, QuantizeResult& res) {
+// The storage export_qdq chose, for the log and the encodings. A conv measured exact whose weight it shares with
+// one that is not keeps uint8, and is listed with the uint8 ones.
+void record_weight_storage(const std::vector<quant::U8S8Check>& checks, const std::set<std::string>& stored_int8, size_t images,
+                           quant::Encodings& enc, QuantizeResult& res) {
   nlohmann::json int8 = nlohmann::json::array(), kept = nlohmann::json::array();
   size_t depthwise = 0;
   for (const auto& c : checks) {
-    if (int8_is_exact(c)) {
+    if (stored_int8.count(c.conv)) {
       int8.push_back(c.conv);
       depthwise += c.depthwise;
     } else {
@@ -511,7 +515,7 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
                       "); it needs python3 with onnxruntime ($INLIERQ_PYTHON)");
         return lat["ratio"].get<double>();
       };
-      ai.export_qdq = [&job, trial_probe = std::vector<TensorData>(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), 4))](
+      ai.export_qdq = [&job, trial_probe = std::vector<TensorData>(inputs.begin(), inputs.begin() + std::min(inputs.size(), QuantizeJob::kU8S8Images))](
                           const Graph& graph, const quant::QuantPlan& plan, const quant::Encodings& encodings) {
         return export_qdq(graph, plan, encodings, job, trial_probe);
       };
@@ -685,11 +689,12 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   const std::vector<TensorData> storage_probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), QuantizeJob::kU8S8Images));
   std::vector<quant::U8S8Check> u8s8;
-  Graph qdq = export_qdq(quantized_weights, final_plan, enc, job, storage_probe, &u8s8);
+  std::set<std::string> stored_int8;
+  Graph qdq = export_qdq(quantized_weights, final_plan, enc, job, storage_probe, &u8s8, &stored_int8);
   res.weight_storage = job.weight_asymmetric                          ? "uint8, per-channel zero points"
                        : stores_unsigned_weights(job, final_plan) ? "uint8, zero point + 128"
                                                                   : "int8";
-  if (!u8s8.empty()) record_weight_storage(u8s8, storage_probe.size(), enc, res);
+  if (!u8s8.empty()) record_weight_storage(u8s8, stored_int8, storage_probe.size(), enc, res);
   enc.meta["weight_storage"] = res.weight_storage;
   if (reference) {
     res.fidelity = reference->measure(qdq);

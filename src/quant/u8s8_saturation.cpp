@@ -118,7 +118,8 @@ std::vector<U8S8Check> check_u8s8_saturation(const Graph& qdq, const std::vector
     weights[out[i].conv] =
         at::from_blob(const_cast<uint8_t*>(w.as<uint8_t>()), w.shape, at::kByte).to(at::kFloat).sub(128.0).reshape({w.shape[0], w.shape[1], -1});
   }
-  if (keep.empty() || images.empty()) return out;
+  if (keep.empty()) return out;
+  if (images.empty()) throw Error("u8s8 saturation check: no images to measure the convs on");
   ro.keep.assign(keep.begin(), keep.end());
   rt::ExecutorOptions eo;
   eo.channels_last = false;
@@ -177,10 +178,9 @@ std::vector<U8S8Check> check_u8s8_saturation(const Graph& qdq, const std::vector
   return out;
 }
 
-size_t store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs) {
+std::set<std::string> store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs) {
   const GraphIndex index(qdq);
-  std::set<std::string> done;
-  size_t stored = 0;
+  std::set<std::string> done, stored;
   for (const Node& n : qdq.nodes) {
     if (!convs.count(n.name) || n.inputs.size() < 2) continue;
     const Node* dw = index.producer(n.inputs[1]);
@@ -198,7 +198,7 @@ size_t store_conv_weights_signed(Graph& qdq, const std::set<std::string>& convs)
     zit->second.dtype = DType::Int8;
     std::fill(zit->second.bytes.begin(), zit->second.bytes.end(), uint8_t{0});
     done.insert(dw->name);
-    ++stored;
+    for (const Node* c : index.consumers(dw->outputs[0])) stored.insert(c->name);
   }
   return stored;
 }

@@ -111,7 +111,7 @@ def u8s8_pair_errors(model, image_files, max_positions=4096):
     the accumulator SQNR (dB) that int8 storage would get from ORT's int16 pair saturation without VNNI (pairs
     of neighbouring channels per kernel tap; for an odd channel count also neighbouring im2col entries, the
     worse of the two), over the same evenly strided output positions as quant::check_u8s8_saturation; and the
-    names of the int8-stored and depthwise Convs."""
+    names of the int8-stored Convs (depthwise included) and of the depthwise Convs."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     convs, int8, depthwise = [], set(), set()
@@ -126,7 +126,7 @@ def u8s8_pair_errors(model, image_files, max_positions=4096):
         group = attrs.get("group", 1)
         if w.shape[1] == 1 and w.shape[0] == group:
             depthwise.add(n.name)
-        elif w.dtype == np.int8:
+        if w.dtype == np.int8:
             int8.add(n.name)
         if w.dtype == np.uint8 and np.all(zw == 128) and n.name not in depthwise:
             convs.append((n, px.input[0], int(inits[px.input[2]]), w.astype(np.int64) - 128, group, attrs))
@@ -197,18 +197,19 @@ def check_u8s8(checks, q, enc, val_images):
                 inits[n.input[0]].CopyFrom(numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), n.input[0]))
                 z = numpy_helper.to_array(inits[n.input[2]])
                 inits[n.input[2]].CopyFrom(numpy_helper.from_array(np.full(z.shape, 128, np.uint8), n.input[2]))
-    _, stored_int8, depthwise = u8s8_pair_errors(q, [])
-    checks.check(stored_int8 | (depthwise & listed) == listed and stored_int8 <= listed,
+    _, stored, depthwise = u8s8_pair_errors(q, [])
+    stored_int8 = stored - depthwise
+    checks.check(stored == listed and depthwise <= stored,
                  f"w8a8 u8s8: the file stores int8 for exactly the {len(listed)} convs the encodings list "
-                 f"({len(stored_int8)} non-depthwise)")
+                 f"({len(stored_int8)} non-depthwise, all {len(depthwise)} depthwise)")
     calib = enc["meta"]["calibration_files"][:meta["images"]]
     ours, _, _ = u8s8_pair_errors(m, calib)
     theirs = {c["conv"]: c["accumulator_sqnr_db"] for c in meta["uint8"]}
     diffs = [abs(ours[k] - theirs[k]) for k in theirs]
-    checks.check(theirs and all(d <= 0.5 for d in diffs) and all(ours[k] >= 40 for k in stored_int8),
+    checks.check(theirs and all(d <= 0.5 for d in diffs) and all(ours[k] >= 40 - 0.5 for k in stored_int8),
                  f"w8a8 u8s8: {len(theirs)} uint8-stored convs, SQNR recomputed vs quantize's within "
                  f"{max(diffs, default=0):.2f} dB (<= 0.5); the {len(stored_int8)} int8 ones >= 40 dB here too "
-                 f"(lowest {min((ours[k] for k in stored_int8), default=float('inf')):.1f})")
+                 f"(lowest {min((ours[k] for k in stored_int8), default=float('inf')):.1f}; >= 39.5 allowed)")
     unseen, _, _ = u8s8_pair_errors(m, val_images[:2])
     low = min((unseen[k] for k in stored_int8), default=float("inf"))
     checks.check(low >= 30, f"w8a8 u8s8: on 2 unseen val images the int8-stored convs keep >= 30 dB (lowest {low:.1f})")
