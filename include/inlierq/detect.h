@@ -27,6 +27,11 @@ struct ModelProfile {
   PreprocessSpec preprocess;
   nlohmann::json decoder;  // kind-specific, validated by the decoder
   nlohmann::json heatmap;  // which outputs/channels carry per-position class confidence
+  bool declares_heatmap() const { return declares_heatmap(heatmap); }
+  // A "heatmap" with at least one source: what InlierQ's saliency and Fisher weighting read.
+  static bool declares_heatmap(const nlohmann::json& h) {
+    return h.contains("sources") && h["sources"].is_array() && !h["sources"].empty();
+  }
   float score_threshold = 0.01f;
   float nms_iou = 0.65f;
   int max_detections = 100;

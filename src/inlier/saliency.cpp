@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "detect/output_view.h"
+#include "inlierq/detect.h"
 #include "inlierq/error.h"
 #include "inlierq/graph.h"
 
@@ -18,7 +19,7 @@ at::Tensor logit_of_probability(const at::Tensor& p) {
 }  // namespace
 
 at::Tensor heatmap_logits(const nlohmann::json& definition, const rt::TensorMap& outputs) {
-  if (!definition.contains("sources") || !definition["sources"].is_array() || definition["sources"].empty())
+  if (!ModelProfile::declares_heatmap(definition))
     throw Error("the model profile declares no heatmap (\"heatmap\": {\"sources\": [...]}); InlierQ and Fisher weighting need it");
   std::vector<at::Tensor> parts;
   detect::validate_heatmap(definition, "heatmap");

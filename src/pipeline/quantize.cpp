@@ -362,8 +362,7 @@ QuantizeJob resolve_auto_method(const QuantizeJob& job, const Events& ev) {
                 "trials to choose within a budget (the budget search is for 8-bit calibration)");
   QuantizeJob r = job;
   // InlierQ scores positions by the profile's heatmap; a profile without one gets InlierQ's base alone.
-  const nlohmann::json h = load_profile(job.profile).heatmap;
-  const bool heatmap = h.contains("sources") && h["sources"].is_array() && !h["sources"].empty();
+  const bool heatmap = load_profile(job.profile).declares_heatmap();
   r.method = heatmap ? "inlierq" : job.base;
   say(ev.log, fmt::format("[auto] W{}A{}: calibration alone loses most of the accuracy below 8 bits, so --method auto "
                           "reconstructs with {}; --method mse (or another calibrator) calibrates only",
@@ -439,6 +438,8 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   res.fidelity_files.assign(folder.paths.begin() + calibrated, folder.paths.begin() + calibrated + held_out);
   inputs.resize(calibrated);
   transforms_of_inputs.resize(calibrated);
+  // The images the weight storage is measured on (export_qdq), by the export and by --budget latency's trials.
+  const std::vector<TensorData> storage_probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), QuantizeJob::kU8S8Images));
   folder.paths.resize(calibrated);
   if (calibrated < job.num_calib)
     say(ev.warning, fmt::format("{} has only {} decodable images; calibrating on {} (asked for {}){}", job.calib_dir, loaded,
@@ -515,9 +516,8 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
                       "); it needs python3 with onnxruntime ($INLIERQ_PYTHON)");
         return lat["ratio"].get<double>();
       };
-      ai.export_qdq = [&job, trial_probe = std::vector<TensorData>(inputs.begin(), inputs.begin() + std::min(inputs.size(), QuantizeJob::kU8S8Images))](
-                          const Graph& graph, const quant::QuantPlan& plan, const quant::Encodings& encodings) {
-        return export_qdq(graph, plan, encodings, job, trial_probe);
+      ai.export_qdq = [&job, &storage_probe](const Graph& graph, const quant::QuantPlan& plan, const quant::Encodings& encodings) {
+        return export_qdq(graph, plan, encodings, job, storage_probe);
       };
     }
     // Four images, half the cost of the explicit --fallback's eight: on YOLOX-Nano they give the same three most
@@ -687,14 +687,13 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
-  const std::vector<TensorData> storage_probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), QuantizeJob::kU8S8Images));
   std::vector<quant::U8S8Check> u8s8;
   std::set<std::string> stored_int8;
   Graph qdq = export_qdq(quantized_weights, final_plan, enc, job, storage_probe, &u8s8, &stored_int8);
-  res.weight_storage = job.weight_asymmetric                          ? "uint8, per-channel zero points"
-                       : stores_unsigned_weights(job, final_plan) ? "uint8, zero point + 128"
-                                                                  : "int8";
   if (!u8s8.empty()) record_weight_storage(u8s8, stored_int8, storage_probe.size(), enc, res);
+  else res.weight_storage = job.weight_asymmetric                          ? "uint8, per-channel zero points"
+                            : stores_unsigned_weights(job, final_plan) ? "uint8, zero point + 128"
+                                                                       : "int8";
   enc.meta["weight_storage"] = res.weight_storage;
   if (reference) {
     res.fidelity = reference->measure(qdq);
