@@ -887,3 +887,118 @@ TEST(U8S8Saturation, PairSumsThatLeaveInt16AgainstAHandComputation) {
   const auto ya = before.run({{"x", rt::to_aten(image)}}), yb = after.run({{"x", rt::to_aten(image)}});
   for (const auto& o : g.outputs) EXPECT_TRUE(at::equal(ya.at(o.name), yb.at(o.name))) << o.name;
 }
+
+namespace {
+
+// g with each named weight replaced by its fake quantization on `enc`'s grid, computed here per output channel.
+Graph with_quantized_weights(Graph g, const std::map<std::string, quant::WeightEncoding>& enc, const std::set<std::string>& tensors) {
+  for (const auto& t : tensors) {
+    const quant::WeightEncoding& e = enc.at(t);
+    TensorData& w = g.initializers.at(t);
+    const int64_t per = w.numel() / w.shape[0];
+    for (int64_t c = 0; c < w.shape[0]; ++c)
+      for (int64_t i = c * per; i < (c + 1) * per; ++i) {
+        float& v = w.as<float>()[i];
+        const double q = std::clamp<double>(std::nearbyint(v / e.scale[c]) + e.zero_point[c], e.qn(), e.qp());
+        v = static_cast<float>((q - e.zero_point[c]) * e.scale[c]);
+      }
+  }
+  return g;
+}
+
+double output_sqnr_db(const Graph& ref, const Graph& q, const std::vector<TensorData>& inputs) {
+  double s = 0, n = 0;
+  for (const auto& x : inputs) {
+    const at::Tensor a = run_graph(ref, x).to(at::kDouble), b = run_graph(q, x).to(at::kDouble);
+    s += a.pow(2).sum().item<double>();
+    n += (a - b).pow(2).sum().item<double>();
+  }
+  return 10 * std::log10(s / n);
+}
+
+}  // namespace
+
+// --budget weight-bits: each candidate's SQNR against a hand-quantized copy of the graph, the average bits from the
+// initializers, the greedy order and its maximality, the measured frontier, and the plan that carries the choice.
+TEST(WeightBitsBudget, RaisesTheWeightsThatHurtMostPerBitWithinTheAverage) {
+  std::mt19937 rng(11);
+  const Graph g = toy_detector(rng);
+  const auto inputs = random_inputs(3, rng);
+  quant::PlacementOptions po;
+  po.weight_bits = 4;
+  po.quantize_head = true;  // pred at 8 bits (head_last_bits), stem at 8 (first layer): not candidates
+  const quant::QuantPlan plan = quant::derive_plan(g, po);
+  std::map<std::string, int> bits_of;
+  double params = 0, bits = 0;
+  for (const auto& w : plan.weights) {
+    bits_of[w.tensor] = w.bits;
+    params += g.initializers.at(w.tensor).numel();
+    bits += static_cast<double>(g.initializers.at(w.tensor).numel()) * w.bits;
+  }
+  ASSERT_EQ(bits_of.at("stem.w"), 8);
+  ASSERT_EQ(bits_of.at("pred.w"), 8);
+  // Room for 4 more bits on c3 and c5 (96 weights), not on c2 (576).
+  const double budget = (bits + 4.0 * (64 + 32)) / params + 1e-9;
+  const auto choice = quant::assign_weight_bits(g, plan, inputs, budget, "mse", "cpu");
+  EXPECT_NEAR(choice.average_bits_before, bits / params, 1e-12);
+  EXPECT_EQ(choice.params, static_cast<int64_t>(params));
+  ASSERT_EQ(choice.layers.size(), 3u);  // c2, c3, c5
+
+  const auto low = quant::calibrate_weights(g, plan, "mse");
+  double used = bits;
+  for (size_t i = 0; i < choice.layers.size(); ++i) {
+    const auto& l = choice.layers[i];
+    const double db = output_sqnr_db(g, with_quantized_weights(g, low, {l.tensor}), inputs);
+    EXPECT_NEAR(l.sqnr_db, db, 0.01) << l.tensor;
+    EXPECT_EQ(l.bits, 4);
+    EXPECT_EQ(l.params, g.initializers.at(l.tensor).numel());
+    if (i > 0) {
+      const auto& p = choice.layers[i - 1];
+      EXPECT_GE(std::pow(10, -p.sqnr_db / 10) / p.params, std::pow(10, -l.sqnr_db / 10) / l.params) << "order";
+    }
+    if (l.raised) used += 4.0 * l.params;
+  }
+  EXPECT_NEAR(choice.average_bits, used / params, 1e-12);
+  EXPECT_LE(choice.average_bits, budget);
+  for (const auto& l : choice.layers)  // greedy leaves out only what no longer fits
+    if (!l.raised) EXPECT_GT(used + 4.0 * l.params, budget * params) << l.tensor;
+  EXPECT_FALSE(std::find_if(choice.layers.begin(), choice.layers.end(), [](const auto& l) { return l.tensor == "c2.w"; })->raised);
+
+  // The frontier: all weights at the plan's bits, then each candidate raised in order, then the choice.
+  ASSERT_EQ(choice.frontier.size(), choice.layers.size() + 2);
+  std::set<std::string> all;
+  for (const auto& w : plan.weights) all.insert(w.tensor);
+  EXPECT_NEAR(choice.frontier.front().sqnr_db, output_sqnr_db(g, with_quantized_weights(g, low, all), inputs), 0.01);
+  quant::QuantPlan at8 = plan;
+  for (auto& w : at8.weights) w.bits = 8;
+  const auto high = quant::calibrate_weights(g, at8, "mse");
+  std::map<std::string, quant::WeightEncoding> assigned = low;
+  for (const auto& l : choice.layers)
+    if (l.raised) assigned[l.tensor] = high.at(l.tensor);
+  EXPECT_TRUE(choice.frontier.back().chosen);
+  EXPECT_NEAR(choice.frontier.back().sqnr_db, output_sqnr_db(g, with_quantized_weights(g, assigned, all), inputs), 0.01);
+  EXPECT_GT(choice.frontier[choice.layers.size()].sqnr_db, choice.frontier.front().sqnr_db + 3);  // 8-bit weights throughout
+
+  // The plan carries the choice; a config override wins over it.
+  quant::PlacementOptions chosen = po;
+  chosen.budget_weight_bits = choice.node_bits;
+  const auto p2 = quant::derive_plan(g, chosen);
+  for (const auto& l : choice.layers) {
+    const quant::WeightSite* w = find_weight(p2, l.node);
+    ASSERT_TRUE(w);
+    EXPECT_EQ(w->bits, l.raised ? 8 : 4) << l.node;
+    if (l.raised) EXPECT_EQ(w->reason, "weight-bits budget");
+  }
+  chosen.overrides = {{"nodes", {{"c3", {{"weight_bits", 6}}}}}};
+  EXPECT_EQ(find_weight(quant::derive_plan(g, chosen), "c3")->bits, 6);
+  const auto pinned = quant::assign_weight_bits(g, plan, inputs, budget, "mse", "cpu", {"c3"});
+  for (const auto& l : pinned.layers) EXPECT_NE(l.node, "c3");
+
+  // A budget below what the plan already spends is an error that says so.
+  try {
+    quant::assign_weight_bits(g, plan, inputs, 4.0, "mse", "cpu");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already average"), std::string::npos) << e.what();
+  }
+}

@@ -100,7 +100,8 @@ nlohmann::json result_json(const pipeline::QuantizeResult& r, const pipeline::Qu
                    {"integer_mac_fraction", r.integer_mac_fraction}, {"ort_latency", r.ort_latency},
                    {"budget_met", r.budget_met ? nlohmann::json(*r.budget_met) : nlohmann::json()},
                    {"seconds", r.seconds.total}, {"report", r.out_report}, {"fallback_groups", r.fallback_groups},
-                   {"bias_corrected_convs", r.bias_corrected_convs}, {"calibrator", r.init_method}};
+                   {"bias_corrected_convs", r.bias_corrected_convs}, {"calibrator", r.init_method},
+                   {"average_weight_bits", r.average_weight_bits}};
   if (r.fidelity) j["fidelity"] = r.fidelity->to_json();
   if (!r.auto_trials.is_null()) j["auto_trials"] = r.auto_trials;
   if (r.reconstruction) {
@@ -234,6 +235,10 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_flag("--weight-asymmetric", q.weight_asymmetric,
                 "per-channel weight grids with a zero point, as BRECQ and QDrop use (TensorRT needs symmetric weights)");
   sub->add_flag("--separate-concat-scales", q.separate_concat_scales, "give each Concat input its own scale");
+  sub->add_flag("--auto-group-calibrators", q.auto_group_calibrators,
+                "--method auto: also try each other calibrator on each of the 6 most harmful activation groups (kept when "
+                "the held-out agreement gains 0.005; off by default: on the shared models it raised agreement and lowered "
+                "real mAP, docs/QUANTIZATION.md)");
   sub->add_flag("--float-head-input", q.float_head_input,
                 "block layout: leave activations that only floating-point nodes read (the float head's input) "
                 "unquantized, as QDrop's COCO code does");
@@ -259,9 +264,11 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_option("--reference-score", q.fidelity_reference_score, "fidelity estimate: FP32 detections at or above this score are the ground truth")->default_val(q.fidelity_reference_score);
   auto budget = std::make_shared<std::string>();
   sub->add_option("--budget", *budget,
-                  "what --method auto must stay within: int8-macs=F (at least this share of the conv MACs in ONNX Runtime's "
-                  "integer 8-bit kernels, 0..1), latency=X (ONNX Runtime latency at most X times FP32's, 1 thread, measured "
-                  "for every trial; needs python3 with onnxruntime), or both, comma-separated");
+                  "what the result must stay within, comma-separated: int8-macs=F (--method auto: at least this share of the "
+                  "conv MACs in ONNX Runtime's integer 8-bit kernels, 0..1), latency=X (--method auto: ONNX Runtime latency "
+                  "at most X times FP32's, 1 thread, measured for every trial; needs python3 with onnxruntime), "
+                  "weight-bits=B (any method: the weights that hurt the outputs most per bit go from the preset's bits to "
+                  "8 while the average over all weight parameters stays <= B, e.g. --preset w4a8 --budget weight-bits=5)");
   a->named.push_back([budget, &q] {
     if (!budget->empty()) q.budget = pipeline::parse_budget(*budget);
   });

@@ -68,11 +68,16 @@ const NameTable<BiasCorrectionMode>& bias_correction_names();
 struct Budget {
   double min_int8_macs = 0;  // share of the compute MACs that ONNX Runtime runs in integer 8-bit kernels, 0..1
   double max_latency = 0;    // ONNX Runtime latency at 1 thread over the FP32 model's, measured per trial
-  bool empty() const { return min_int8_macs <= 0 && max_latency <= 0; }
+  // Average bits over the quantized weight parameters: low-bit weights raised to 8 bits within it, before any
+  // calibration or reconstruction (quant::assign_weight_bits); any method.
+  double max_weight_bits = 0;
+  bool empty() const { return !constrains_trials() && max_weight_bits <= 0; }
+  // What `--method auto`'s trials are chosen within (the weight bits are fixed before the trials).
+  bool constrains_trials() const { return min_int8_macs > 0 || max_latency > 0; }
   std::string to_string() const;  // as parse_budget reads it ("" when empty)
   nlohmann::json to_json() const;
 };
-// "int8-macs=0.9", "latency=0.8" or both, comma-separated; Error naming the bad item otherwise.
+// "int8-macs=0.9", "latency=0.8", "weight-bits=5", comma-separated; Error naming the bad item otherwise.
 Budget parse_budget(const std::string& spec);
 
 struct QuantizeJob {
@@ -94,6 +99,7 @@ struct QuantizeJob {
   size_t fidelity_images = 16;
   float fidelity_reference_score = 0.3f;
   int auto_max_fallback = 3;  // `auto`: activation groups it may leave in floating point
+  bool auto_group_calibrators = false;  // `auto`: also try another calibrator per harmful group (measured worse)
   Budget budget;              // `auto` only
   int batch = 8;
   uint64_t seed = 0;
@@ -165,7 +171,9 @@ struct QuantizeResult {
   std::vector<std::string> fidelity_files;  // the held-out images of the fidelity estimate
   std::optional<Fidelity> fidelity;          // of the written file on those images
   nlohmann::json auto_trials;                // `auto`: every configuration measured, with its fidelity
-  std::optional<bool> budget_met;            // `auto` with a --budget: whether the choice is within it
+  std::optional<bool> budget_met;            // `auto` with an int8-macs or latency --budget: whether the choice is within it
+  nlohmann::json weight_bits_budget;         // --budget weight-bits: quant::WeightBitsChoice::to_json() and its images
+  double average_weight_bits = 0;            // over the quantized weight parameters of the written file
   quant::QuantPlan plan;  // the final plan (after fallback and requantizers)
   std::vector<SensitivityEntry> sensitivity;  // most harmful first; empty unless asked
   size_t sensitivity_images = 0;              // calibration images it was measured on

@@ -52,6 +52,8 @@ struct PlacementOptions {
   std::vector<std::string> exclude;  // node names (or activation value names) kept in floating point
   // {"nodes": {"<node or value name>": {"weight_bits": N, "act_bits": N, "exclude": true}}}
   nlohmann::json overrides;
+  // Weight bits chosen per compute node by `--budget weight-bits` (assign_weight_bits); a config override wins.
+  std::map<std::string, int> budget_weight_bits;
 };
 
 struct WeightSite {
@@ -225,6 +227,39 @@ struct GroupSensitivity {
 // Quantizes one activation scale group at a time (weights and every other activation in floating
 // point) and measures the SQNR of all graph outputs against the FP32 outputs over `inputs`; sorted
 // from most to least harmful. Costs one forward pass per group.
+// `--budget weight-bits=B` (docs/QUANTIZATION.md §4c): which weights of a low-bit plan to raise to `high_bits` so
+// that the average weight bits (over every quantized weight parameter) stay ≤ B and the outputs follow FP32 best.
+struct WeightLayerSensitivity {
+  std::string node, tensor;
+  int64_t params = 0;
+  int bits = 0;         // the plan's bits
+  double sqnr_db = 0;   // of the graph outputs with only this weight quantized at `bits` (activations in float)
+  bool raised = false;  // chosen for high_bits
+};
+struct WeightBitsPoint {
+  double average_bits = 0;
+  double sqnr_db = 0;   // of the graph outputs with every weight quantized as assigned (activations in float)
+  bool chosen = false;  // the assignment returned
+};
+struct WeightBitsChoice {
+  double budget_bits = 0, average_bits_before = 0, average_bits = 0;
+  int high_bits = 8;
+  int64_t params = 0;                          // quantized weight parameters
+  std::vector<WeightLayerSensitivity> layers;  // the candidates (weights below high_bits), most harmful per bit first
+  std::vector<WeightBitsPoint> frontier;       // measured along that order, from none raised to all
+  std::map<std::string, int> node_bits;        // what to put in PlacementOptions::budget_weight_bits
+  nlohmann::json to_json() const;
+};
+// Measures each candidate weight's output SQNR alone (one forward per weight on `inputs`, weights calibrated by
+// `weight_method` at the plan's bits), models the error of an assignment as the sum of its low-bit weights' noise
+// powers, and raises weights in decreasing order of noise per added bit while the budget allows (greedy knapsack).
+// Nodes in `fixed` (explicit per-node bits) are never candidates. Throws Error when the plan's own bits already
+// average more than `max_average_bits`.
+WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
+                                    double max_average_bits, const std::string& weight_method, const std::string& device,
+                                    const std::set<std::string>& fixed = {}, int high_bits = 8,
+                                    const std::function<void(size_t, size_t)>& progress = {});
+
 std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const QuantPlan& plan, const Encodings& enc,
                                                      const std::vector<TensorData>& inputs, const std::string& device,
                                                      const std::function<void(size_t, size_t)>& progress = {});

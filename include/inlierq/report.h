@@ -32,6 +32,9 @@ std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int
 // the frontier (the best agreement at each share or above) as a line, the chosen trial (index `chosen`, -1: none)
 // ringed, and the budget's minimum share, when given (> 0), as a dashed line. Trials without agreement are left out.
 std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_int8_macs, int width = 480, int height = 260);
+// --budget weight-bits: the measured output SQNR against average weight bits along the greedy order, the chosen
+// assignment ringed, the budget dashed (quant::WeightBitsChoice::to_json()).
+std::string weight_bits_svg(const nlohmann::json& weight_bits_budget, int width = 480, int height = 260);
 
 // Nearest-neighbour downscale so that the longer side is at most max_side.
 Image thumbnail(const Image& img, int max_side);

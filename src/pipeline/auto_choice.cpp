@@ -1,10 +1,11 @@
-// `--method auto`: every calibrator, a greedy fallback of the most harmful activation groups (then the calibrators
-// again with it), the other weight method, separate concat scales and a quantized head, each kept only when the
-// held-out fidelity says so (docs/QUANTIZATION.md §4a).
+// `--method auto`: every calibrator, another calibrator for each of the most harmful activation groups, a greedy
+// fallback of the most harmful groups (then the calibrators again with it), the other weight method, separate concat
+// scales and a quantized head, each kept only when the held-out fidelity says so (docs/QUANTIZATION.md §4a).
 #include "pipeline/auto_choice.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -46,19 +47,57 @@ bool head_is_affordable(const Fidelity& with, const Fidelity& without) {
 // Fallback candidates tried, most harmful first; at most AutoChoiceInputs::max_fallback of them are kept.
 constexpr int kFallbackCandidates = 6;
 
+// What another calibrator for one group must gain: half a fallback's point of agreement (0.25 dB of SQNR when
+// undefined). It costs nothing in size or speed, but it is the best of three trials per group, and a gain this
+// small is what the maximum of three equal configurations on 16 images shows by chance.
+bool worth_a_group_calibrator(const Fidelity& with, const Fidelity& without) {
+  if (with.agreement_map >= 0 && without.agreement_map >= 0) return with.agreement_map >= without.agreement_map + 0.005;
+  return with.output_sqnr_db >= without.output_sqnr_db + 0.25;
+}
+
 struct Config {
   std::string calibrator, weight_method;
   bool separate_concat = false, quantize_head = false, bias_correction = false;
   // Activation values whose groups stay in floating point: one per group, by name, so that the choice carries
   // over to plans with other groups (separate concat scales, a quantized head).
   std::vector<std::string> fallback;
+  // Groups calibrated by another calibrator than `calibrator`: activation value (one per group, by name, as the
+  // fallback) -> calibrator.
+  std::map<std::string, std::string> group_calibrator;
   std::string name() const {
     std::string s = calibrator + (weight_method == "minmax" ? "+wmm" : "") + (separate_concat ? "+sep" : "") +
                     (quantize_head ? "+head" : "") + (bias_correction ? "+bc" : "");
+    if (!group_calibrator.empty()) {
+      std::vector<std::string> parts;
+      for (const auto& [v, m] : group_calibrator) parts.push_back(v + ":" + m);
+      s += "+gc[" + quant::join_names(parts, "") + "]";
+    }
     if (!fallback.empty()) s += "+fb[" + quant::join_names(fallback, "") + "]";
     return s;
   }
+  // Every calibrator the configuration's encodings come from.
+  std::vector<std::string> calibrators() const {
+    std::vector<std::string> out{calibrator};
+    for (const auto& [v, m] : group_calibrator)
+      if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+    return out;
+  }
 };
+
+// Gives the groups of the config's group_calibrator values the ranges of their own calibrator (`by_calibrator`:
+// encodings of this plan, keyed by calibrator). A value the plan does not quantize is skipped.
+void apply_group_calibrators(const Config& c, const quant::QuantPlan& plan, quant::Encodings& enc,
+                             const std::map<std::string, quant::Encodings>& by_calibrator) {
+  for (const auto& [value, method] : c.group_calibrator) {
+    int group = -1;
+    for (const auto& a : plan.activations)
+      if (a.value == value) group = a.group;
+    if (group < 0) continue;
+    const auto& source = by_calibrator.at(method).activations;
+    for (const auto& a : plan.activations)
+      if (a.group == group) enc.activations[a.value] = source.at(a.value);
+  }
+}
 
 // Leaves the groups holding the config's fallback values in floating point.
 void apply_fallback(const Config& c, quant::QuantPlan& plan, quant::Encodings& enc) {
@@ -141,11 +180,31 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   // the best is not; when both are within it and `accept(its fidelity, the best's)` (default: better); or when both
   // are outside and it is closer, or as close and better. A configuration that breaks an integer-MAC budget the
   // best meets is not measured (its cost is known before).
-  const auto try_config = [&](const Config& c, const quant::Encodings* calibrated = nullptr,
-                              const std::function<bool(const Fidelity&, const Fidelity&)>& accept = better_fidelity) {
+  const auto uses_default_plan = [&](const Config& c) {
+    return c.separate_concat == !base_placement.share_concat_scales && c.quantize_head == base_placement.quantize_head;
+  };
+  // Every calibrator's encodings of the default plan (step 1), which the group calibrators of configurations on that
+  // plan take their ranges from.
+  std::map<std::string, quant::Encodings> calibrated;
+  // `given`: the configuration's encodings without its group calibrators and fallback (calibrated here when null);
+  // `final_encodings`: they already have the group calibrators (the bias-correction step).
+  const auto try_config = [&](const Config& c, const quant::Encodings* given = nullptr,
+                              const std::function<bool(const Fidelity&, const Fidelity&)>& accept = better_fidelity,
+                              bool final_encodings = false) {
     quant::QuantPlan plan = plan_of(c);
-    quant::Encodings enc = calibrated ? *calibrated : in.calibrate(plan, {c.calibrator}, c.weight_method).at(c.calibrator);
-    apply_fallback(c, plan, enc);
+    quant::Encodings enc;
+    if (given) {
+      enc = *given;
+      if (!final_encodings && !c.group_calibrator.empty()) {
+        if (uses_default_plan(c)) apply_group_calibrators(c, plan, enc, calibrated);
+        else apply_group_calibrators(c, plan, enc, in.calibrate(plan, c.calibrators(), c.weight_method));
+      }
+    } else {
+      const auto own = in.calibrate(plan, c.calibrators(), c.weight_method);
+      enc = own.at(c.calibrator);
+      apply_group_calibrators(c, plan, enc, own);
+    }
+    apply_fallback(c, plan, enc);  // (the plan needs it also when the encodings have it)
     Cost cost;
     cost.int8_macs = integer_mac_fraction(g, plan, enc);
     if (have_best && within(budget, best_cost) && budget.min_int8_macs > 0 && cost.int8_macs < budget.min_int8_macs - 1e-12) {
@@ -191,9 +250,10 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   std::vector<std::string> methods;
   for (const auto* c : quant::calibrators())
     if (c->in_auto) methods.push_back(c->name);
-  const auto calibrated = in.calibrate(plan_default, methods, in.weight_method);
+  calibrated = in.calibrate(plan_default, methods, in.weight_method);
   for (const auto& m : methods)
-    try_config({m, in.weight_method, !base_placement.share_concat_scales, base_placement.quantize_head, false, {}}, &calibrated.at(m));
+    try_config({m, in.weight_method, !base_placement.share_concat_scales, base_placement.quantize_head, false, {}, {}},
+               &calibrated.at(m));
   // 2. Fallback: the groups that alone hurt the outputs most, one at a time, each kept only when it pays for itself;
   // then the calibrators again with those groups in floating point (what suits the rest may differ).
   if (in.max_fallback > 0 && !in.sensitivity_inputs.empty() && !(best.fidelity.agreement_map >= kAgreementGoodEnough)) {
@@ -201,6 +261,25 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     const auto sens = quant::activation_sensitivity(g, best.plan, best.enc, in.sensitivity_inputs, in.device,
                                                     [&](size_t d, size_t) { sp.update(d); });
     for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
+    // 2a. (Opt-in) another calibrator for each of the most harmful groups, kept when it gains half a point of
+    // agreement. Each group gets three tries, and the best of them on 16 images is mostly chance: on the four shared
+    // models it raised agreement every time and real mAP on one (docs/QUANTIZATION.md §4a).
+    for (int k = 0; in.choose_group_calibrators && k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
+                    !(best.fidelity.agreement_map >= kAgreementGoodEnough);
+         ++k) {
+      const std::string value = sens[k].values.front();
+      const Config start = best_config;
+      // Each alternative must gain on the configuration without it; the best of those that do is kept.
+      const Fidelity reference = best.fidelity;
+      for (const auto& m : methods) {
+        if (m == start.calibrator) continue;
+        Config c = start;
+        c.group_calibrator[value] = m;
+        try_config(c, &calibrated.at(c.calibrator), [&](const Fidelity& f, const Fidelity& b) {
+          return worth_a_group_calibrator(f, reference) && better_fidelity(f, b);
+        });
+      }
+    }
     // (Candidates a budget rules out before measuring do not count.)
     for (int k = 0, tried = 0; tried < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
                                static_cast<int>(best_config.fallback.size()) < in.max_fallback &&
@@ -255,13 +334,14 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
   if (!in.bias_inputs.empty()) {
     Config c = best_config;
     c.bias_correction = true;
-    try_config(c, &best.enc);  // copied before the best can change
+    try_config(c, &best.enc, better_fidelity, true);  // copied before the best can change
   }
   best.calibrator = best_config.calibrator;
   best.weight_method = best_config.weight_method;
   best.separate_concat_scales = best_config.separate_concat;
   best.quantize_head = best_config.quantize_head;
   best.fallback_groups = best_config.fallback.size();
+  best.group_calibrators = best_config.group_calibrator;
   best.integer_mac_fraction = best_cost.int8_macs;
   best.latency_ratio = best_cost.latency;
   best.within_budget = within(budget, best_cost);

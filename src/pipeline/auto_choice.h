@@ -20,6 +20,7 @@ struct AutoChoice {
   std::vector<SensitivityEntry> sensitivity;  // of the chosen calibration, when the fallback step ran
   quant::BiasCorrection bias_correction;      // to apply to the graph before export (no shifts: none chosen)
   size_t fallback_groups = 0;
+  std::map<std::string, std::string> group_calibrators;  // activation value (one per group) -> its own calibrator
   Fidelity fidelity;
   double integer_mac_fraction = 0, latency_ratio = -1;  // of the choice; latency only with a latency budget
   bool within_budget = true;                            // false: no trial met the budget (the closest is chosen)
@@ -41,6 +42,9 @@ struct AutoChoiceInputs {
   std::string device = "cpu";
   int max_fallback = 3;            // groups the fallback step may leave in floating point (0: no fallback step)
   bool choose_weight_method = true, choose_concat_scales = true, choose_head = true;
+  // Another calibrator for each of the most harmful groups (off by default: it raised the held-out agreement on all
+  // four shared models and lowered the mean real mAP, docs/QUANTIZATION.md §4a).
+  bool choose_group_calibrators = false;
   // Calibration images bias correction measures on (empty: no bias-correction step).
   std::vector<TensorData> bias_inputs;
   // Trials outside the budget are never chosen over one within it. A latency budget needs latency_ratio.

@@ -31,7 +31,7 @@ Budget parse_budget(const std::string& spec) {
     start = comma == std::string::npos ? spec.size() + 1 : comma + 1;
     if (item.empty()) continue;
     const size_t eq = item.find('=');
-    if (eq == std::string::npos) throw Error("--budget: '" + item + "' is not KEY=VALUE (keys: int8-macs, latency)");
+    if (eq == std::string::npos) throw Error("--budget: '" + item + "' is not KEY=VALUE (keys: int8-macs, latency, weight-bits)");
     const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
     const double v = budget_number(item, value);
     if (key == "int8-macs") {
@@ -40,11 +40,14 @@ Budget parse_budget(const std::string& spec) {
     } else if (key == "latency") {
       if (v <= 0) throw Error("--budget " + item + ": the latency ratio to FP32 must be > 0");
       b.max_latency = v;
+    } else if (key == "weight-bits") {
+      if (v < 2 || v > 8) throw Error("--budget " + item + ": the average weight bits must be in [2, 8]");
+      b.max_weight_bits = v;
     } else {
-      throw Error("--budget: unknown key '" + key + "' (keys: int8-macs, latency)");
+      throw Error("--budget: unknown key '" + key + "' (keys: int8-macs, latency, weight-bits)");
     }
   }
-  if (b.empty()) throw Error("--budget: empty (e.g. int8-macs=0.9 or latency=0.8)");
+  if (b.empty()) throw Error("--budget: empty (e.g. int8-macs=0.9, latency=0.8 or weight-bits=5)");
   return b;
 }
 
@@ -52,6 +55,7 @@ std::string Budget::to_string() const {
   std::string s;
   if (min_int8_macs > 0) s += fmt::format("int8-macs={}", min_int8_macs);
   if (max_latency > 0) s += fmt::format("{}latency={}", s.empty() ? "" : ",", max_latency);
+  if (max_weight_bits > 0) s += fmt::format("{}weight-bits={}", s.empty() ? "" : ",", max_weight_bits);
   return s;
 }
 
@@ -59,6 +63,7 @@ nlohmann::json Budget::to_json() const {
   nlohmann::json j = nlohmann::json::object();
   if (min_int8_macs > 0) j["min_int8_macs"] = min_int8_macs;
   if (max_latency > 0) j["max_latency"] = max_latency;
+  if (max_weight_bits > 0) j["max_weight_bits"] = max_weight_bits;
   return j;
 }
 

@@ -153,10 +153,11 @@ Paths validate(const QuantizeJob& job, const std::string& act_method, bool recon
                                    quant::join_names(recon_methods, "") + ")");
   if (auto_method && job.fidelity_images == 0)
     throw Error("--method auto chooses by the fidelity on held-out images; --fidelity-images 0 leaves none");
-  if (!job.budget.empty()) {
-    if (!auto_method)
-      throw Error("--budget is what --method auto searches within; --method " + job.method + " makes no choices to fit it");
-  }
+  if (job.auto_group_calibrators && (!auto_method || recon_method))
+    throw Error("--auto-group-calibrators is a step of --method auto's 8-bit search; --method " + job.method + " has no such search");
+  if (job.budget.constrains_trials() && !auto_method)
+    throw Error("--budget " + job.budget.to_string() + ": int8-macs and latency are what --method auto searches within; --method " +
+                job.method + " makes no choices to fit them (weight-bits works with every method)");
   if (!(job.fidelity_reference_score > 0 && job.fidelity_reference_score < 1))
     throw Error("--reference-score must be in (0, 1)");
   if (job.bias_correction == BiasCorrectionMode::On && recon_method)
@@ -357,9 +358,9 @@ void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorDa
 QuantizeJob resolve_auto_method(const QuantizeJob& job, const Events& ev) {
   const auto [wbits, abits] = resolve_bits(job.preset, job.weight_bits, job.act_bits);
   if (job.method != "auto" || (wbits >= 8 && abits >= 8)) return job;
-  if (!job.budget.empty())
+  if (job.budget.constrains_trials())
     throw Error("--budget " + job.budget.to_string() + ": below 8 bits --method auto reconstructs with inlierq, which has no "
-                "trials to choose within a budget (the budget search is for 8-bit calibration)");
+                "trials to choose within int8-macs or latency (that search is for 8-bit calibration; weight-bits works here)");
   QuantizeJob r = job;
   // InlierQ scores positions by the profile's heatmap; a profile without one gets InlierQ's base alone.
   const bool heatmap = load_profile(job.profile).declares_heatmap();
@@ -371,6 +372,23 @@ QuantizeJob resolve_auto_method(const QuantizeJob& job, const Events& ev) {
 }
 
 }  // namespace
+
+// Over the quantized weight parameters (a shared tensor once): what --budget weight-bits bounds.
+double average_weight_bits(const Graph& g, const quant::QuantPlan& plan) {
+  std::map<std::string, int> bits;
+  for (const auto& w : plan.weights) bits[w.tensor] = std::max(bits[w.tensor], w.bits);
+  double total = 0, params = 0;
+  for (const auto& [t, b] : bits) {
+    const double n = static_cast<double>(g.initializers.at(t).numel());
+    total += n * b;
+    params += n;
+  }
+  return params > 0 ? total / params : 0.0;
+}
+
+// Images each weight's harm is measured on by the weight-bits budget (as --method auto's sensitivity ranking: 4 rank
+// the layers; one forward pass per weight).
+constexpr size_t kWeightBitsImages = 4;
 
 QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   const auto t0 = clock_type::now();
@@ -403,7 +421,8 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   stage_done(Stage::Load);
 
   // ---- plan
-  const quant::QuantPlan plan = quant::derive_plan(g, placement_options(job));
+  quant::PlacementOptions placement = placement_options(job);
+  quant::QuantPlan plan = quant::derive_plan(g, placement);
   res.plan = plan;
   say(ev.log, fmt::format("[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point",
                           plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size()));
@@ -456,6 +475,32 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   res.seconds.images = seconds_since(t0) - res.seconds.prepare;
   stage_done(Stage::Images);
 
+  // ---- weight bits within the budget: which low-bit weights go to 8 bits, before anything is calibrated on them
+  if (job.budget.max_weight_bits > 0) {
+    std::set<std::string> fixed;  // explicit per-node bits in --config stay as the user gave them
+    if (placement.overrides.is_object() && placement.overrides.contains("nodes"))
+      for (const auto& [name, o] : placement.overrides["nodes"].items())
+        if (o.contains("weight_bits")) fixed.insert(name);
+    const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), kWeightBitsImages));
+    std::optional<ProgressReporter> wp;  // its total is known at the first report
+    const auto wstart = ProgressReporter::clock::now();
+    const auto choice = quant::assign_weight_bits(g, plan, probe, job.budget.max_weight_bits, job.weight_method, job.device, fixed, 8,
+                                                  [&](size_t d, size_t n) {
+                                                    if (!wp) wp.emplace(ev, "weight-bits budget (one weight at a time)", n, wstart, "forward passes");
+                                                    wp->update(d);
+                                                  });
+    placement.budget_weight_bits = choice.node_bits;
+    plan = quant::derive_plan(g, placement);
+    res.plan = plan;
+    res.weight_bits_budget = choice.to_json();
+    res.weight_bits_budget["images"] = probe.size();
+    const double before = choice.frontier.front().sqnr_db, after = choice.frontier.back().sqnr_db;
+    say(ev.log, fmt::format("[budget] weight-bits={}: {} of {} low-bit weights raised to 8 bits, average {:.2f} -> {:.2f} bits; "
+                            "output SQNR with the weights alone quantized {:.2f} -> {:.2f} dB on {} calibration images",
+                            job.budget.max_weight_bits, choice.node_bits.size(), choice.layers.size(), choice.average_bits_before,
+                            choice.average_bits, before, after, probe.size()));
+  }
+
   // ---- calibrate
   std::unique_ptr<FidelityReference> reference;
   if (held_out > 0) {
@@ -498,12 +543,14 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   if (auto_method && reference) {
     AutoChoiceInputs ai;
     ai.graph = &g;
-    ai.placement = placement_options(job);
+    ai.placement = placement;
+    ai.choose_group_calibrators = job.auto_group_calibrators;
     ai.weight_method = job.weight_method;
     ai.reference = reference.get();
     ai.device = job.device;
     ai.max_fallback = job.fallback == QuantizeJob::kFallbackAuto ? job.auto_max_fallback : 0;
     ai.budget = job.budget;
+    ai.budget.max_weight_bits = 0;  // already spent on the plan
     if (job.budget.max_latency > 0) {
       const fs::path probe = fs::temp_directory_path() / ("inlierq_latency_probe_" + std::to_string(::getpid()) + ".onnx");
       ai.latency_ratio = [&job, probe](const Graph& qdq) {
@@ -547,10 +594,10 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
     enc.meta["method"] = "auto";
     enc.meta["auto"] = {{"calibrator", choice.calibrator}, {"weight_method", choice.weight_method},
                         {"separate_concat_scales", choice.separate_concat_scales}, {"quantize_head", choice.quantize_head},
-                        {"fallback_groups", choice.fallback_groups},
+                        {"fallback_groups", choice.fallback_groups}, {"group_calibrators", choice.group_calibrators},
                         {"trials", choice.trials}, {"chosen_trial", choice.chosen_trial}, {"held_out_images", res.fidelity_files}};
-    if (!job.budget.empty()) {
-      enc.meta["auto"]["budget"] = job.budget.to_json();
+    if (job.budget.constrains_trials()) {
+      enc.meta["auto"]["budget"] = ai.budget.to_json();
       enc.meta["auto"]["within_budget"] = choice.within_budget;
       res.budget_met = choice.within_budget;
     }
@@ -686,6 +733,9 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   list_float_compute(integer_nodes, final_plan);
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
+  res.average_weight_bits = average_weight_bits(g, final_plan);
+  enc.meta["average_weight_bits"] = res.average_weight_bits;
+  if (!res.weight_bits_budget.is_null()) enc.meta["weight_bits_budget"] = res.weight_bits_budget;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);
   std::vector<quant::U8S8Check> u8s8;
   std::set<std::string> stored_int8;

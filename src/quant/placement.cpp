@@ -287,6 +287,7 @@ QuantPlan derive_plan(const Graph& g, const PlacementOptions& opts) {
     if (first) plan.first_nodes.push_back(n.name);
     w.axis = weight_channel_axis(n, g);
     if (weight_bits_override.count(n.name)) { w.bits = weight_bits_override[n.name]; w.reason = "config override"; }
+    else if (opts.budget_weight_bits.count(n.name)) { w.bits = opts.budget_weight_bits.at(n.name); w.reason = "weight-bits budget"; }
     else if (first) { w.bits = opts.first_layer_bits; w.reason = "first layer"; }
     else if (in_head && head_leaves.count(n.name)) { w.bits = opts.head_last_bits; w.reason = "head prediction layer"; }
     else { w.bits = opts.weight_bits; w.reason = in_head ? "head" : "backbone/neck"; }

@@ -153,6 +153,59 @@ std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_in
   return svg + "</svg>";
 }
 
+std::string weight_bits_svg(const nlohmann::json& wb, int width, int height) {
+  struct Point {
+    double bits, db;
+    bool chosen;
+  };
+  std::vector<Point> path;
+  const Point* chosen = nullptr;
+  for (const auto& p : wb.value("frontier", nlohmann::json::array()))
+    path.push_back({p.value("average_bits", 0.0), p.value("sqnr_db", 0.0), p.value("chosen", false)});
+  for (const auto& p : path)
+    if (p.chosen) chosen = &p;
+  const double budget = wb.value("budget_bits", 0.0);
+  const double ml = 44, mr = 12, mt = 24, mb = 30;
+  const double pw = width - ml - mr, ph = height - mt - mb;
+  double x_lo = budget > 0 ? budget : 8, x_hi = budget > 0 ? budget : 2, y_lo = 1e9, y_hi = -1e9;
+  for (const auto& p : path) {
+    x_lo = std::min(x_lo, p.bits), x_hi = std::max(x_hi, p.bits);
+    y_lo = std::min(y_lo, p.db), y_hi = std::max(y_hi, p.db);
+  }
+  if (path.empty()) x_lo = 4, x_hi = 8, y_lo = 0, y_hi = 1;
+  if (x_hi <= x_lo) x_hi = x_lo + 1;
+  const double pad = std::max(0.5, (y_hi - y_lo) * 0.08);
+  y_lo -= pad, y_hi += pad;
+  auto X = [&](double v) { return ml + (v - x_lo) / (x_hi - x_lo) * pw; };
+  auto Y = [&](double v) { return mt + ph - (v - y_lo) / (y_hi - y_lo) * ph; };
+  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
+  svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">output SQNR (weights quantized, activations in float) against average weight bits</text>)",
+                     width, height, ml);
+  svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/><line x1="{0}" y1="{3}" x2="{0}" y2="{1}" stroke="black"/>)",
+                     ml, mt + ph, ml + pw, mt);
+  for (int k = 0; k <= 4; ++k) {
+    const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:.2f}</text>)", X(xv), mt + ph + 14, xv);
+    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.1f}</text>)", ml - 3, Y(yv) + 4, yv);
+  }
+  svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">average bits per weight parameter (dB on the vertical axis)</text>)", ml + pw, height - 2);
+  if (budget > 0)
+    svg += fmt::format(R"(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{3:.1f}" y="{4}" fill="#d62728">budget</text>)",
+                       X(budget), mt, mt + ph, X(budget) + 3, mt + 10);
+  std::string d;
+  for (const auto& p : path)
+    if (!p.chosen) d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : " L", X(p.bits), Y(p.db));
+  if (!d.empty()) svg += fmt::format(R"(<path d="{}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>)", d);
+  for (const auto& p : path)
+    if (!p.chosen)
+      svg += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="2.5" fill="#1f77b4"><title>{:.2f} bits: {:.2f} dB</title></circle>)",
+                         X(p.bits), Y(p.db), p.bits, p.db);
+  if (chosen)
+    svg += fmt::format(R"(<circle cx="{0:.1f}" cy="{1:.1f}" r="6" fill="none" stroke="#d62728" stroke-width="2"><title>chosen: {2:.2f} bits, {3:.2f} dB</title></circle>)",
+                       X(chosen->bits), Y(chosen->db), chosen->bits, chosen->db);
+  return svg + "</svg>";
+}
+
 std::string mixture_svg(const nlohmann::json& fit, const std::string& title, int width, int height) {
   const auto& hist = fit.at("histogram");
   const double lo = hist.value("lo", -5.0), hi = hist.value("hi", 5.0);
@@ -243,6 +296,25 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}</style></head
     h += fmt::format("<tr><td>{:.4f}</td><td>{:.4f}</td><td>{:.2f}</td><td>{}</td><td>{}</td></tr></table>", f.agreement_map,
                      f.agreement_map50, f.output_sqnr_db, f.heatmap_loss_fp32 >= 0 ? fmt::format("{:.4f}", f.heatmap_loss_fp32) : "",
                      f.heatmap_loss >= 0 ? fmt::format("{:.4f}", f.heatmap_loss) : "");
+  }
+  if (meta.contains("weight_bits_budget")) {
+    const auto& wb = meta["weight_bits_budget"];
+    int raised = 0;
+    for (const auto& l : wb["layers"]) raised += l.value("raised", false);
+    h += fmt::format("<h2>Weight bits within the budget</h2><p>Budget: average ≤ {:g} bits per weight parameter. {} of {} "
+                     "low-bit weights raised to {} bits: average {:.2f} → {:.2f} bits. Each weight's harm measured alone "
+                     "(output SQNR with only it quantized) on {} calibration images; raised in decreasing order of noise per "
+                     "added bit while the budget allows.</p>",
+                     wb.value("budget_bits", 0.0), raised, wb["layers"].size(), wb.value("high_bits", 8),
+                     wb.value("average_bits_before", 0.0), wb.value("average_bits", 0.0), wb.value("images", 0));
+    h += "<figure>" + weight_bits_svg(wb) +
+         "<figcaption>Measured along the order: every weight at the preset's bits (left), then each candidate raised in turn; "
+         "ringed: the assignment written.</figcaption></figure>";
+    h += "<table><tr><th class=l>node</th><th>parameters</th><th>output SQNR alone (dB)</th><th>bits</th></tr>";
+    for (const auto& l : wb["layers"])
+      h += fmt::format("<tr><td class=l>{}</td><td>{}</td><td>{:.2f}</td><td>{}</td></tr>", html_escape(l.value("node", std::string())),
+                       l.value("params", 0), l.value("sqnr_db", 0.0), l.value("raised", false) ? wb.value("high_bits", 8) : l.value("bits", 0));
+    h += "</table>";
   }
   if (res.method == "auto" && meta.contains("auto")) {
     const auto& a = meta["auto"];

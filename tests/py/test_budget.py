@@ -8,10 +8,18 @@
 - latency=0.01 (no W8A8 file is 100× faster than FP32): the run still writes a file, says the budget is not met,
   every trial has a measured latency ratio, and, as latency does not rank trials outside the budget (too noisy),
   the one chosen is the most faithful trial.
+- weight-bits=5 at W4A8 (`--method mse`, so no reconstruction): the 4- and 8-bit weights of the written file, read
+  from its DequantizeLinear codes (a 4-bit weight's codes lie in [-8, 7], an 8-bit one's reach beyond in every
+  layer), average ≤ 5 bits over the weight parameters, agree with the encodings layer by layer and with quantize's
+  `average_weight_bits`, and the raised layers are those the budget's record marks.
 No wall time is asserted: latencies are compared only with each other, from the same run.
 """
 import json
 import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
 import subprocess
 import sys
 import tempfile
@@ -34,10 +42,56 @@ def quantize(calib, out, *extra):
     return json.loads(r.stdout.strip().splitlines()[-1]), meta["auto"]
 
 
+def weight_bits_in_file(path):
+    """Conv weight tensor -> (parameters, 4 or 8) from the file's weight DequantizeLinear codes."""
+    m = onnx.load(path)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type != "Conv" or n.input[1] not in dq:
+            continue
+        d = dq[n.input[1]]
+        codes = inits[d.input[0]].astype(np.int64)
+        zp = inits[d.input[2]].astype(np.int64) if len(d.input) > 2 and d.input[2] in inits else np.zeros(1, np.int64)
+        zp = zp.reshape((-1,) + (1,) * (codes.ndim - 1)) if zp.size > 1 else zp
+        q = codes - zp
+        out[d.output[0]] = (int(q.size), 4 if q.min() >= -8 and q.max() <= 7 else 8)
+    return out
+
+
+def check_weight_bits(checks, calib, tmp):
+    out = os.path.join(tmp, "wb5.onnx")
+    args = [CLI, "quantize", MODEL, "--profile", "fastestdet", "--calib", calib, "--num-calib", "8", "--fidelity-images", "16",
+            "--preset", "w4a8", "--method", "mse", "--budget", "weight-bits=5", "--no-ort-latency", "-o", out, "--json"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    enc = json.load(open(out.replace(".onnx", ".encodings.json")))
+    file_bits = weight_bits_in_file(out)
+    params = sum(n for n, _ in file_bits.values())
+    average = sum(n * b for n, b in file_bits.values()) / params
+    eight = {t for t, (_, b) in file_bits.items() if b == 8}
+    enc_bits = {t: e["bitwidth"] for t, e in enc["param_encodings"].items() if t in file_bits}
+    record = enc["meta"]["weight_bits_budget"]
+    raised = {l["tensor"] for l in record["layers"] if l["raised"]}
+    low = {l["tensor"] for l in record["layers"]}
+    first = {w["tensor"] for w in enc["meta"]["plan"]["weights"] if w["reason"] == "first layer"}
+    checks.check(len(file_bits) == len(enc_bits) and all(enc_bits[t] == b for t, (_, b) in file_bits.items()),
+                 f"weight-bits=5: the file's {len(file_bits)} conv weights carry the encodings' bit widths "
+                 f"({len(eight)} at 8 bits)")
+    checks.check(average <= 5 + 1e-9 and abs(average - res["average_weight_bits"]) < 1e-9 and average > 4.5,
+                 f"weight-bits=5: {average:.3f} bits on average in the file (quantize says {res['average_weight_bits']:.3f})")
+    checks.check(raised and eight == raised | first and not (raised - low),
+                 f"weight-bits=5: the {len(raised)} raised layers and the first layer are the file's 8-bit weights")
+
+
 def main():
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
         calib = calibration_folder(tmp, 24)
+        check_weight_bits(checks, calib, tmp)
         out = os.path.join(tmp, "b95.onnx")
         res, auto = quantize(calib, out, "--budget", "int8-macs=0.95")
         trials, chosen = auto["trials"], auto["trials"][auto["chosen_trial"]]

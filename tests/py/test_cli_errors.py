@@ -170,6 +170,12 @@ def main():
         expect_error("quantize budget out of range", qbase + ["--preset", "w8a8", "--budget", "int8-macs=1.5"], ["int8-macs=1.5", "(0, 1]"], rc=1)
         expect_error("quantize budget without auto", qbase + ["--preset", "w8a8", "--method", "minmax", "--budget", "latency=0.8"],
                      ["--budget", "--method minmax"], rc=1)
+        expect_error("quantize weight-bits budget out of range", qbase + ["--preset", "w4a8", "--budget", "weight-bits=9"],
+                     ["weight-bits=9", "[2, 8]"], rc=1)
+        expect_error("quantize weight-bits budget below the plan's", qbase + ["--preset", "w8a8", "--method", "minmax", "--budget", "weight-bits=5"],
+                     ["weight-bits=5", "already average 8.00 bits"], rc=1)
+        expect_error("quantize group calibrators without auto", qbase + ["--preset", "w8a8", "--method", "minmax", "--auto-group-calibrators"],
+                     ["--auto-group-calibrators", "--method minmax"], rc=1)
         expect_error("quantize budget below 8 bits", qbase + ["--preset", "w4a4", "--budget", "int8-macs=0.9"],
                      ["int8-macs=0.9", "below 8 bits", "inlierq"], rc=1)
         expect_error("quantize fallback neither auto nor a count", qbase + ["--preset", "w8a8", "--fallback", "some"],
