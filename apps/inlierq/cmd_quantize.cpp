@@ -237,7 +237,7 @@ Command add_quantize(CLI::App& app, const int& threads) {
   sub->add_flag("--separate-concat-scales", q.separate_concat_scales, "give each Concat input its own scale");
   sub->add_flag("--auto-group-calibrators", q.auto_group_calibrators,
                 "--method auto: also try each other calibrator on each of the 6 most harmful activation groups (kept when "
-                "the held-out agreement gains 0.005; off by default: on the shared models it raised agreement and lowered "
+                "the held-out agreement gains 0.005; off by default: on the shared models it raised agreement on three and lowered "
                 "real mAP, docs/QUANTIZATION.md)");
   sub->add_flag("--float-head-input", q.float_head_input,
                 "block layout: leave activations that only floating-point nodes read (the float head's input) "

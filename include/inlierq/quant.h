@@ -255,6 +255,10 @@ struct WeightBitsChoice {
 // powers, and raises weights in decreasing order of noise per added bit while the budget allows (greedy knapsack).
 // Nodes in `fixed` (explicit per-node bits) are never candidates. Throws Error when the plan's own bits already
 // average more than `max_average_bits`.
+// Average bits over the plan's quantized weight parameters (a tensor two nodes share counts once).
+double average_weight_bits(const Graph& g, const QuantPlan& plan);
+// Error naming the budget when the plan's own bits already average more than max_average_bits.
+void check_weight_bits_budget(const Graph& g, const QuantPlan& plan, double max_average_bits, int high_bits = 8);
 WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                                     double max_average_bits, const std::string& weight_method, const std::string& device,
                                     const std::set<std::string>& fixed = {}, int high_bits = 8,

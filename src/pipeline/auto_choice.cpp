@@ -263,7 +263,7 @@ AutoChoice choose_calibration(const AutoChoiceInputs& in, const Events& ev) {
     for (const auto& s : sens) best.sensitivity.push_back({s.values, s.sqnr_db});
     // 2a. (Opt-in) another calibrator for each of the most harmful groups, kept when it gains half a point of
     // agreement. Each group gets three tries, and the best of them on 16 images is mostly chance: on the four shared
-    // models it raised agreement every time and real mAP on one (docs/QUANTIZATION.md §4a).
+    // models it raised the chosen file's agreement on three and real mAP on one (docs/QUANTIZATION.md §4a).
     for (int k = 0; in.choose_group_calibrators && k < kFallbackCandidates && k < static_cast<int>(sens.size()) &&
                     !(best.fidelity.agreement_map >= kAgreementGoodEnough);
          ++k) {

@@ -42,8 +42,8 @@ struct AutoChoiceInputs {
   std::string device = "cpu";
   int max_fallback = 3;            // groups the fallback step may leave in floating point (0: no fallback step)
   bool choose_weight_method = true, choose_concat_scales = true, choose_head = true;
-  // Another calibrator for each of the most harmful groups (off by default: it raised the held-out agreement on all
-  // four shared models and lowered the mean real mAP, docs/QUANTIZATION.md §4a).
+  // Another calibrator for each of the most harmful groups (off by default: it raised the held-out agreement on three
+  // of the four shared models and lowered their mean real mAP, docs/QUANTIZATION.md §4a).
   bool choose_group_calibrators = false;
   // Calibration images bias correction measures on (empty: no bias-correction step).
   std::vector<TensorData> bias_inputs;

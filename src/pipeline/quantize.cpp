@@ -373,19 +373,6 @@ QuantizeJob resolve_auto_method(const QuantizeJob& job, const Events& ev) {
 
 }  // namespace
 
-// Over the quantized weight parameters (a shared tensor once): what --budget weight-bits bounds.
-double average_weight_bits(const Graph& g, const quant::QuantPlan& plan) {
-  std::map<std::string, int> bits;
-  for (const auto& w : plan.weights) bits[w.tensor] = std::max(bits[w.tensor], w.bits);
-  double total = 0, params = 0;
-  for (const auto& [t, b] : bits) {
-    const double n = static_cast<double>(g.initializers.at(t).numel());
-    total += n * b;
-    params += n;
-  }
-  return params > 0 ? total / params : 0.0;
-}
-
 // Images each weight's harm is measured on by the weight-bits budget (as --method auto's sensitivity ranking: 4 rank
 // the layers; one forward pass per weight).
 constexpr size_t kWeightBitsImages = 4;
@@ -423,6 +410,7 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   // ---- plan
   quant::PlacementOptions placement = placement_options(job);
   quant::QuantPlan plan = quant::derive_plan(g, placement);
+  if (job.budget.max_weight_bits > 0) quant::check_weight_bits_budget(g, plan, job.budget.max_weight_bits);  // before any work
   res.plan = plan;
   say(ev.log, fmt::format("[plan] {} weight and {} activation quantizers ({} scale groups); {} compute nodes in floating point",
                           plan.weights.size(), plan.activations.size(), plan.num_groups, plan.float_nodes.size()));
@@ -733,7 +721,7 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   list_float_compute(integer_nodes, final_plan);
   enc.meta["plan"] = final_plan.to_json();
   res.plan = final_plan;
-  res.average_weight_bits = average_weight_bits(g, final_plan);
+  res.average_weight_bits = quant::average_weight_bits(g, final_plan);
   enc.meta["average_weight_bits"] = res.average_weight_bits;
   if (!res.weight_bits_budget.is_null()) enc.meta["weight_bits_budget"] = res.weight_bits_budget;
   res.integer_mac_fraction = integer_mac_fraction(g, integer_nodes);

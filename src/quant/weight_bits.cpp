@@ -35,6 +35,28 @@ nlohmann::json WeightBitsChoice::to_json() const {
   return j;
 }
 
+double average_weight_bits(const Graph& g, const QuantPlan& plan) {
+  std::map<std::string, int> bits;  // a tensor two nodes share counts once, at the higher bits
+  for (const auto& w : plan.weights) bits[w.tensor] = std::max(bits[w.tensor], w.bits);
+  double total = 0, params = 0;
+  for (const auto& [t, b] : bits) {
+    const auto it = g.initializers.find(t);
+    if (it == g.initializers.end()) throw Error("weight '" + t + "' is not a constant");
+    total += static_cast<double>(it->second.numel()) * b;
+    params += static_cast<double>(it->second.numel());
+  }
+  return params > 0 ? total / params : 0.0;
+}
+
+void check_weight_bits_budget(const Graph& g, const QuantPlan& plan, double max_average_bits, int high_bits) {
+  const double before = average_weight_bits(g, plan);
+  if (before > max_average_bits + 1e-9)
+    throw Error(fmt::format("--budget weight-bits={}: the plan's weights already average {:.2f} bits (the preset's bits, "
+                            "and 8 for the first layer and config overrides); the budget raises low-bit weights to {} "
+                            "bits, it does not lower any (use a lower --preset)",
+                            max_average_bits, before, high_bits));
+}
+
 namespace {
 
 at::Tensor fake_quantized_weight(const at::Tensor& w, const WeightEncoding& e) {
@@ -76,11 +98,7 @@ WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const
   }
   if (out.params == 0) throw Error("weight-bits budget: the plan quantizes no weights");
   out.average_bits_before = total_bits / out.params;
-  if (out.average_bits_before > max_average_bits + 1e-9)
-    throw Error(fmt::format("--budget weight-bits={}: the plan's weights already average {:.2f} bits (the preset's bits, "
-                            "and 8 for the first layer and config overrides); the budget raises low-bit weights to {} "
-                            "bits, it does not lower any (use a lower --preset)",
-                            max_average_bits, out.average_bits_before, high_bits));
+  check_weight_bits_budget(g, plan, max_average_bits, high_bits);
 
   const Encodings low{calibrate_weights(g, plan, weight_method), {}, {}};
   std::vector<std::string> candidates;
