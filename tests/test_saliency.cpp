@@ -5,6 +5,7 @@
 #include <random>
 
 #include <fmt/format.h>
+#include <array>
 #include <regex>
 #include "graph_builders.h"
 #include "inlierq/report.h"
@@ -296,4 +297,31 @@ TEST(ReportFrontier, PathVisitsTheParetoTrialsOnly) {
                                                   fmt::format("{:.1f}", at[3].second) + "\" r=\"7\"")))
       << "the chosen trial (index 2 = trial 3) is ringed";
   EXPECT_NE(svg.find("stroke-dasharray"), std::string::npos) << "the budget line";
+}
+
+// --budget weight-bits' plot: one point per measured step, placed by its bits and SQNR (a point further right has more
+// bits, a higher one more dB), the chosen assignment ringed where it was measured, the budget dashed between.
+TEST(ReportWeightBits, PointsFollowTheMeasuredFrontier) {
+  const nlohmann::json wb = nlohmann::json::parse(R"({"budget_bits": 5, "high_bits": 8, "frontier": [
+    {"average_bits": 4.0, "sqnr_db": 2.0}, {"average_bits": 4.5, "sqnr_db": 6.0}, {"average_bits": 5.2, "sqnr_db": 8.0},
+    {"average_bits": 8.0, "sqnr_db": 20.0}, {"average_bits": 4.9, "sqnr_db": 7.0, "chosen": true}]})");
+  const std::string svg = inlierq::report::weight_bits_svg(wb);
+  const std::regex circle(R"re(<circle cx="([0-9.]+)" cy="([0-9.]+)" r="2.5" fill="#1f77b4"><title>([0-9.]+) bits: ([0-9.]+) dB)re");
+  std::vector<std::array<double, 4>> pts;  // x, y, bits, dB
+  for (std::sregex_iterator it(svg.begin(), svg.end(), circle), end; it != end; ++it)
+    pts.push_back({std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4])});
+  ASSERT_EQ(pts.size(), 4u) << "the chosen point is drawn as a ring, not on the path";
+  for (size_t i = 1; i < pts.size(); ++i) {
+    EXPECT_GT(pts[i][0], pts[i - 1][0]);
+    EXPECT_LT(pts[i][1], pts[i - 1][1]) << "more dB is higher up (smaller y)";
+  }
+  // Linear axes: x and y of the chosen point interpolate between its neighbours.
+  const double x = pts[1][0] + (4.9 - 4.5) / (5.2 - 4.5) * (pts[2][0] - pts[1][0]);
+  const double y = pts[1][1] + (7.0 - 6.0) / (8.0 - 6.0) * (pts[2][1] - pts[1][1]);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex(R"re(<circle cx="([0-9.]+)" cy="([0-9.]+)" r="6")re")));
+  EXPECT_NEAR(std::stod(m[1]), x, 0.15);
+  EXPECT_NEAR(std::stod(m[2]), y, 0.15);
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex(R"re(<line x1="([0-9.]+)" y1="[0-9.]+" x2="[0-9.]+" y2="[0-9.]+" stroke="#d62728" stroke-dasharray)re")));
+  EXPECT_NEAR(std::stod(m[1]), pts[1][0] + (5.0 - 4.5) / (5.2 - 4.5) * (pts[2][0] - pts[1][0]), 0.15) << "the budget line";
 }
