@@ -1,11 +1,11 @@
 // InlierQ's label-free signal: heatmap logits, the top-K auxiliary loss and its gradients.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 
 #include <fmt/format.h>
-#include <array>
 #include <regex>
 #include "graph_builders.h"
 #include "inlierq/report.h"
