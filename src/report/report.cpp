@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace inlierq::report {
 
@@ -86,6 +87,38 @@ Image side_by_side(const std::vector<Image>& images) {
   return out;
 }
 
+namespace {
+
+// A plot's frame: linear axes over [x_lo, x_hi] × [y_lo, y_hi], title, five ticks per axis, the x-axis label and, when
+// budget_x > 0, a dashed vertical budget line.
+struct PlotFrame {
+  double width, height, x_lo, x_hi, y_lo, y_hi;
+  double ml = 44, mr = 12, mt = 24, mb = 30;
+  double pw() const { return width - ml - mr; }
+  double ph() const { return height - mt - mb; }
+  double X(double v) const { return ml + (v - x_lo) / (x_hi - x_lo) * pw(); }
+  double Y(double v) const { return mt + ph() - (v - y_lo) / (y_hi - y_lo) * ph(); }
+  std::string open(const std::string& title, const std::string& x_label, const std::function<std::string(double)>& x_tick,
+                   const std::function<std::string(double)>& y_tick, double budget_x) const {
+    std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
+    svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">{}</text>)", width, height, ml, title);
+    svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/><line x1="{0}" y1="{3}" x2="{0}" y2="{1}" stroke="black"/>)",
+                       ml, mt + ph(), ml + pw(), mt);
+    for (int k = 0; k <= 4; ++k) {
+      const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
+      svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)", X(xv), mt + ph() + 14, x_tick(xv));
+      svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{}</text>)", ml - 3, Y(yv) + 4, y_tick(yv));
+    }
+    svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">{}</text>)", ml + pw(), height - 2, x_label);
+    if (budget_x > 0)
+      svg += fmt::format(R"(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{3:.1f}" y="{4}" fill="#d62728">budget</text>)",
+                         X(budget_x), mt, mt + ph(), X(budget_x) + 3, mt + 10);
+    return svg;
+  }
+};
+
+}  // namespace
+
 std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_int8_macs, int width, int height) {
   struct Point {
     double share, agreement;
@@ -99,8 +132,6 @@ std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_in
     if (a < 0 || !t.contains("integer_mac_fraction")) continue;
     pts.push_back({t["integer_mac_fraction"].get<double>(), a, static_cast<int>(i), t.value("within_budget", true)});
   }
-  const double ml = 44, mr = 12, mt = 24, mb = 30;
-  const double pw = width - ml - mr, ph = height - mt - mb;
   double x_lo = 1, y_lo = 1, y_hi = 0;
   for (const auto& p : pts) {
     x_lo = std::min(x_lo, p.share);
@@ -114,22 +145,12 @@ std::string frontier_svg(const nlohmann::json& trials, int chosen, double min_in
   const double pad = std::max(0.01, (y_hi - y_lo) * 0.08);
   y_lo = std::max(0.0, y_lo - pad), y_hi = std::min(1.0, y_hi + pad);
   if (y_hi <= y_lo) y_hi = y_lo + 0.01;
-  auto X = [&](double v) { return ml + (v - x_lo) / (x_hi - x_lo) * pw; };
-  auto Y = [&](double v) { return mt + ph - (v - y_lo) / (y_hi - y_lo) * ph; };
-  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
-  svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">agreement mAP against MACs in integer kernels</text>)",
-                     width, height, ml);
-  svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/><line x1="{0}" y1="{3}" x2="{0}" y2="{1}" stroke="black"/>)",
-                     ml, mt + ph, ml + pw, mt);
-  for (int k = 0; k <= 4; ++k) {
-    const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
-    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:g} %</text>)", X(xv), mt + ph + 14, std::round(1000 * xv) / 10);
-    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.3f}</text>)", ml - 3, Y(yv) + 4, yv);
-  }
-  svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">share of conv MACs in integer 8-bit kernels</text>)", ml + pw, height - 2);
-  if (min_int8_macs > 0)
-    svg += fmt::format(R"(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{3:.1f}" y="{4}" fill="#d62728">budget</text>)",
-                       X(min_int8_macs), mt, mt + ph, X(min_int8_macs) + 3, mt + 10);
+  const PlotFrame f{static_cast<double>(width), static_cast<double>(height), x_lo, x_hi, y_lo, y_hi};
+  const auto X = [&](double v) { return f.X(v); };
+  const auto Y = [&](double v) { return f.Y(v); };
+  std::string svg = f.open("agreement mAP against MACs in integer kernels", "share of conv MACs in integer 8-bit kernels",
+                           [](double v) { return fmt::format("{:g} %", std::round(1000 * v) / 10); },
+                           [](double v) { return fmt::format("{:.3f}", v); }, min_int8_macs);
   // The frontier: from the largest share down, the best agreement at that share or above.
   std::vector<Point> sorted = pts;
   std::sort(sorted.begin(), sorted.end(), [](const Point& a, const Point& b) {
@@ -165,8 +186,6 @@ std::string weight_bits_svg(const nlohmann::json& wb, int width, int height) {
   for (const auto& p : path)
     if (p.chosen) chosen = &p;
   const double budget = wb.value("budget_bits", 0.0);
-  const double ml = 44, mr = 12, mt = 24, mb = 30;
-  const double pw = width - ml - mr, ph = height - mt - mb;
   double x_lo = budget > 0 ? budget : 8, x_hi = budget > 0 ? budget : 2, y_lo = 1e9, y_hi = -1e9;
   for (const auto& p : path) {
     x_lo = std::min(x_lo, p.bits), x_hi = std::max(x_hi, p.bits);
@@ -176,22 +195,12 @@ std::string weight_bits_svg(const nlohmann::json& wb, int width, int height) {
   if (x_hi <= x_lo) x_hi = x_lo + 1;
   const double pad = std::max(0.5, (y_hi - y_lo) * 0.08);
   y_lo -= pad, y_hi += pad;
-  auto X = [&](double v) { return ml + (v - x_lo) / (x_hi - x_lo) * pw; };
-  auto Y = [&](double v) { return mt + ph - (v - y_lo) / (y_hi - y_lo) * ph; };
-  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">)", width, height);
-  svg += fmt::format(R"(<rect width="{}" height="{}" fill="white"/><text x="{}" y="15" font-weight="bold">output SQNR (weights quantized, activations in float) against average weight bits</text>)",
-                     width, height, ml);
-  svg += fmt::format(R"(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/><line x1="{0}" y1="{3}" x2="{0}" y2="{1}" stroke="black"/>)",
-                     ml, mt + ph, ml + pw, mt);
-  for (int k = 0; k <= 4; ++k) {
-    const double xv = x_lo + (x_hi - x_lo) * k / 4, yv = y_lo + (y_hi - y_lo) * k / 4;
-    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{:.2f}</text>)", X(xv), mt + ph + 14, xv);
-    svg += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.1f}</text>)", ml - 3, Y(yv) + 4, yv);
-  }
-  svg += fmt::format(R"(<text x="{:.1f}" y="{}" text-anchor="end">average bits per weight parameter (dB on the vertical axis)</text>)", ml + pw, height - 2);
-  if (budget > 0)
-    svg += fmt::format(R"(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{3:.1f}" y="{4}" fill="#d62728">budget</text>)",
-                       X(budget), mt, mt + ph, X(budget) + 3, mt + 10);
+  const PlotFrame f{static_cast<double>(width), static_cast<double>(height), x_lo, x_hi, y_lo, y_hi};
+  const auto X = [&](double v) { return f.X(v); };
+  const auto Y = [&](double v) { return f.Y(v); };
+  std::string svg = f.open("output SQNR (weights quantized, activations in float) against average weight bits",
+                           "average bits per weight parameter (dB on the vertical axis)",
+                           [](double v) { return fmt::format("{:.2f}", v); }, [](double v) { return fmt::format("{:.1f}", v); }, budget);
   std::string d;
   for (const auto& p : path)
     if (!p.chosen) d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : " L", X(p.bits), Y(p.db));
