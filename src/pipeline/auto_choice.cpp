@@ -1,6 +1,6 @@
-// `--method auto`: every calibrator, another calibrator for each of the most harmful activation groups, a greedy
-// fallback of the most harmful groups (then the calibrators again with it), the other weight method, separate concat
-// scales and a quantized head, each kept only when the held-out fidelity says so (docs/QUANTIZATION.md §4a).
+// `--method auto`: every calibrator, (opt-in) another calibrator for each of the most harmful activation groups, a
+// greedy fallback of the most harmful groups (then the calibrators again with it), the other weight method, separate
+// concat scales and a quantized head, each kept only when the held-out fidelity says so (docs/QUANTIZATION.md §4a).
 #include "pipeline/auto_choice.h"
 
 #include <fmt/format.h>
