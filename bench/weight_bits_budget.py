@@ -76,8 +76,10 @@ def markdown(rows, args, fp32):
             lines.append(f"| {model} | {label} | {bits:.2f} | {got[0]['raised']} | {mean:.4f}{spread} | {each} | {d} | "
                          f"{statistics.mean(r['wall_s'] for r in got):.0f} |")
             if budget != "none" and float(budget) <= 5 and delta is not None:
-                verdicts.append(f"- {model}: {mean:.4f} at {statistics.mean(r['average_weight_bits'] for r in got):.2f} bits "
-                                f"vs FP32 {f:.4f}: {delta:+.4f} — **{'MET' if delta >= -0.01 else 'MISSED'}**")
+                verdicts.append(f"- {model}: {mean:.4f} ({len(got)} seed{'s' if len(got) > 1 else ''}) at "
+                                f"{statistics.mean(r['average_weight_bits'] for r in got):.2f} bits "
+                                f"vs FP32 {f:.4f}: {delta:+.4f} — **{'MET' if delta >= -0.01 else 'MISSED'}**"
+                                f"{'' if len(got) >= 3 else ' (fewer than 3 seeds: not yet a claim)'}")
     lines += ["", f"FP32 mAP: {', '.join(f'{m} {fp32[m]:.4f}' for m in args.models if m in fp32)}.", ""]
     if verdicts:
         lines += [f"**Target** ({args.preset.upper()} with average weight bits ≤ 5 loses ≤ 0.01 mAP, every model):", ""] + verdicts + [""]
