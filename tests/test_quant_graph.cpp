@@ -1002,3 +1002,48 @@ TEST(WeightBitsBudget, RaisesTheWeightsThatHurtMostPerBitWithinTheAverage) {
     EXPECT_NE(std::string(e.what()).find("already average"), std::string::npos) << e.what();
   }
 }
+
+// Inlier-weighted sensitivity: each weight's weighted output SQNR against a hand computation with the same weights,
+// and the budget's order by it when asked; ranking by it without weights is an error.
+TEST(WeightBitsBudget, InlierWeightedSqnrAgainstAHandComputation) {
+  std::mt19937 rng(12);
+  const Graph g = toy_detector(rng);
+  const auto inputs = random_inputs(3, rng);
+  quant::PlacementOptions po;
+  po.weight_bits = 4;
+  const quant::QuantPlan plan = quant::derive_plan(g, po);
+  // Positions weighed 0..1 per image, as the mixture's posteriors would be.
+  const at::Tensor w = at::rand({3, 1, 16, 16}, at::TensorOptions().dtype(at::kFloat));
+  const quant::OutputWeights weights{{"pred", rt::from_aten(w)}};
+  const double budget = 5.3;  // above the 4.97 the stem at 8 bits already spends
+  const auto choice = quant::assign_weight_bits(g, plan, inputs, budget, "mse", "cpu", {}, 8, {}, weights,
+                                                quant::SensitivityError::Inlier);
+  ASSERT_GE(choice.layers.size(), 2u);
+  EXPECT_EQ(choice.ranked_by, quant::SensitivityError::Inlier);
+  const auto low = quant::calibrate_weights(g, plan, "mse");
+  for (size_t i = 0; i < choice.layers.size(); ++i) {
+    const auto& l = choice.layers[i];
+    const Graph q = with_quantized_weights(g, low, {l.tensor});
+    double s = 0, n = 0, sw = 0, nw = 0;
+    for (size_t k = 0; k < inputs.size(); ++k) {
+      const at::Tensor a = run_graph(g, inputs[k]).to(at::kDouble), b = run_graph(q, inputs[k]).to(at::kDouble);
+      const at::Tensor wk = w[k].unsqueeze(0).to(at::kDouble);
+      s += a.pow(2).sum().item<double>(), n += (a - b).pow(2).sum().item<double>();
+      sw += (wk * a.pow(2)).sum().item<double>(), nw += (wk * (a - b).pow(2)).sum().item<double>();
+    }
+    EXPECT_NEAR(l.sqnr_db, 10 * std::log10(s / n), 0.01) << l.tensor;
+    EXPECT_NEAR(l.inlier_sqnr_db, 10 * std::log10(sw / nw), 0.01) << l.tensor;
+    if (i > 0) {
+      const auto& p = choice.layers[i - 1];
+      EXPECT_GE(std::pow(10, -p.inlier_sqnr_db / 10) / p.params, std::pow(10, -l.inlier_sqnr_db / 10) / l.params) << "order";
+    }
+  }
+  EXPECT_EQ(choice.to_json()["ranked_by"], "inlier");
+  EXPECT_TRUE(choice.to_json()["layers"][0].contains("inlier_sqnr_db"));
+  // Without weights: the plain figure only.
+  const auto plain = quant::assign_weight_bits(g, plan, inputs, budget, "mse", "cpu");
+  EXPECT_TRUE(std::isnan(plain.layers[0].inlier_sqnr_db));
+  EXPECT_FALSE(plain.to_json()["layers"][0].contains("inlier_sqnr_db"));
+  EXPECT_THROW(quant::assign_weight_bits(g, plan, inputs, budget, "mse", "cpu", {}, 8, {}, {}, quant::SensitivityError::Inlier),
+               Error);
+}

@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <regex>
 #include "graph_builders.h"
+#include "inlierq/error.h"
+#include "inlierq/inlier.h"
 #include "inlierq/report.h"
 #include "inlier/inlier_weights.h"
 #include "inlier/saliency.h"
@@ -324,4 +326,54 @@ TEST(ReportWeightBits, PointsFollowTheMeasuredFrontier) {
   EXPECT_NEAR(std::stod(m[2]), y, 0.15);
   ASSERT_TRUE(std::regex_search(svg, m, std::regex(R"re(<line x1="([0-9.]+)" y1="[0-9.]+" x2="[0-9.]+" y2="[0-9.]+" stroke="#d62728" stroke-dasharray)re")));
   EXPECT_NEAR(std::stod(m[1]), pts[1][0] + (5.0 - 4.5) / (5.2 - 4.5) * (pts[2][0] - pts[1][0]), 0.15) << "the budget line";
+}
+
+// Inlier-weighted sensitivity's output weights: the heatmap source's gradient taken here on a leaf copy of its
+// output, split by the same mixture, shaped [N, 1, H, W] against it; an output with as many positions (a box map)
+// shares them, and one with other positions gets none.
+TEST(Saliency, OutputInlierWeightsFollowTheHeatmapSource) {
+  std::mt19937 rng(5);
+  Graph g;
+  g.inputs = {float_input("x", {1, 4, 6, 5})};
+  g.outputs = {float_output("p", {1, 3, 6, 5}), float_output("box", {1, 4, 6, 5}), float_output("pooled", {1, 3, 3, 2})};
+  g.initializers["w"] = random_tensor({3, 4, 1, 1}, rng, 1.0f);
+  g.initializers["wb"] = random_tensor({4, 4, 1, 1}, rng, 1.0f);
+  g.nodes.push_back(node("conv", "Conv", {"x", "w"}, {"h"}));
+  g.nodes.push_back(node("sig", "Sigmoid", {"h"}, {"p"}));
+  g.nodes.push_back(node("box_conv", "Conv", {"x", "wb"}, {"box"}));
+  Node pool = node("pool", "MaxPool", {"p"}, {"pooled"});
+  set_ints(pool, "kernel_shape", {2, 2});
+  set_ints(pool, "strides", {2, 2});
+  set_ints(pool, "pads", {0, 0, 1, 0});
+  g.nodes.push_back(pool);
+  g = finish(g);
+  // Two images, one of them a bright patch on a dim background, so that the mixture has something to split.
+  std::vector<TensorData> images;
+  for (int i = 0; i < 2; ++i) {
+    at::Tensor x = at::randn({1, 4, 6, 5}) * 0.2;
+    x.narrow(2, 1 + i, 2).narrow(3, 2, 2).add_(3.0);
+    images.push_back(rt::from_aten(x));
+  }
+  inlier::HeatmapLossOptions loss;
+  loss.heatmap = kHeatmap;
+  loss.topk = 4;
+  inlier::InlierSplitOptions split;
+  const auto w = inlier::output_inlier_weights(g, images, loss, split);
+  ASSERT_EQ(w.size(), 2u);
+  ASSERT_TRUE(w.count("p") && w.count("box"));
+  const at::Tensor wp = rt::to_aten(w.at("p")), wb = rt::to_aten(w.at("box"));
+  ASSERT_EQ(wp.sizes(), (at::IntArrayRef{2, 1, 6, 5}));
+  EXPECT_TRUE(at::equal(wp, wb));
+
+  rt::Executor ex(g, unfused());
+  const at::Tensor x = at::cat({rt::to_aten(images[0]), rt::to_aten(images[1])}, 0);
+  const at::Tensor p = ex.run({{"x", x}}).at("p").clone().requires_grad_(true);
+  const at::Tensor l = inlier::topk_aux_loss(inlier::heatmap_logits(kHeatmap, {{"p", p}}), inlier::aux_options(loss));
+  l.backward();
+  const auto expect = inlier::volume_weights(p.grad().flatten(2), p.detach().flatten(2), inlier::inlier_options(split));
+  EXPECT_TRUE(at::allclose(wp.flatten(1), expect.weights, 1e-5, 1e-6));
+  EXPECT_GT((wp.max() - wp.min()).item<double>(), 0.5) << "the split weighs the patch apart from the background";
+
+  loss.heatmap = nlohmann::json::object();
+  EXPECT_THROW(inlier::output_inlier_weights(g, images, loss, split), Error);
 }

@@ -272,6 +272,9 @@ Command add_quantize(CLI::App& app, const int& threads) {
   a->named.push_back([budget, &q] {
     if (!budget->empty()) q.budget = pipeline::parse_budget(*budget);
   });
+  a->named.push_back(add_named_option(sub, "--sensitivity-error", q.sensitivity_error, quant::sensitivity_error_names(),
+                                      "what ranks weights for --budget weight-bits: the plain output error, or InlierQ's "
+                                      "inlier-weighted one (the profile's heatmap; docs/QUANTIZATION.md 4d)"));
   auto fallback = std::make_shared<std::string>("auto");
   sub->add_option("--fallback", *fallback,
                   "leave the N activation quantizer groups that alone hurt the outputs most in floating point, or auto: "

@@ -1,5 +1,6 @@
 #pragma once
 // InlierQ's per-volume saliency and inlier posteriors as plain maps (for pictures). Torch-free.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,5 +25,13 @@ struct SaliencyMaps {
 std::vector<SaliencyMaps> saliency_maps(const Graph& g, const std::vector<std::string>& values,
                                         const std::vector<TensorData>& inputs, const HeatmapLossOptions& loss,
                                         const InlierSplitOptions& split, const std::string& device = "cpu");
+
+// InlierQ's volume weights at the graph outputs (docs/QUANTIZATION.md §4d): one FP forward + backward of the top-K
+// heatmap loss over `inputs`, the mixture's weights (split.weighting) of every position of each heatmap source, shaped
+// to broadcast against that output; an output that is not a source gets the weights of the one source with as many
+// positions (NanoDet's box maps), and outputs that match none are absent. For quant::OutputWeights.
+std::map<std::string, TensorData> output_inlier_weights(const Graph& g, const std::vector<TensorData>& inputs,
+                                                        const HeatmapLossOptions& loss, const InlierSplitOptions& split,
+                                                        const std::string& device = "cpu");
 
 }  // namespace inlierq::inlier

@@ -101,6 +101,9 @@ struct QuantizeJob {
   int auto_max_fallback = 3;  // `auto`: activation groups it may leave in floating point
   bool auto_group_calibrators = false;  // `auto`: also try another calibrator per harmful group (measured worse)
   Budget budget;              // `auto` only
+  // What ranks weights for --budget weight-bits: plain output SQNR, or InlierQ's inlier-weighted one (needs the
+  // profile's heatmap; both are always measured and recorded when it has one). docs/QUANTIZATION.md §4d.
+  quant::SensitivityError sensitivity_error = quant::SensitivityError::Output;
   int batch = 8;
   uint64_t seed = 0;
   std::string device = "cpu";

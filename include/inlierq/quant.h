@@ -222,7 +222,15 @@ struct GroupSensitivity {
   int group = 0;
   std::vector<std::string> values;
   double sqnr_db = 0;  // of the graph outputs when only this group is quantized (higher = harmless)
+  double inlier_sqnr_db = std::numeric_limits<double>::quiet_NaN();  // the same, inlier-weighted (OutputWeights)
 };
+
+// Per graph output, weights that broadcast against it (inlier::output_inlier_weights): the inlier-weighted output
+// SQNR sums w·ref² and w·(ref − q)² over the outputs present. Empty: no inlier-weighted figure.
+using OutputWeights = std::map<std::string, TensorData>;
+// Which figure ranks weights for the budget: plain output SQNR, or the inlier-weighted one (docs/QUANTIZATION.md §4d).
+enum class SensitivityError { Output, Inlier };
+const NameTable<SensitivityError>& sensitivity_error_names();
 
 // Quantizes one activation scale group at a time (weights and every other activation in floating
 // point) and measures the SQNR of all graph outputs against the FP32 outputs over `inputs`; sorted
@@ -234,6 +242,7 @@ struct WeightLayerSensitivity {
   int64_t params = 0;
   int bits = 0;         // the plan's bits
   double sqnr_db = 0;   // of the graph outputs with only this weight quantized at `bits` (activations in float)
+  double inlier_sqnr_db = std::numeric_limits<double>::quiet_NaN();  // the same, inlier-weighted (OutputWeights)
   bool raised = false;  // chosen for high_bits
 };
 struct WeightBitsPoint {
@@ -248,6 +257,7 @@ struct WeightBitsChoice {
   std::vector<WeightLayerSensitivity> layers;  // the candidates (weights below high_bits), most harmful per bit first
   std::vector<WeightBitsPoint> frontier;       // measured along that order, from none raised to all
   std::map<std::string, int> node_bits;        // what to put in PlacementOptions::budget_weight_bits
+  SensitivityError ranked_by = SensitivityError::Output;  // which SQNR ordered `layers`
   nlohmann::json to_json() const;
 };
 // Measures each candidate weight's output SQNR alone (one forward per weight on `inputs`, weights calibrated by
@@ -262,11 +272,14 @@ void check_weight_bits_budget(const Graph& g, const QuantPlan& plan, double max_
 WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                                     double max_average_bits, const std::string& weight_method, const std::string& device,
                                     const std::set<std::string>& fixed = {}, int high_bits = 8,
-                                    const std::function<void(size_t, size_t)>& progress = {});
+                                    const std::function<void(size_t, size_t)>& progress = {},
+                                    const OutputWeights& inlier_weights = {},
+                                    SensitivityError rank_by = SensitivityError::Output);
 
 std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const QuantPlan& plan, const Encodings& enc,
                                                      const std::vector<TensorData>& inputs, const std::string& device,
-                                                     const std::function<void(size_t, size_t)>& progress = {});
+                                                     const std::function<void(size_t, size_t)>& progress = {},
+                                                     const OutputWeights& inlier_weights = {});
 
 // activation_sensitivity() with every group at 8 bits (or more, where the plan says so), calibrated by `co` on
 // `inputs`: what each group costs on the grid of a W8A8 model, whatever bits the plan gives it. A group an 8-bit

@@ -472,11 +472,20 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
     const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), kWeightBitsImages));
     std::optional<ProgressReporter> wp;  // its total is known at the first report
     const auto wstart = ProgressReporter::clock::now();
+    quant::OutputWeights inlier_weights;
+    if (profile.heatmap.contains("sources")) {
+      inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
+      loss.heatmap = profile.heatmap;
+      inlier_weights = inlier::output_inlier_weights(g, probe, loss, job.recon.inlier_split, job.device);
+    } else if (job.sensitivity_error == quant::SensitivityError::Inlier) {
+      throw Error("--sensitivity-error inlier needs the model profile's heatmap (profile '" + profile.name + "' has none)");
+    }
     const auto choice = quant::assign_weight_bits(g, plan, probe, job.budget.max_weight_bits, job.weight_method, job.device, fixed, 8,
                                                   [&](size_t d, size_t n) {
                                                     if (!wp) wp.emplace(ev, "weight-bits budget (one weight at a time)", n, wstart, "forward passes");
                                                     wp->update(d);
-                                                  });
+                                                  },
+                                                  inlier_weights, job.sensitivity_error);
     placement.budget_weight_bits = choice.node_bits;
     plan = quant::derive_plan(g, placement);
     res.plan = plan;

@@ -16,7 +16,8 @@ namespace inlierq::quant {
 
 std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const QuantPlan& plan, const Encodings& enc,
                                                      const std::vector<TensorData>& inputs, const std::string& device,
-                                                     const std::function<void(size_t, size_t)>& progress) {
+                                                     const std::function<void(size_t, size_t)>& progress,
+                                                     const OutputWeights& inlier_weights) {
   if (inputs.empty()) throw Error("sensitivity analysis needs at least one input");
   rt::ExecutorOptions eo;
   eo.device = at::Device(device);
@@ -27,6 +28,10 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
   const at::Tensor x = at::cat(xs, 0).to(eo.device);
   const std::string in = g.inputs.at(0).name;
   const auto reference = ex.run({{in, x}});
+  std::vector<std::string> outputs;
+  for (const auto& o : g.outputs) outputs.push_back(o.name);
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& [name, w] : inlier_weights) weights[name] = rt::to_aten(w).to(eo.device);
 
   std::vector<GroupSensitivity> out(plan.num_groups);
   for (int gi = 0; gi < plan.num_groups; ++gi) out[gi].group = gi;
@@ -41,9 +46,8 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
     };
     ro.hook_inputs = true;
     const auto got = ex.run({{in, x}}, ro);
-    SqnrSums sums;
-    for (const auto& o : g.outputs) sums.add(reference.at(o.name), got.at(o.name));
-    out[gi].sqnr_db = sums.db();
+    const OutputSqnr s = output_sqnr(outputs, reference, got, weights);
+    out[gi].sqnr_db = s.plain, out[gi].inlier_sqnr_db = s.inlier;
     if (progress) progress(gi + 1, plan.num_groups);
   }
   std::sort(out.begin(), out.end(), [](const GroupSensitivity& a, const GroupSensitivity& b) { return a.sqnr_db < b.sqnr_db; });

@@ -22,6 +22,11 @@
 
 namespace inlierq::quant {
 
+const NameTable<SensitivityError>& sensitivity_error_names() {
+  static const NameTable<SensitivityError> t{{{SensitivityError::Output, "output"}, {SensitivityError::Inlier, "inlier"}}};
+  return t;
+}
+
 nlohmann::json WeightBitsChoice::to_json() const {
   nlohmann::json j = {{"budget_bits", budget_bits}, {"average_bits_before", average_bits_before},
                       {"average_bits", average_bits}, {"high_bits", high_bits}, {"params", params}};
@@ -29,6 +34,9 @@ nlohmann::json WeightBitsChoice::to_json() const {
   for (const auto& l : layers)
     j["layers"].push_back({{"node", l.node}, {"tensor", l.tensor}, {"params", l.params}, {"bits", l.bits},
                            {"sqnr_db", l.sqnr_db}, {"raised", l.raised}});
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!std::isnan(layers[i].inlier_sqnr_db)) j["layers"][i]["inlier_sqnr_db"] = layers[i].inlier_sqnr_db;
+  j["ranked_by"] = sensitivity_error_names().name(ranked_by);
   j["frontier"] = nlohmann::json::array();
   for (const auto& p : frontier)
     j["frontier"].push_back({{"average_bits", p.average_bits}, {"sqnr_db", p.sqnr_db}, {"chosen", p.chosen}});
@@ -71,7 +79,11 @@ at::Tensor fake_quantized_weight(const at::Tensor& w, const WeightEncoding& e) {
 WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const std::vector<TensorData>& inputs,
                                     double max_average_bits, const std::string& weight_method, const std::string& device,
                                     const std::set<std::string>& fixed, int high_bits,
-                                    const std::function<void(size_t, size_t)>& progress) {
+                                    const std::function<void(size_t, size_t)>& progress,
+                                    const OutputWeights& inlier_weights, SensitivityError rank_by) {
+  if (rank_by == SensitivityError::Inlier && inlier_weights.empty())
+    throw Error("the weight-bits budget ranks by the inlier-weighted output error, but no output weights were given "
+                "(the model profile needs a heatmap)");
   if (inputs.empty()) throw Error("the weight-bits budget measures each weight's harm on calibration images; none given");
   WeightBitsChoice out;
   out.budget_bits = max_average_bits;
@@ -122,24 +134,33 @@ WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const
     fp[name] = rt::to_aten(g.initializers.at(name)).to(eo.device);
     quantized[name] = fake_quantized_weight(fp[name], low.weights.at(name));
   }
-  const auto output_sqnr = [&](const rt::TensorMap& overrides) {
+  std::vector<std::string> outputs;
+  for (const auto& o : g.outputs) outputs.push_back(o.name);
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& [name, w] : inlier_weights) weights[name] = rt::to_aten(w).to(eo.device);
+  const auto both_sqnr = [&](const rt::TensorMap& overrides) {
     rt::RunOptions ro;
     ro.overrides = &overrides;
-    const auto got = ex.run({{in, x}}, ro);
-    SqnrSums sums;
-    for (const auto& o : g.outputs) sums.add(reference.at(o.name), got.at(o.name));
-    return sums.db();
+    return quant::output_sqnr(outputs, reference, ex.run({{in, x}}, ro), weights);
   };
+  const auto output_sqnr = [&](const rt::TensorMap& overrides) { return both_sqnr(overrides).plain; };
+  out.ranked_by = rank_by;
   const size_t steps = candidates.size() + candidates.size() + 1;
   size_t done = 0;
   for (const auto& name : candidates) {
     const Tensor& t = tensors.at(name);
     rt::TensorMap one{{name, quantized.at(name)}};
-    out.layers.push_back({inlierq::join_names(t.nodes, ""), name, t.params, t.bits, output_sqnr(one), false});
+    const OutputSqnr s = both_sqnr(one);
+    WeightLayerSensitivity l;
+    l.node = inlierq::join_names(t.nodes, ""), l.tensor = name, l.params = t.params, l.bits = t.bits;
+    l.sqnr_db = s.plain, l.inlier_sqnr_db = s.inlier;
+    out.layers.push_back(l);
     if (progress) progress(++done, steps);
   }
   // Noise removed per added bit, highest first.
-  const auto noise = [](const WeightLayerSensitivity& l) { return std::pow(10.0, -l.sqnr_db / 10.0); };
+  const auto noise = [&](const WeightLayerSensitivity& l) {
+    return std::pow(10.0, -(rank_by == SensitivityError::Inlier ? l.inlier_sqnr_db : l.sqnr_db) / 10.0);
+  };
   const auto per_bit = [&](const WeightLayerSensitivity& l) {
     return noise(l) / (static_cast<double>(l.params) * (high_bits - l.bits));
   };
