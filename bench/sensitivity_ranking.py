@@ -16,7 +16,8 @@ Per model:
 4. Spearman's rho between each SQNR's harm (-SQNR) and the cost, and between harm per parameter (what the budget's
    greedy order uses: noise power / parameters) and cost per parameter. Higher rho ranks better. Also: the mAP of
    the FP32 model with the weights the budget's greedy order (each ranking) would keep at low bits under a 5-bit
-   average, everything else in FP32, which is the decision the ranking drives.
+   average, everything else in FP32, which is the decision the ranking drives; and the same with the order of the
+   measured costs themselves (cost per parameter), which bounds what any ranking of single weights can buy.
 
 The section "Weight sensitivity: plain against inlier-weighted output error" of --out is replaced (or appended).
 Per-layer results stay in --workdir (MODEL.layers.json) and are reused.
@@ -42,10 +43,10 @@ SECTION = "## Weight sensitivity: plain against inlier-weighted output error"
 ASSETS = os.path.join(ROOT, "..", "shared", "assets")
 
 
-def quantize(args, model, out, extra):
+def quantize(args, model, out, extra, preset=None):
     a = os.path.abspath(args.assets)
     cmd = [CLI, "--threads", str(args.threads), "quantize", f"{a}/models/{MODELS[model][0]}", "--profile",
-           MODELS[model][1], "--calib", f"{a}/coco128/images/train2017", "--preset", args.preset, "--method", "mse",
+           MODELS[model][1], "--calib", f"{a}/coco128/images/train2017", "--preset", preset or args.preset, "--method", "mse",
            "--bias-correction", "off", "-o", out, "--force", "--json"] + extra
     rc, stdout, _, _ = run_measured(cmd, out + ".log")
     if rc != 0:
@@ -97,14 +98,13 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def greedy_low(choice, key, budget, high=8):
+def greedy_low(choice, harm, budget, high=8):
     """The layers the budget's greedy order leaves at low bits (as quant::assign_weight_bits: over all weight
     parameters, each layer raised if it still fits)."""
     layers = choice["layers"]
     total = choice["params"]
     low_bits = choice["average_bits_before"] * total
-    noise = lambda l: 10 ** (-l[key] / 10)
-    order = sorted(layers, key=lambda l: -noise(l) / (l["params"] * (high - l["bits"])))
+    order = sorted(layers, key=lambda l: -harm(l) / (l["params"] * (high - l["bits"])))
     raised, spent = set(), low_bits
     for l in order:
         add = l["params"] * (high - l["bits"])
@@ -112,6 +112,81 @@ def greedy_low(choice, key, budget, high=8):
             raised.add(l["node"])
             spent += add
     return [l["node"] for l in layers if l["node"] not in raised]
+
+
+def with_fake_quant(fp32, encodings, values, path):
+    """Writes the FP32 model with the named activations fake-quantized on their encodings' grids (float ops, as
+    inlierq's own fake quantization: clamp(round(x / s) + z, qmin, qmax) - z, times s)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(fp32)
+    g = m.graph
+    produced = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    new_nodes = []
+    for v in values:
+        if v not in produced:
+            raise SystemExit(f"activation '{v}' is not a tensor of the FP32 model")
+        e = encodings[v]
+        if e.get("axis") is not None:
+            raise SystemExit(f"activation '{v}': per-channel activation grids are not handled here")
+        consts = {"s": e["scale"][0], "z": float(e["zero_point"][0]), "lo": float(e["qmin"]), "hi": float(e["qmax"])}
+        for k, c in consts.items():
+            g.initializer.append(numpy_helper.from_array(np.array(c, dtype=np.float32), f"{v}__fq_{k}"))
+        q = f"{v}__fq"
+        for n in g.node:
+            for i, x in enumerate(n.input):
+                if x == v:
+                    n.input[i] = q + "_out"
+        new_nodes += [
+            onnx.helper.make_node("Div", [v, f"{v}__fq_s"], [q + "_d"]),
+            onnx.helper.make_node("Round", [q + "_d"], [q + "_r"]),
+            onnx.helper.make_node("Add", [q + "_r", f"{v}__fq_z"], [q + "_a"]),
+            onnx.helper.make_node("Clip", [q + "_a", f"{v}__fq_lo", f"{v}__fq_hi"], [q + "_c"]),
+            onnx.helper.make_node("Sub", [q + "_c", f"{v}__fq_z"], [q + "_u"]),
+            onnx.helper.make_node("Mul", [q + "_u", f"{v}__fq_s"], [q + "_out"])]
+    # Topological order: each fake-quant chain right after the node that produces its input.
+    order = list(g.node)
+    by_input = {}
+    for k in range(0, len(new_nodes), 6):
+        by_input[new_nodes[k].input[0]] = new_nodes[k:k + 6]
+    out = [n for v, chain in by_input.items() if v in {i.name for i in g.input} for n in chain]
+    for n in order:
+        out.append(n)
+        for o in n.output:
+            out += by_input.get(o, [])
+    del g.node[:]
+    g.node.extend(out)
+    onnx.save(m, path)
+
+
+def measure_activations(args, model):
+    """The same for activation groups at --act-preset's activation bits, weights in floating point."""
+    wd = os.path.join(args.workdir, model)
+    os.makedirs(wd, exist_ok=True)
+    cache = os.path.join(args.workdir, f"{model}.groups.json")
+    res = json.load(open(cache)) if os.path.exists(cache) else {}
+    a = os.path.abspath(args.assets)
+    fp32_path = os.path.join(a, "models", MODELS[model][0])
+    if "groups" not in res:
+        out = os.path.join(wd, "act.onnx")
+        quantize(args, model, out, ["--sensitivity"], preset=args.act_preset)
+        enc = json.load(open(os.path.join(wd, "act.encodings.json")))
+        res["groups"] = enc["meta"]["sensitivity"]
+        res["encodings"] = {v: enc["activation_encodings"][v] for s in res["groups"] for v in s["values"]}
+        json.dump(res, open(cache, "w"), indent=1)
+    if "fp32_map" not in res:
+        res["fp32_map"] = evaluate(args, model, fp32_path, os.path.join(wd, "fp32.eval.log"))["map"]
+    fp32 = onnx.load(fp32_path)
+    t0 = time.time()
+    todo = [s for s in res["groups"] if "map" not in s]
+    for i, s in enumerate(todo):
+        path = os.path.join(wd, "group.onnx")
+        with_fake_quant(fp32, res["encodings"], s["values"], path)
+        s["map"] = evaluate(args, model, path, os.path.join(wd, "group.eval.log"))["map"]
+        json.dump(res, open(cache, "w"), indent=1)
+        rate = (time.time() - t0) / (i + 1)
+        print(f"[{model} activations] {i + 1}/{len(todo)} group {s['group']}: mAP {s['map']:.4f} "
+              f"(cost {res['fp32_map'] - s['map']:+.4f}), ETA {rate * (len(todo) - i - 1):.0f} s", flush=True)
+    return res
 
 
 def measure(args, model):
@@ -145,15 +220,41 @@ def measure(args, model):
         print(f"[{model}] {i + 1}/{len(todo)} {node}: mAP {l['map']:.4f} (cost {res['fp32_map'] - l['map']:+.4f}), "
               f"ETA {rate * (len(todo) - i - 1):.0f} s", flush=True)
     res.setdefault("budget_map", {})
-    for key in ("sqnr_db", "inlier_sqnr_db"):
+    harms = {"sqnr_db": lambda l: 10 ** (-l["sqnr_db"] / 10), "inlier_sqnr_db": lambda l: 10 ** (-l["inlier_sqnr_db"] / 10),
+             "oracle": lambda l: res["fp32_map"] - l["map"]}
+    for key, harm in harms.items():
         if key in res["budget_map"]:
             continue
-        keep = greedy_low(dict(res["choice"], layers=res["layers"]), key, args.budget)
+        keep = greedy_low(dict(res["choice"], layers=res["layers"]), harm, args.budget)
         path = os.path.join(wd, f"budget_{key}.onnx")
         with_weights(fp32, {n: low[n] for n in keep}, path)
         res["budget_map"][key] = {"low": keep, "mAP": evaluate(args, model, path, path + ".eval.log")["map"]}
         json.dump(res, open(cache, "w"), indent=1)
     return res
+
+
+def activation_markdown(results, args):
+    lines = ["", f"Activation groups at `--preset {args.act_preset} --method mse --sensitivity` (weights in floating "
+             "point; what `--sensitivity` and the fallback measure, on the first 8 calibration images), against each "
+             "group's real cost: FP32 mAP minus that of the FP32 model with only that group's activations "
+             "fake-quantized on their grid (float ops inserted after each producer). Top 3: the groups each "
+             "ranking would leave in floating point (`auto` may leave 3), with the sum of their measured costs; "
+             "the measured-cost column is the best any ranking can pick.", "",
+             "| model | groups | ρ plain | ρ inlier | top 3 by plain: cost | top 3 by inlier: cost | top 3 by measured cost |",
+             "|---|---|---|---|---|---|---|"]
+    for model, r in results.items():
+        G = [s for s in r["groups"] if "map" in s and "inlier_sqnr_db" in s]
+        cost = np.array([r["fp32_map"] - s["map"] for s in G])
+        top = lambda key: sorted(range(len(G)), key=lambda i: key(i))[:3]
+        row = []
+        for key in (lambda i: G[i]["sqnr_db"], lambda i: G[i]["inlier_sqnr_db"], lambda i: -cost[i]):
+            t = top(key)
+            row.append(f"{'/'.join(str(G[i]['group']) for i in t)}: {sum(cost[i] for i in t):.4f}")
+        rp = spearman(-np.array([s["sqnr_db"] for s in G]), cost)
+        ri = spearman(-np.array([s["inlier_sqnr_db"] for s in G]), cost)
+        lines.append(f"| {model} | {len(G)} | {rp:.3f} | {ri:.3f} | {row[0]} | {row[1]} | {row[2]} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def markdown(results, args):
@@ -165,10 +266,13 @@ def markdown(results, args):
              f"grid (`inlierq eval`, {'all 500' if not args.limit else f'the first {args.limit}'} coco_val500 images). "
              "ρ: Spearman's rank correlation; harm = −SQNR, per parameter = noise power / parameters against cost / "
              "parameters (the greedy order's key). Budget: the FP32 model with the weights each ranking's greedy order "
-             f"keeps at low bits under a {args.budget:g}-bit average, everything else FP32 (deterministic, no seeds).", "",
+             f"keeps at low bits under a {args.budget:g}-bit average, everything else FP32 (deterministic, no seeds); the "
+             "measured-cost order ranks by the ground truth itself (cost per parameter), an upper bound no "
+             "label-free ranking reaches, since single-weight costs do not add up exactly.", "",
              "| model | weights | FP32 mAP | ρ harm, plain | ρ harm, inlier | ρ per parameter, plain | ρ per parameter, inlier "
-             f"| mAP at {args.budget:g} bits, plain order | mAP at {args.budget:g} bits, inlier order |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| mAP at {args.budget:g} bits, plain order | mAP at {args.budget:g} bits, inlier order "
+             f"| mAP at {args.budget:g} bits, measured-cost order |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in results.items():
         L = [l for l in r["layers"] if "map" in l and "inlier_sqnr_db" in l]
         cost = np.array([r["fp32_map"] - l["map"] for l in L])
@@ -180,7 +284,7 @@ def markdown(results, args):
         b = r.get("budget_map", {})
         bm = lambda k: f"{b[k]['mAP']:.4f} ({len(b[k]['low'])} low)" if k in b else ""
         lines.append(f"| {model} | {len(L)} | {r['fp32_map']:.4f} | {rho['sqnr_db'][0]:.3f} | {rho['inlier_sqnr_db'][0]:.3f} "
-                     f"| {rho['sqnr_db'][1]:.3f} | {rho['inlier_sqnr_db'][1]:.3f} | {bm('sqnr_db')} | {bm('inlier_sqnr_db')} |")
+                     f"| {rho['sqnr_db'][1]:.3f} | {rho['inlier_sqnr_db'][1]:.3f} | {bm('sqnr_db')} | {bm('inlier_sqnr_db')} | {bm('oracle')} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -195,18 +299,23 @@ def main():
     ap.add_argument("--assets", default=ASSETS)
     ap.add_argument("--workdir", default="/tmp/inlierq_sensitivity_ranking")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RESULTS.md"))
+    ap.add_argument("--act-preset", default="w4a4", help="activation groups are measured at this preset's activation bits")
+    ap.add_argument("--skip-activations", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    results = {}
+    results, groups = {}, {}
     for model in args.models.split(","):
         if args.report_only:
-            cache = os.path.join(args.workdir, f"{model}.layers.json")
-            if os.path.exists(cache):
-                results[model] = json.load(open(cache))
+            for name, into in (("layers", results), ("groups", groups)):
+                cache = os.path.join(args.workdir, f"{model}.{name}.json")
+                if os.path.exists(cache):
+                    into[model] = json.load(open(cache))
         else:
             results[model] = measure(args, model)
-    text = markdown(results, args)
+            if not args.skip_activations:
+                groups[model] = measure_activations(args, model)
+    text = markdown(results, args) + (activation_markdown(groups, args) if groups else "")
     print(text)
     write_section(args.out, SECTION, text)
 

@@ -293,6 +293,20 @@ void record_weight_storage(const std::vector<quant::U8S8Check>& checks, const st
 //   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
 //   models measures at least 13 dB).
 // Raised groups are calibrated again at 8 bits on all calibration images.
+// InlierQ's volume weights at the outputs for the inlier-weighted sensitivity figure (docs/QUANTIZATION.md §4d); none
+// without the profile's heatmap, where ranking by it is an error.
+quant::OutputWeights output_weights_for_sensitivity(const Graph& g, const std::vector<TensorData>& probe,
+                                                    const ModelProfile& profile, const QuantizeJob& job) {
+  if (!profile.heatmap.contains("sources")) {
+    if (job.sensitivity_error == quant::SensitivityError::Inlier)
+      throw Error("--sensitivity-error inlier needs the model profile's heatmap (profile '" + profile.name + "' has none)");
+    return {};
+  }
+  inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
+  loss.heatmap = profile.heatmap;
+  return inlier::output_inlier_weights(g, probe, loss, job.recon.inlier_split, job.device);
+}
+
 void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorData>& inputs, const quant::CalibrationOptions& co,
                                       const QuantizeJob& job, const Events& ev, quant::QuantPlan& plan, quant::Encodings& enc,
                                       QuantizeResult& res) {
@@ -472,14 +486,7 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
     const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min<size_t>(inputs.size(), kWeightBitsImages));
     std::optional<ProgressReporter> wp;  // its total is known at the first report
     const auto wstart = ProgressReporter::clock::now();
-    quant::OutputWeights inlier_weights;
-    if (profile.heatmap.contains("sources")) {
-      inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
-      loss.heatmap = profile.heatmap;
-      inlier_weights = inlier::output_inlier_weights(g, probe, loss, job.recon.inlier_split, job.device);
-    } else if (job.sensitivity_error == quant::SensitivityError::Inlier) {
-      throw Error("--sensitivity-error inlier needs the model profile's heatmap (profile '" + profile.name + "' has none)");
-    }
+    const quant::OutputWeights inlier_weights = output_weights_for_sensitivity(g, probe, profile, job);
     const auto choice = quant::assign_weight_bits(g, plan, probe, job.budget.max_weight_bits, job.weight_method, job.device, fixed, 8,
                                                   [&](size_t d, size_t n) {
                                                     if (!wp) wp.emplace(ev, "weight-bits budget (one weight at a time)", n, wstart, "forward passes");
@@ -609,12 +616,16 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
   if (job.fallback > 0 || job.sensitivity) {
     const std::vector<TensorData> probe(inputs.begin(), inputs.begin() + std::min(inputs.size(), job.sensitivity_images));
     ProgressReporter sp(ev, "sensitivity (one quantizer group at a time)", final_plan.num_groups, ProgressReporter::clock::now(), "groups");
-    auto sens = quant::activation_sensitivity(g, final_plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); });
+    auto sens = quant::activation_sensitivity(g, final_plan, enc, probe, job.device, [&](size_t d, size_t) { sp.update(d); },
+                                              output_weights_for_sensitivity(g, probe, profile, job));
+    if (job.sensitivity_error == quant::SensitivityError::Inlier)
+      std::stable_sort(sens.begin(), sens.end(), [](const auto& a, const auto& b) { return a.inlier_sqnr_db < b.inlier_sqnr_db; });
     res.sensitivity.clear();
     nlohmann::json js = nlohmann::json::array();
     for (const auto& s : sens) {
       res.sensitivity.push_back({s.values, s.sqnr_db});
-      js.push_back({{"values", s.values}, {"sqnr_db", s.sqnr_db}});
+      js.push_back({{"values", s.values}, {"group", s.group}, {"sqnr_db", s.sqnr_db}});
+      if (!std::isnan(s.inlier_sqnr_db)) js.back()["inlier_sqnr_db"] = s.inlier_sqnr_db;
     }
     enc.meta["sensitivity"] = js;
     res.sensitivity_images = probe.size();

@@ -15,6 +15,7 @@
 No wall time is asserted: latencies are compared only with each other, from the same run.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -85,6 +86,11 @@ def check_weight_bits(checks, calib, tmp):
                  f"weight-bits=5: {average:.3f} bits on average in the file (quantize says {res['average_weight_bits']:.3f})")
     checks.check(raised and eight == raised | first and not (raised - low),
                  f"weight-bits=5: the {len(raised)} raised layers and the first layer are the file's 8-bit weights")
+    inlier = [l.get("inlier_sqnr_db") for l in record["layers"]]
+    checks.check(record["ranked_by"] == "output" and all(v is not None and math.isfinite(v) for v in inlier)
+                 and any(abs(v - l["sqnr_db"]) > 0.01 for v, l in zip(inlier, record["layers"])),
+                 "weight-bits=5: every layer also has its inlier-weighted SQNR (the profile's heatmap), not the plain "
+                 "one, and the plain one ranks by default")
 
 
 def main():
