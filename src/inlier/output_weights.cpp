@@ -44,11 +44,9 @@ std::map<std::string, TensorData> output_inlier_weights(const Graph& g, const st
   eo.device = at::Device(device);
   eo.fuse_silu = false;  // the fused kernel has no autograd
   rt::Executor ex(g, eo);
-  std::vector<at::Tensor> xs;
-  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
   rt::RunOptions ro;
   ro.track_grad = true;
-  const auto outs = ex.run({{g.inputs.at(0).name, at::cat(xs, 0).to(eo.device)}}, ro);
+  const auto outs = ex.run({{g.inputs.at(0).name, rt::to_aten_batch(inputs).to(eo.device)}}, ro);
   const at::Tensor l = topk_aux_loss(heatmap_logits(loss.heatmap, outs), aux_options(loss));
 
   struct Source {

@@ -274,8 +274,6 @@ BiasCorrection compute_bias_correction(const Graph& original, const QuantPlan& p
   while (taken(prefix)) prefix = "_" + prefix;
   const Graph both = paired_graph(g, qdq, prefix);
 
-  std::vector<at::Tensor> xs;
-  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
   rt::ExecutorOptions eo;
   eo.device = at::Device(device);
   for (const auto& [v, n] : conv_of_output) eo.hooked.insert(v), eo.hooked.insert(prefix + v);
@@ -309,7 +307,7 @@ BiasCorrection compute_bias_correction(const Graph& original, const QuantPlan& p
     s.relative = std::sqrt(shift.pow(2).sum().item<double>() / (spread.pow(2).sum().item<double>() + 1e-30));
     return t + broadcast_channels(shift.to(t.device()).to(t.scalar_type()), t);
   };
-  ex.run({{g.inputs.at(0).name, at::cat(xs, 0).to(eo.device)}}, ro);
+  ex.run({{g.inputs.at(0).name, rt::to_aten_batch(inputs).to(eo.device)}}, ro);
   return out;
 }
 

@@ -233,11 +233,9 @@ std::map<std::string, Encodings> calibrate_methods(const Graph& g, const QuantPl
     ro.hook_inputs = true;
     for (size_t i = 0; i < inputs.size(); i += batch) {
       batch_begin = i;
-      std::vector<at::Tensor> xs;
-      for (size_t k = i; k < std::min(inputs.size(), i + batch); ++k) xs.push_back(rt::to_aten(inputs[k]));
-      at::Tensor x = at::cat(xs, 0).to(eo.device);
+      at::Tensor x = rt::to_aten_batch(inputs, i, i + batch).to(eo.device);
       ex.run({{input_name, x}}, ro);
-      if (pass == 1 && slice_images > 0) add_slice_optima(static_cast<int64_t>(xs.size()));
+      if (pass == 1 && slice_images > 0) add_slice_optima(x.size(0));
       if (opts.progress) opts.progress(pass, passes, std::min(inputs.size(), i + batch), inputs.size());
     }
   };

@@ -23,9 +23,7 @@ std::vector<GroupSensitivity> activation_sensitivity(const Graph& g, const Quant
   eo.device = at::Device(device);
   for (const auto& a : plan.activations) eo.hooked.insert(a.value);
   rt::Executor ex(g, eo);
-  std::vector<at::Tensor> xs;
-  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
-  const at::Tensor x = at::cat(xs, 0).to(eo.device);
+  const at::Tensor x = rt::to_aten_batch(inputs).to(eo.device);
   const std::string in = g.inputs.at(0).name;
   const auto reference = ex.run({{in, x}});
   std::vector<std::string> outputs;

@@ -124,9 +124,7 @@ WeightBitsChoice assign_weight_bits(const Graph& g, const QuantPlan& plan, const
   eo.device = at::Device(device);
   for (const auto& [name, t] : tensors) eo.replaceable.insert(name);
   rt::Executor ex(g, eo);
-  std::vector<at::Tensor> xs;
-  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
-  const at::Tensor x = at::cat(xs, 0).to(eo.device);
+  const at::Tensor x = rt::to_aten_batch(inputs).to(eo.device);
   const std::string in = g.inputs.at(0).name;
   const auto reference = ex.run({{in, x}});
   std::map<std::string, at::Tensor> fp, quantized;  // per tensor: FP32, and at its plan bits

@@ -116,9 +116,7 @@ Reconstructor::Reconstructor(Graph& g, const quant::QuantPlan& plan, quant::Enco
   uo.max_block_compute = opts.max_block_compute;
   uo.layerwise = method_is_layerwise(opts.method);
   units_ = derive_units(g, plan, uo);
-  std::vector<at::Tensor> xs;
-  for (const auto& t : inputs) xs.push_back(rt::to_aten(t));
-  images_ = at::cat(xs, 0);
+  images_ = rt::to_aten_batch(inputs);
   num_ = images_.size(0);
   holdout_ = opts.holdout >= 0 ? std::min<int64_t>(opts.holdout, num_ - 1) : (num_ >= 8 ? std::max<int64_t>(1, num_ / 8) : 0);
   num_train_ = num_ - holdout_;

@@ -1,5 +1,6 @@
 #include "runtime/tensor_convert.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -64,6 +65,14 @@ TensorData from_aten(const at::Tensor& src) {
   t.bytes.resize(c.numel() * c.element_size());
   if (!t.bytes.empty()) std::memcpy(t.bytes.data(), c.data_ptr(), t.bytes.size());
   return t;
+}
+
+at::Tensor to_aten_batch(const std::vector<TensorData>& inputs, size_t begin, size_t end) {
+  end = std::min(end, inputs.size());
+  if (begin >= end) throw Error("an empty batch of inputs");
+  std::vector<at::Tensor> xs;
+  for (size_t i = begin; i < end; ++i) xs.push_back(to_aten(inputs[i]));
+  return at::cat(xs, 0);
 }
 
 }  // namespace inlierq::rt
