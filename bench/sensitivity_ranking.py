@@ -144,11 +144,12 @@ def with_fake_quant(fp32, encodings, values, path):
             onnx.helper.make_node("Sub", [q + "_c", f"{v}__fq_z"], [q + "_u"]),
             onnx.helper.make_node("Mul", [q + "_u", f"{v}__fq_s"], [q + "_out"])]
     # Topological order: each fake-quant chain right after the node that produces its input.
-    order = list(g.node)
+    order = list(g.node)  # a copy: g.node is cleared below
     by_input = {}
     for k in range(0, len(new_nodes), 6):
         by_input[new_nodes[k].input[0]] = new_nodes[k:k + 6]
-    out = [n for v, chain in by_input.items() if v in {i.name for i in g.input} for n in chain]
+    graph_inputs = {i.name for i in g.input}
+    out = [n for v, chain in by_input.items() if v in graph_inputs for n in chain]
     for n in order:
         out.append(n)
         for o in n.output:
@@ -158,8 +159,9 @@ def with_fake_quant(fp32, encodings, values, path):
     onnx.save(m, path)
 
 
-def measure_activations(args, model):
-    """The same for activation groups at --act-preset's activation bits, weights in floating point."""
+def measure_activations(args, model, fp32_map):
+    """The same for activation groups at --act-preset's activation bits, weights in floating point (fp32_map: the
+    FP32 model's mAP, measured by measure())."""
     wd = os.path.join(args.workdir, model)
     os.makedirs(wd, exist_ok=True)
     cache = os.path.join(args.workdir, f"{model}.groups.json")
@@ -173,8 +175,7 @@ def measure_activations(args, model):
         res["groups"] = enc["meta"]["sensitivity"]
         res["encodings"] = {v: enc["activation_encodings"][v] for s in res["groups"] for v in s["values"]}
         json.dump(res, open(cache, "w"), indent=1)
-    if "fp32_map" not in res:
-        res["fp32_map"] = evaluate(args, model, fp32_path, os.path.join(wd, "fp32.eval.log"))["map"]
+    res["fp32_map"] = fp32_map
     fp32 = onnx.load(fp32_path)
     t0 = time.time()
     todo = [s for s in res["groups"] if "map" not in s]
@@ -314,7 +315,7 @@ def main():
         else:
             results[model] = measure(args, model)
             if not args.skip_activations:
-                groups[model] = measure_activations(args, model)
+                groups[model] = measure_activations(args, model, results[model]["fp32_map"])
     text = markdown(results, args) + (activation_markdown(groups, args) if groups else "")
     print(text)
     write_section(args.out, SECTION, text)

@@ -285,14 +285,6 @@ void record_weight_storage(const std::vector<quant::U8S8Check>& checks, const st
                             {"images", images}, {"int8", int8}, {"uint8", kept}};
 }
 
-// Reconstruction's automatic fallback (docs/RECONSTRUCTION.md, "Automatic fallback"), from each activation group
-// quantized alone (weights and every other activation in floating point) on the first sensitivity_images images:
-// - below 8-bit activations, a group that alone takes the outputs below kLowBitHarmfulDb at the plan's bits is
-//   raised to 8 bits: on YOLOX-Nano W4A4 three such groups (5-7 dB; the next is 10 dB) make reconstruction collapse;
-// - a group that alone takes the outputs below kUnrepresentableDb even at 8 bits stays in floating point: its
-//   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
-//   models measures at least 13 dB).
-// Raised groups are calibrated again at 8 bits on all calibration images.
 // InlierQ's volume weights at the outputs for the inlier-weighted sensitivity figure (docs/QUANTIZATION.md §4d); none
 // without the profile's heatmap, where ranking by it is an error.
 quant::OutputWeights output_weights_for_sensitivity(const Graph& g, const std::vector<TensorData>& probe,
@@ -307,6 +299,14 @@ quant::OutputWeights output_weights_for_sensitivity(const Graph& g, const std::v
   return inlier::output_inlier_weights(g, probe, loss, job.recon.inlier_split, job.device);
 }
 
+// Reconstruction's automatic fallback (docs/RECONSTRUCTION.md, "Automatic fallback"), from each activation group
+// quantized alone (weights and every other activation in floating point) on the first sensitivity_images images:
+// - below 8-bit activations, a group that alone takes the outputs below kLowBitHarmfulDb at the plan's bits is
+//   raised to 8 bits: on YOLOX-Nano W4A4 three such groups (5-7 dB; the next is 10 dB) make reconstruction collapse;
+// - a group that alone takes the outputs below kUnrepresentableDb even at 8 bits stays in floating point: its
+//   channels span incompatible ranges (YOLOX-Nano's stem output, 7 dB at 8 bits; every group of the other shared
+//   models measures at least 13 dB).
+// Raised groups are calibrated again at 8 bits on all calibration images.
 void auto_fallback_for_reconstruction(const Graph& g, const std::vector<TensorData>& inputs, const quant::CalibrationOptions& co,
                                       const QuantizeJob& job, const Events& ev, quant::QuantPlan& plan, quant::Encodings& enc,
                                       QuantizeResult& res) {
