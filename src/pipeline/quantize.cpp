@@ -286,14 +286,10 @@ void record_weight_storage(const std::vector<quant::U8S8Check>& checks, const st
 }
 
 // InlierQ's volume weights at the outputs for the inlier-weighted sensitivity figure (docs/QUANTIZATION.md §4d); none
-// without the profile's heatmap, where ranking by it is an error.
+// without the profile's heatmap (ranking by them then was refused at load).
 quant::OutputWeights output_weights_for_sensitivity(const Graph& g, const std::vector<TensorData>& probe,
                                                     const ModelProfile& profile, const QuantizeJob& job) {
-  if (!profile.heatmap.contains("sources")) {
-    if (job.sensitivity_error == quant::SensitivityError::Inlier)
-      throw Error("--sensitivity-error inlier needs the model profile's heatmap (profile '" + profile.name + "' has none)");
-    return {};
-  }
+  if (!profile.declares_heatmap()) return {};
   inlier::HeatmapLossOptions loss = job.recon.heatmap_loss;
   loss.heatmap = profile.heatmap;
   return inlier::output_inlier_weights(g, probe, loss, job.recon.inlier_split, job.device);
@@ -412,6 +408,8 @@ QuantizeResult quantize(const QuantizeJob& requested, const Events& ev) {
 
   // ---- load
   const ModelProfile profile = load_profile(job.profile);
+  if (job.sensitivity_error == quant::SensitivityError::Inlier && !profile.declares_heatmap())
+    throw Error("--sensitivity-error inlier needs the model profile's heatmap (profile '" + profile.name + "' has none)");
   const Graph original = load_onnx(job.model);
   ModelSummary summary = summarize(original);
   if (!summary.unsupported.empty())

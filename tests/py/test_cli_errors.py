@@ -1,6 +1,7 @@
 """Bad input to the CLI: every case exits non-zero (never by a signal) with a short message on stderr that
 names the problem, and no Python-style traceback or 'internal error'. Uses tiny models built here so that
 it does not depend on which ops the executor supports yet."""
+import json
 import os
 import tempfile
 
@@ -189,6 +190,16 @@ def main():
                                                          "--images", calib_dir], ["quantized model has no output"], rc=1)
         expect_error("quantize unknown weight method", qbase + ["--preset", "w8a8", "--weight-method", "kl"], ["'kl'", "weight"], rc=1)
         expect_error("quantize unknown layout", qbase + ["--preset", "w8a8", "--layout", "nhwc"], ["'nhwc'", "auto, ort or block"], rc=1)
+        expect_error("quantize unknown sensitivity error", qbase + ["--preset", "w8a8", "--sensitivity-error", "median"],
+                     ["'median'", "output or inlier"], rc=1)
+        with open(os.path.join(os.environ.get("INLIERQ_SOURCE_DIR", "."), "profiles", "fastestdet.json")) as f:
+            no_heatmap = json.load(f)
+        del no_heatmap["heatmap"]
+        no_heatmap["name"] = "fastestdet_no_heatmap"
+        expect_error("quantize inlier sensitivity without a heatmap",
+                     ["quantize", fd, "--profile", write("no_heatmap.json", json.dumps(no_heatmap).encode()), "--calib", calib_dir,
+                      "-o", qout, "--preset", "w4a8", "--method", "minmax", "--budget", "weight-bits=5", "--sensitivity-error", "inlier"],
+                     ["--sensitivity-error inlier", "heatmap", "fastestdet_no_heatmap"], rc=1)
         expect_error("quantize unknown weight type", qbase + ["--preset", "w8a8", "--weight-type", "int4"], ["'int4'", "int8 or uint8"], rc=1)
         expect_error("quantize negative time limit", qbase + ["--preset", "w4a4", "--method", "qdrop", "--time-limit", "-1"], ["--time-limit"], rc=1)
         expect_error("quantize time limit without reconstruction", qbase + ["--preset", "w4a4", "--method", "mse", "--time-limit", "5"],
